@@ -1,0 +1,30 @@
+"""Exceptions raised by latpred's library code; one root, translated where they enter."""
+from __future__ import annotations
+
+
+class LatpredError(Exception):
+    """Root of every error latpred raises on purpose."""
+
+
+class InvalidModelError(LatpredError):
+    """The file is not a loadable ONNX model (not protobuf, truncated, bad opset, symbolic shapes)."""
+
+
+class UnsupportedKernelError(LatpredError):
+    """A kernel's op type has no measurement, regressor or fallback."""
+
+
+class UnknownDeviceError(LatpredError):
+    """No device of that name in the store."""
+
+
+class ConfigError(LatpredError):
+    """A compression config is malformed or out of range."""
+
+
+class StoreError(LatpredError):
+    """The database could not be reached or written."""
+
+
+class NoMeasurementsError(LatpredError):
+    """The device has no measurements to predict from."""

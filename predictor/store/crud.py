@@ -1,0 +1,502 @@
+"""Reads and writes of the store; every function takes a Session first, flushes, never commits."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from predictor.errors import StoreError, UnknownDeviceError
+from predictor.store.models import (
+    Device,
+    Measurement,
+    ProfilingRun,
+    Regressor,
+    StoredModel,
+    Validation,
+    utc_now,
+)
+
+__all__ = [
+    "RUN_STATUSES",
+    "MeasurementIn",
+    "add_measurements",
+    "add_validation",
+    "count_measurements_by_op",
+    "finish_run",
+    "get_device",
+    "get_stored_model",
+    "iter_measurements",
+    "list_devices",
+    "list_runs",
+    "list_validations",
+    "load_regressors",
+    "lookup_table",
+    "measured_key_hashes",
+    "save_regressor",
+    "save_stored_model",
+    "set_overhead",
+    "start_run",
+    "upsert_device",
+]
+
+logger = logging.getLogger(__name__)
+
+RUN_STATUSES = ("running", "finished", "killed")
+# Percentiles come from a float summary of the same samples: allow rounding noise, not disorder.
+_ORDER_REL_TOLERANCE = 1e-6
+_ORDER_ABS_TOLERANCE = 1e-9
+# Rows per INSERT statement; stays below SQLite's bound-parameter limit (12 columns per row).
+_INSERT_CHUNK_ROWS = 500
+_MAX_KNOWN_NAMES_IN_ERROR = 20
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class MeasurementIn:
+    """One kernel measurement to upload: canonical key, its hash, and latency percentiles in ms."""
+
+    key: dict[str, Any]
+    key_hash: str
+    op_type: str
+    bits: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+
+
+def _dialect_insert(session: Session, table: Table) -> Any:
+    """Return the dialect's INSERT construct, which supports ON CONFLICT on SQLite and PostgreSQL."""
+    dialect_name = session.get_bind().dialect.name
+    if dialect_name == "postgresql":
+        return postgresql.insert(table)
+    if dialect_name == "sqlite":
+        return sqlite.insert(table)
+    raise StoreError(f"unsupported database dialect {dialect_name!r}; use SQLite or PostgreSQL")
+
+
+def _check_identifier(what: str, value: object, max_length: int) -> None:
+    """Raise ValueError unless value is a non-empty string of at most max_length characters."""
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise ValueError(
+            f"{what} must be a non-empty string of at most {max_length} characters, got {value!r}"
+        )
+
+
+def _is_int(value: object) -> bool:
+    """Whether value is an int proper (bool is excluded: True is not a bit-width)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    """Whether value is a real, finite int or float (bool excluded)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _not_above(lower: float, upper: float) -> bool:
+    """Whether lower <= upper up to float rounding noise."""
+    return lower <= upper or math.isclose(
+        lower, upper, rel_tol=_ORDER_REL_TOLERANCE, abs_tol=_ORDER_ABS_TOLERANCE
+    )
+
+
+def _check_measurement(row: MeasurementIn) -> None:
+    """Raise ValueError naming the key hash and the field if the measurement is not plausible."""
+    key_hash = row.key_hash
+    if not isinstance(key_hash, str) or not key_hash or len(key_hash) > 64:
+        raise ValueError(
+            f"measurement key_hash must be a non-empty string of at most 64 chars, got {key_hash!r}"
+        )
+
+    def fail(field: str, problem: str, value: object) -> ValueError:
+        return ValueError(f"measurement {key_hash!r}: {field} {problem}, got {value!r}")
+
+    if not isinstance(row.key, Mapping):
+        raise fail("key", "must be a dict", row.key)
+    if not isinstance(row.op_type, str) or not row.op_type or len(row.op_type) > 64:
+        raise fail("op_type", "must be a non-empty string of at most 64 chars", row.op_type)
+    if not _is_int(row.bits) or row.bits < 1:
+        raise fail("bits", "must be an int >= 1", row.bits)
+    if not _is_int(row.repeats) or row.repeats < 1:
+        raise fail("repeats", "must be an int >= 1", row.repeats)
+    for field in ("median_ms", "p10_ms", "p90_ms"):
+        value = getattr(row, field)
+        if not _is_finite_number(value) or value <= 0:
+            raise fail(field, "must be a finite number > 0", value)
+    if not _not_above(row.p10_ms, row.median_ms):
+        raise fail("p10_ms", f"must not exceed median_ms={row.median_ms!r}", row.p10_ms)
+    if not _not_above(row.median_ms, row.p90_ms):
+        raise fail("p90_ms", f"must not be below median_ms={row.median_ms!r}", row.p90_ms)
+
+
+def _refetch_device(session: Session, device: Device) -> Device:
+    """Return the session's own instance of the device (it may come detached from another session)."""
+    own = session.get(Device, device.id)
+    if own is None:
+        raise UnknownDeviceError(f"unknown device {device.name!r} (id {device.id}); it was deleted")
+    return own
+
+
+def get_device(session: Session, name: str) -> Device:
+    """Return the device of that name; raise UnknownDeviceError listing the known names otherwise."""
+    device = session.scalars(select(Device).where(Device.name == name)).one_or_none()
+    if device is not None:
+        return device
+    known = list(session.scalars(select(Device.name).order_by(Device.name)))
+    shown = ", ".join(repr(known_name) for known_name in known[:_MAX_KNOWN_NAMES_IN_ERROR]) or "none"
+    if len(known) > _MAX_KNOWN_NAMES_IN_ERROR:
+        shown += f", ... ({len(known) - _MAX_KNOWN_NAMES_IN_ERROR} more)"
+    raise UnknownDeviceError(f"unknown device {name!r}; known: {shown}")
+
+
+def upsert_device(
+    session: Session,
+    *,
+    name: str,
+    backend: str,
+    execution_provider: str,
+    runtime_version: str,
+    threads: int,
+    host: str,
+) -> Device:
+    """Create the device, or update its fields if the name exists; safe under concurrent registration."""
+    _check_identifier("device name", name, 128)
+    _check_identifier("backend", backend, 32)
+    _check_identifier("execution_provider", execution_provider, 128)
+    _check_identifier("runtime_version", runtime_version, 64)
+    if not _is_int(threads) or threads < 0:
+        raise ValueError(f"threads must be an int >= 0 (0: runtime default), got {threads!r}")
+    if not isinstance(host, str):
+        raise ValueError(f"host must be a string, got {host!r}")
+    fields = {
+        "backend": backend,
+        "execution_provider": execution_provider,
+        "runtime_version": runtime_version,
+        "threads": threads,
+        "host": host,
+    }
+    session.flush()
+    table = Device.__table__
+    assert isinstance(table, Table)
+    insert = _dialect_insert(session, table)
+    session.execute(
+        insert.values(name=name, created_at=utc_now(), **fields).on_conflict_do_update(
+            index_elements=[table.c.name], set_=fields
+        )
+    )
+    device = session.scalars(
+        select(Device).where(Device.name == name).execution_options(populate_existing=True)
+    ).one()
+    logger.debug("upserted device %r (id %d)", name, device.id)
+    return device
+
+
+def list_devices(session: Session) -> list[Device]:
+    """Return all devices ordered by name."""
+    return list(session.scalars(select(Device).order_by(Device.name)))
+
+
+def add_measurements(session: Session, device: Device, run_id: str, rows: Sequence[MeasurementIn]) -> int:
+    """Append measurements of one run; return how many were new.
+
+    Idempotent and safe under concurrent uploads: rows whose (device, run_id, key_hash) exist are
+    skipped (INSERT ... ON CONFLICT DO NOTHING), duplicates within the batch collapse to the first.
+    Every row is validated before anything is written: ValueError names the key hash and field.
+    """
+    _check_identifier("run_id", run_id, 64)
+    for row in rows:
+        _check_measurement(row)
+    first_by_hash: dict[str, MeasurementIn] = {}
+    for row in rows:
+        first_by_hash.setdefault(row.key_hash, row)
+    if not first_by_hash:
+        return 0
+    created_at = utc_now()
+    # Sorted so concurrent writers take row locks in the same order (no deadlocks on PostgreSQL).
+    values = [
+        {
+            "device_id": device.id,
+            "run_id": run_id,
+            "key_hash": key_hash,
+            "key": dict(row.key),
+            "op_type": row.op_type,
+            "bits": row.bits,
+            "median_ms": float(row.median_ms),
+            "p10_ms": float(row.p10_ms),
+            "p90_ms": float(row.p90_ms),
+            "repeats": row.repeats,
+            "created_at": created_at,
+        }
+        for key_hash, row in sorted(first_by_hash.items())
+    ]
+    session.flush()
+    table = Measurement.__table__
+    assert isinstance(table, Table)
+    insert = (
+        _dialect_insert(session, table)
+        .on_conflict_do_nothing(index_elements=[table.c.device_id, table.c.run_id, table.c.key_hash])
+        .returning(table.c.id)
+    )
+    inserted = 0
+    for start in range(0, len(values), _INSERT_CHUNK_ROWS):
+        chunk = values[start : start + _INSERT_CHUNK_ROWS]
+        inserted += len(session.execute(insert.values(chunk)).all())
+    logger.debug("run %r on device %r: %d of %d measurements new", run_id, device.name, inserted, len(values))
+    return inserted
+
+
+def measured_key_hashes(session: Session, device: Device) -> set[str]:
+    """Return the key hashes measured on the device in any run."""
+    return set(
+        session.scalars(select(Measurement.key_hash).where(Measurement.device_id == device.id).distinct())
+    )
+
+
+def lookup_table(session: Session, device: Device) -> dict[str, float]:
+    """Map key hash to median latency in ms; a key measured in several runs gets the median of medians."""
+    medians: defaultdict[str, list[float]] = defaultdict(list)
+    rows = session.execute(
+        select(Measurement.key_hash, Measurement.median_ms).where(Measurement.device_id == device.id)
+    )
+    for key_hash, median_ms in rows:
+        medians[key_hash].append(median_ms)
+    return {key_hash: statistics.median(values) for key_hash, values in medians.items()}
+
+
+def iter_measurements(
+    session: Session,
+    device: Device,
+    op_type: str | None = None,
+    bits: int | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Iterator[Measurement]:
+    """Yield the device's measurements in insertion order, optionally filtered by op type and bits."""
+    statement = select(Measurement).where(Measurement.device_id == device.id)
+    if op_type is not None:
+        statement = statement.where(Measurement.op_type == op_type)
+    if bits is not None:
+        statement = statement.where(Measurement.bits == bits)
+    statement = statement.order_by(Measurement.id).offset(offset)
+    if limit is not None:
+        statement = statement.limit(limit)
+    yield from session.scalars(statement.execution_options(yield_per=1000))
+
+
+def count_measurements_by_op(session: Session, device: Device) -> dict[str, int]:
+    """Return the number of measurement rows per op type on the device."""
+    rows = session.execute(
+        select(Measurement.op_type, func.count(Measurement.id))
+        .where(Measurement.device_id == device.id)
+        .group_by(Measurement.op_type)
+        .order_by(Measurement.op_type)
+    )
+    return {op_type: count for op_type, count in rows}
+
+
+def start_run(
+    session: Session, device: Device, run_id: str, budget_minutes: float | None = None
+) -> ProfilingRun:
+    """Record a running profiling run; idempotent: an existing run id is returned unchanged.
+
+    Raises ValueError if the run id already belongs to another device.
+    """
+    _check_identifier("run_id", run_id, 64)
+    if budget_minutes is not None and (not _is_finite_number(budget_minutes) or budget_minutes <= 0):
+        raise ValueError(f"budget_minutes must be a finite number > 0 or None, got {budget_minutes!r}")
+    session.flush()
+    table = ProfilingRun.__table__
+    assert isinstance(table, Table)
+    session.execute(
+        _dialect_insert(session, table)
+        .values(
+            run_id=run_id,
+            device_id=device.id,
+            started_at=utc_now(),
+            status="running",
+            budget_minutes=None if budget_minutes is None else float(budget_minutes),
+        )
+        .on_conflict_do_nothing(index_elements=[table.c.run_id])
+    )
+    run = session.scalars(select(ProfilingRun).where(ProfilingRun.run_id == run_id)).one()
+    if run.device_id != device.id:
+        raise ValueError(f"run {run_id!r} belongs to device id {run.device_id}, not {device.name!r}")
+    return run
+
+
+def finish_run(
+    session: Session, run_id: str, status: str, report: dict[str, Any] | None = None
+) -> ProfilingRun:
+    """Mark a run finished or killed, stamp finished_at and attach its report.
+
+    Raises ValueError for an unknown run id or a status other than "finished" / "killed".
+    """
+    if status not in ("finished", "killed"):
+        raise ValueError(f"status must be 'finished' or 'killed', got {status!r}")
+    run = session.scalars(select(ProfilingRun).where(ProfilingRun.run_id == run_id)).one_or_none()
+    if run is None:
+        raise ValueError(f"unknown run {run_id!r}")
+    run.status = status
+    run.finished_at = utc_now()
+    run.report = None if report is None else dict(report)
+    session.flush()
+    return run
+
+
+def list_runs(session: Session, device: Device) -> list[ProfilingRun]:
+    """Return the device's profiling runs, oldest first."""
+    return list(
+        session.scalars(
+            select(ProfilingRun)
+            .where(ProfilingRun.device_id == device.id)
+            .order_by(ProfilingRun.started_at, ProfilingRun.id)
+        )
+    )
+
+
+def save_regressor(
+    session: Session,
+    device: Device,
+    op_type: str,
+    model_text: str,
+    metrics: dict[str, Any],
+    data_version: str,
+) -> Regressor:
+    """Store the regressor for (device, op type), replacing any earlier one."""
+    _check_identifier("op_type", op_type, 64)
+    _check_identifier("data_version", data_version, 64)
+    if not isinstance(model_text, str) or not model_text:
+        raise ValueError("model_text must be a non-empty LightGBM text model")
+    fields = {
+        "model_text": model_text,
+        "metrics": dict(metrics),
+        "data_version": data_version,
+        "trained_at": utc_now(),
+    }
+    session.flush()
+    table = Regressor.__table__
+    assert isinstance(table, Table)
+    session.execute(
+        _dialect_insert(session, table)
+        .values(device_id=device.id, op_type=op_type, **fields)
+        .on_conflict_do_update(index_elements=[table.c.device_id, table.c.op_type], set_=fields)
+    )
+    return session.scalars(
+        select(Regressor)
+        .where(Regressor.device_id == device.id, Regressor.op_type == op_type)
+        .execution_options(populate_existing=True)
+    ).one()
+
+
+def load_regressors(session: Session, device: Device) -> dict[str, Regressor]:
+    """Return the device's regressors keyed by op type."""
+    regressors = session.scalars(select(Regressor).where(Regressor.device_id == device.id))
+    return {regressor.op_type: regressor for regressor in regressors}
+
+
+def set_overhead(session: Session, device: Device, overhead: Mapping[str, Any]) -> Device:
+    """Store the learned per-device overhead, e.g. {"per_run_ms": 0.02, "per_kernel_ms": 0.001}."""
+    if not isinstance(overhead, Mapping) or not all(isinstance(name, str) for name in overhead):
+        raise ValueError(f"overhead must be a dict with string keys, got {overhead!r}")
+    for name, value in overhead.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"overhead {name!r} must be finite, got {value!r}")
+    own = _refetch_device(session, device)
+    own.overhead = dict(overhead)
+    session.flush()
+    return own
+
+
+def add_validation(
+    session: Session,
+    device: Device,
+    *,
+    model_name: str,
+    config_name: str,
+    predicted_ms: float,
+    measured_ms: float,
+) -> Validation:
+    """Record a predicted-vs-measured end-to-end latency for one model and compression config."""
+    _check_identifier("model_name", model_name, 256)
+    _check_identifier("config_name", config_name, 256)
+    for field, value in (("predicted_ms", predicted_ms), ("measured_ms", measured_ms)):
+        if not _is_finite_number(value) or value < 0:
+            raise ValueError(f"{field} must be a finite number >= 0, got {value!r}")
+    validation = Validation(
+        device_id=device.id,
+        model_name=model_name,
+        config_name=config_name,
+        predicted_ms=float(predicted_ms),
+        measured_ms=float(measured_ms),
+    )
+    session.add(validation)
+    session.flush()
+    return validation
+
+
+def list_validations(session: Session, device: Device) -> list[Validation]:
+    """Return the device's validations, oldest first."""
+    return list(
+        session.scalars(
+            select(Validation)
+            .where(Validation.device_id == device.id)
+            .order_by(Validation.created_at, Validation.id)
+        )
+    )
+
+
+def get_stored_model(session: Session, model_id: str) -> StoredModel | None:
+    """Return the uploaded model with that sha256 hex id, or None."""
+    return session.get(StoredModel, model_id)
+
+
+def save_stored_model(
+    session: Session,
+    *,
+    model_id: str,
+    name: str,
+    size_bytes: int,
+    inputs: Any,
+    kernels: Any | None = None,
+) -> StoredModel:
+    """Store an uploaded model's metadata; idempotent by content id (the existing row is returned).
+
+    Kernels given for an existing row that has none are filled in.
+    """
+    if not isinstance(model_id, str) or not _SHA256_HEX.fullmatch(model_id):
+        raise ValueError(f"model_id must be a lowercase sha256 hex digest, got {model_id!r}")
+    _check_identifier("model name", name, 256)
+    if not _is_int(size_bytes) or size_bytes < 0:
+        raise ValueError(f"size_bytes must be an int >= 0, got {size_bytes!r}")
+    session.flush()
+    table = StoredModel.__table__
+    assert isinstance(table, Table)
+    session.execute(
+        _dialect_insert(session, table)
+        .values(
+            id=model_id,
+            name=name,
+            size_bytes=size_bytes,
+            created_at=utc_now(),
+            inputs=inputs,
+            kernels=kernels,
+        )
+        .on_conflict_do_nothing(index_elements=[table.c.id])
+    )
+    stored = session.scalars(
+        select(StoredModel).where(StoredModel.id == model_id).execution_options(populate_existing=True)
+    ).one()
+    if kernels is not None and stored.kernels is None:
+        stored.kernels = kernels
+        session.flush()
+    return stored

@@ -1,0 +1,42 @@
+"""Service settings: the only place that reads LATPRED_* environment variables."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Configuration of the CLI and the REST service."""
+
+    model_config = SettingsConfigDict(env_prefix="LATPRED_", extra="ignore")
+
+    home: Path = Field(default=Path("./var"), description="data directory (SQLite file, uploaded models)")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default: a SQLite file under home")
+    api_tokens: str = Field(default="", description="comma-separated bearer tokens that may write")
+    read_token_required: bool = Field(default=False, description="require a token for reads too")
+    max_upload_mb: float = Field(default=200.0, gt=0)
+    optimize_timeout_s: float = Field(default=120.0, gt=0, description="limit on the runtime optimizer per model")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'latpred.db').resolve()}"
+
+    @property
+    def tokens(self) -> list[str]:
+        return [token.strip() for token in self.api_tokens.split(",") if token.strip()]
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

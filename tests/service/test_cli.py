@@ -1,0 +1,128 @@
+"""The `latpred` CLI contract: one-line errors with exit 2, --json prints only JSON."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests import factories
+
+
+def run_cli(*args: str, home: Path, database_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATPRED_")}
+    env["LATPRED_HOME"] = str(home)
+    if database_url:
+        env["LATPRED_DATABASE_URL"] = database_url
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert fragment in lines[0]
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "block.onnx"
+    onnx.save(factories.residual_model(), path)
+    return path
+
+
+@pytest.fixture
+def registered_device(tmp_path: Path) -> str:
+    from predictor.runtime import describe_host, local_runtime
+    from predictor.store import (
+        create_store_engine,
+        session_factory,
+        session_scope,
+        upgrade_schema,
+        upsert_device,
+    )
+
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'home' / 'latpred.db'}")
+    upgrade_schema(engine)
+    runtime = local_runtime(1)
+    with session_scope(session_factory(engine)) as session:
+        upsert_device(session, name="cpu-1t", backend=runtime.backend, execution_provider=runtime.execution_provider,
+                      runtime_version=runtime.runtime_version, threads=1, host=describe_host())
+    engine.dispose()
+    return "cpu-1t"
+
+
+def test_devices_on_an_empty_store(tmp_path: Path) -> None:
+    result = run_cli("devices", "--json", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"devices": []}
+
+
+def test_predict_prints_kernels_then_says_no_measurements(tmp_path: Path, model_file: Path,
+                                                            registered_device: str) -> None:
+    result = run_cli("predict", str(model_file), "--device", registered_device, home=tmp_path / "home")
+    assert_usage_error(result, f"no measurements for device {registered_device}")
+    assert "conv_a" in result.stdout and "conv_b" in result.stdout
+    assert "kernels on onnxruntime" in result.stdout
+
+
+def test_predict_unknown_device(tmp_path: Path, model_file: Path) -> None:
+    assert_usage_error(run_cli("predict", str(model_file), "--device", "nope", home=tmp_path / "home"),
+                       "unknown device 'nope'")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"definitely not onnx", "not an ONNX model"),
+        (b"", "empty file"),
+    ],
+)
+def test_predict_bad_files(tmp_path: Path, content: bytes, fragment: str) -> None:
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    assert_usage_error(run_cli("predict", str(path), "--device", "any", home=tmp_path / "home"), fragment)
+
+
+def test_predict_truncated_and_bitflipped(tmp_path: Path, model_file: Path) -> None:
+    data = model_file.read_bytes()
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(data[: len(data) // 2])
+    assert_usage_error(run_cli("predict", str(truncated), "--device", "any", home=tmp_path / "home"),
+                       "truncated/corrupted")
+
+
+def test_predict_opset_the_runtime_cannot_load(tmp_path: Path, registered_device: str) -> None:
+    model = factories.gemm_model()
+    model.opset_import[0].version = 999
+    path = tmp_path / "future.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = run_cli("predict", str(path), "--device", registered_device, home=tmp_path / "home")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "opset" in result.stderr.lower() or "invalid onnx model" in result.stderr.lower()
+
+
+def test_symbolic_shapes_need_input_shape(tmp_path: Path, registered_device: str) -> None:
+    path = tmp_path / "dyn.onnx"
+    onnx.save(factories.symbolic_batch_model(), path)
+    home = tmp_path / "home"
+    assert_usage_error(run_cli("predict", str(path), "--device", registered_device, home=home), "--input-shape")
+    fixed = run_cli("predict", str(path), "--device", registered_device, "--input-shape", "input=4x16", home=home)
+    assert "4x16" in fixed.stdout
+    assert_usage_error(fixed, "no measurements")
+
+
+def test_missing_option_value_is_one_line(tmp_path: Path) -> None:
+    assert_usage_error(run_cli("predict", "--device", home=tmp_path / "home"), "--device")
+
+
+def test_unreachable_database_is_one_line(tmp_path: Path, model_file: Path) -> None:
+    result = run_cli("devices", home=tmp_path / "home",
+                     database_url="postgresql://nobody@127.0.0.1:1/none")
+    assert_usage_error(result, "cannot connect to database")
