@@ -37,6 +37,9 @@ Shape = tuple[int, ...]
 # Runtime ops that only move or reinterpret data; they never take over the original node of another op.
 _GLUE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
 _LAYOUT_OPS = {"ReorderInput", "ReorderOutput"}
+_HEAVY_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
+              "GlobalMaxPool", "LayerNormalization", "Softmax", "Resize", "Concat", "MatMulNBits"}
+_FOLDED_INTO_HEAVY = {"Transpose", "DequantizeLinear"}
 # Original ops in order of how much they say about a kernel: the first one found names the kernel.
 _PRIMARY_ORDER = [
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LayerNormalization", "Softmax",
@@ -50,6 +53,7 @@ _ELEM_TYPE_NAMES = {
 _ELEM_TYPE_BITS = {1: 32, 2: 8, 3: 8, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 16: 16, 21: 4, 22: 4}
 _DOMAIN_PREFIX = {"": "", "ai.onnx": "", "com.microsoft": "", "com.microsoft.nchwc": "Nchwc"}
 _SPARSITY_STEP = 0.05
+_OPSET_FOR_DEFAULTS = 21
 _INT8_OPS = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize", "QuantizeLinear",
              "DequantizeLinear")
 
@@ -294,17 +298,22 @@ def _map_to_original(optimized_nodes: list[onnx.NodeProto], original: _OriginalG
         if node.op_type in _GLUE_OPS or node.op_type in _LAYOUT_OPS or not seeds[k]:
             continue
         boundary = {i for i in node.input if i in original.tensors}
-        queue = deque(seeds[k])
+        queue = deque((seed, original.nodes[seed].op_type in _HEAVY_OPS) for seed in seeds[k])
         while queue:
-            current = queue.popleft()
+            current, past_heavy = queue.popleft()
             for tensor in original.nodes[current].input:
                 if not tensor or tensor in boundary or tensor in original.constants:
                     continue
                 source = original.producer.get(tensor)
                 if source is None or source in owner:
                     continue
+                source_op = original.nodes[source].op_type
+                # A fused kernel starts at its heavy op; above it only a transpose folded into a
+                # MatMul or the dequantize of an int8 input belong to it, not the previous layer's tail.
+                if past_heavy and source_op not in _FOLDED_INTO_HEAVY:
+                    continue
                 owner[source] = k
-                queue.append(source)
+                queue.append((source, past_heavy or source_op in _HEAVY_OPS))
 
     # Leftovers were fused into the kernel that produces their input (bias Add, fused Relu, QDQ pairs).
     for index, node in enumerate(original.nodes):
@@ -468,11 +477,13 @@ def weight_sparsity(weight: np.ndarray) -> tuple[float, str]:
 def _is_two_four(weight: np.ndarray) -> bool:
     """True if every group of 4 consecutive weights along the reduction axis has at least 2 zeros."""
     if weight.ndim == 2:
-        # MatMul weights are [K, N]: group along K.
-        groups_source = weight.T
-    else:
-        groups_source = weight.reshape(weight.shape[0], weight.shape[1], -1).transpose(0, 2, 1)
-    rows = groups_source.reshape(-1, groups_source.shape[-1])
+        # MatMul weights are [K, N], Gemm's with transB [N, K]: the pattern may run along either axis.
+        return _rows_two_four(weight.T) or _rows_two_four(weight)
+    groups_source = weight.reshape(weight.shape[0], weight.shape[1], -1).transpose(0, 2, 1)
+    return _rows_two_four(groups_source.reshape(-1, groups_source.shape[-1]))
+
+
+def _rows_two_four(rows: np.ndarray) -> bool:
     if rows.shape[-1] % 4:
         return False
     groups = rows.reshape(rows.shape[0], -1, 4)
@@ -501,7 +512,7 @@ def _build_kernel(
     optimized_arrays: dict[str, np.ndarray],
     infos: dict[str, TensorInfo],
 ) -> Kernel:
-    attrs = {a.name: _canonical_value(helper.get_attribute_value(a)) for a in node.attribute}
+    attrs = _canonical_attrs(node)
     activation = attrs.pop("activation", None)
     data_inputs = [i for i in node.input if i and i not in optimized_arrays]
     input_infos = [infos.get(i) for i in data_inputs]
@@ -522,10 +533,18 @@ def _build_kernel(
     if node.op_type.startswith(_INT8_OPS):
         bits = 8
     first_type = input_infos[0].elem_type if input_infos and input_infos[0] is not None else 1
+    input_shapes = [info.shape if info is not None else None for info in input_infos]
+    output_shapes = [info.shape if info is not None else None for info in output_infos]
+    if attrs.get("channels_last") == 1 and weight_shape is not None and len(weight_shape) == 4:
+        # Whether a neighbour already works channels-last decides how onnxruntime labels the tensor;
+        # keys state NCHW shapes so the same int8 conv has one key wherever it sits.
+        group = int(attrs.get("group", 1))
+        input_shapes[:1] = [_as_nchw(s, weight_shape[1] * group) for s in input_shapes[:1]]
+        output_shapes = [_as_nchw(s, weight_shape[0]) for s in output_shapes]
     key = KernelKey(
         op_type=_op_name(node),
-        inputs=tuple(info.shape if info is not None else None for info in input_infos),
-        outputs=tuple(info.shape if info is not None else None for info in output_infos),
+        inputs=tuple(input_shapes),
+        outputs=tuple(output_shapes),
         weight=weight_shape,
         activation=str(activation) if activation is not None else None,
         attrs=tuple(sorted(attrs.items())),
@@ -544,6 +563,32 @@ def _build_kernel(
         runtime_node=node.name,
         original_ops=ops,
     )
+
+
+def _as_nchw(shape: Shape | None, channels: int) -> Shape | None:
+    """A 4-D shape in NCHW order, given its channel count (NHWC shapes are permuted)."""
+    if shape is None or len(shape) != 4 or shape[1] == channels or shape[3] != channels:
+        return shape
+    return (shape[0], shape[3], shape[1], shape[2])
+
+
+def _canonical_attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    """Attributes with values equal to the ONNX schema default dropped: written or not, same kernel."""
+    attrs = {a.name: _canonical_value(helper.get_attribute_value(a)) for a in node.attribute}
+    if node.domain not in ("", "ai.onnx"):
+        return attrs
+    try:
+        schema = onnx.defs.get_schema(node.op_type, max_inclusive_version=_OPSET_FOR_DEFAULTS, domain="")
+    except onnx.defs.SchemaError:
+        return attrs
+    for name in list(attrs):
+        spec = schema.attributes.get(name)
+        if spec is None or not spec.default_value.name:
+            continue
+        default = _canonical_value(helper.get_attribute_value(spec.default_value))
+        if default == attrs[name]:
+            del attrs[name]
+    return attrs
 
 
 def _primary_node(covered: list[int], original: _OriginalGraph) -> int | None:

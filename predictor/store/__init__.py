@@ -22,6 +22,7 @@ from predictor.store.crud import (
     save_stored_model,
     set_overhead,
     start_run,
+    update_run_report,
     upsert_device,
 )
 from predictor.store.database import (
@@ -72,6 +73,7 @@ __all__ = [
     "session_scope",
     "set_overhead",
     "start_run",
+    "update_run_report",
     "upgrade_schema",
     "upsert_device",
 ]

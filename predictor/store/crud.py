@@ -353,6 +353,16 @@ def finish_run(
     return run
 
 
+def update_run_report(session: Session, run_id: str, report: Mapping[str, Any]) -> ProfilingRun:
+    """Replace a running run's report (progress so far: a killed run keeps what it had)."""
+    run = session.scalars(select(ProfilingRun).where(ProfilingRun.run_id == run_id)).one_or_none()
+    if run is None:
+        raise ValueError(f"unknown run {run_id!r}")
+    run.report = dict(report)
+    session.flush()
+    return run
+
+
 def list_runs(session: Session, device: Device) -> list[ProfilingRun]:
     """Return the device's profiling runs, oldest first."""
     return list(

@@ -1,0 +1,97 @@
+"""The backend interface: one module per device runtime, small enough to add a new one easily."""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import onnx
+
+from predictor.kernels import Kernel
+from predictor.runtime import RuntimeSpec
+
+__all__ = ["Backend", "BackendUnavailableError", "KernelTiming", "MeasureProtocol", "Timing", "summarize_ms"]
+
+
+class BackendUnavailableError(RuntimeError):
+    """The backend cannot run on this host (no GPU, library missing); the message says why."""
+
+
+@dataclass(frozen=True)
+class MeasureProtocol:
+    """How one model is timed: warm-up, then repeat until the median is stable or a cap is hit."""
+
+    warmup_runs: int = 5
+    min_repeats: int = 10
+    max_repeats: int = 200
+    max_seconds: float = 2.0
+    # Stop when the 95% confidence interval of the median is within this share of the median.
+    stable_within: float = 0.02
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency statistics of repeated runs, in milliseconds."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+
+
+@dataclass(frozen=True)
+class KernelTiming:
+    """One kernel's in-graph latency as the runtime reports it."""
+
+    kernel: Kernel
+    timing: Timing
+
+
+def summarize_ms(samples_ms: list[float] | np.ndarray) -> Timing:
+    """Median and 10th/90th percentiles of samples (ms)."""
+    values = np.asarray(samples_ms, dtype=float)
+    return Timing(
+        median_ms=float(np.median(values)),
+        p10_ms=float(np.percentile(values, 10)),
+        p90_ms=float(np.percentile(values, 90)),
+        repeats=int(values.size),
+    )
+
+
+def median_is_stable(samples: list[float], within: float) -> bool:
+    """True if the distribution-free 95% confidence interval of the median is within `within` of it."""
+    n = len(samples)
+    if n < 5:
+        return False
+    ordered = sorted(samples)
+    half_width = 1.96 * math.sqrt(n) / 2
+    low = ordered[max(0, int(math.floor(n / 2 - half_width)))]
+    high = ordered[min(n - 1, int(math.ceil(n / 2 + half_width)))]
+    median = statistics.median(ordered)
+    return median > 0 and (high - low) / 2 <= within * median
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A device runtime: how it executes a model (kernels) and how long each kernel takes."""
+
+    name: str
+
+    def runtime(self) -> RuntimeSpec:
+        """The runtime half of the device this backend measures."""
+        ...
+
+    def extract_kernels(self, model: onnx.ModelProto) -> list[Kernel]:
+        """The kernels this runtime executes for the model (shapes fixed), in execution order."""
+        ...
+
+    def measure_kernels(self, model: onnx.ModelProto, protocol: MeasureProtocol,
+                        wall: Timing | None = None) -> list[KernelTiming]:
+        """In-graph latency of every kernel of the model (`wall`: its end-to-end timing, if known)."""
+        ...
+
+    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol) -> Timing:
+        """End-to-end latency of one inference of the model."""
+        ...

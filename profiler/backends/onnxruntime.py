@@ -1,0 +1,180 @@
+"""onnxruntime backend: kernels from its optimizer, in-graph kernel time by split wall time.
+
+A single-kernel model pays per-run overhead (input binding, executor start) that the same kernel does
+not pay inside a real model, and the per-node profiler adds a few microseconds of its own to every
+node it times. So a model's kernels are timed in two sessions: its wall time without profiling, less
+the wall time of an empty model (the per-run overhead), is the in-graph cost of all its kernels;
+the per-node profiler only says how that cost splits between them. Dispatch costs that remain are
+learned from end-to-end runs of real models (predictor.overhead).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from predictor.kernels import Kernel, extract_kernels
+from predictor.runtime import RuntimeSpec, local_runtime, translate_runtime_error
+from profiler.backends.base import KernelTiming, MeasureProtocol, Timing, median_is_stable, summarize_ms
+
+__all__ = ["OnnxRuntimeBackend", "random_feeds"]
+
+logger = logging.getLogger(__name__)
+
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def random_feeds(session: object, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs for a session: standard normal floats, zeros for integer inputs (valid indices)."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for arg in session.get_inputs():  # type: ignore[attr-defined]
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in arg.shape]
+        dtype = _NUMPY_TYPES.get(arg.type, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[arg.name] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+class OnnxRuntimeBackend:
+    """onnxruntime with a fixed execution provider and thread count."""
+
+    name = "onnxruntime"
+
+    def __init__(self, threads: int = 1, execution_provider: str = "CPUExecutionProvider") -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if execution_provider not in available:
+            from profiler.backends.base import BackendUnavailableError
+
+            raise BackendUnavailableError(
+                f"execution provider {execution_provider} is not available here (have: {', '.join(available)})"
+            )
+        self._runtime = local_runtime(threads=threads, execution_provider=execution_provider)
+        self._empty_run_ms: float | None = None
+
+    def runtime(self) -> RuntimeSpec:
+        return self._runtime
+
+    def extract_kernels(self, model: onnx.ModelProto) -> list[Kernel]:
+        return extract_kernels(model, self._runtime)
+
+    def _session(self, model: onnx.ModelProto, profile_dir: Path | None = None):  # type: ignore[no-untyped-def]
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self._runtime.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        if profile_dir is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile_dir / "profile")
+        try:
+            return ort.InferenceSession(model.SerializeToString(), options,
+                                        providers=[self._runtime.execution_provider])
+        except Exception as exc:  # onnxruntime's pybind errors have no common public base
+            raise translate_runtime_error(exc) from exc
+
+    @staticmethod
+    def _run_until_stable(session, feeds, protocol: MeasureProtocol) -> list[float]:  # type: ignore[no-untyped-def]
+        """Warm up, then run until the median wall time is stable or a cap is hit; returns ms samples."""
+        for _ in range(protocol.warmup_runs):
+            session.run(None, feeds)
+        samples: list[float] = []
+        deadline = time.perf_counter() + protocol.max_seconds
+        while len(samples) < protocol.max_repeats:
+            start = time.perf_counter()
+            session.run(None, feeds)
+            samples.append((time.perf_counter() - start) * 1000.0)
+            if len(samples) >= protocol.min_repeats and (
+                median_is_stable(samples, protocol.stable_within) or time.perf_counter() > deadline
+            ):
+                break
+        return samples
+
+    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol) -> Timing:
+        session = self._session(model)
+        feeds = random_feeds(session)
+        return summarize_ms(self._run_until_stable(session, feeds, protocol))
+
+    def empty_run_ms(self, protocol: MeasureProtocol) -> float:
+        """Wall time of one run of a model that does (almost) nothing: the per-run overhead."""
+        if self._empty_run_ms is None:
+            self._empty_run_ms = self.measure_model(_empty_model(), protocol).median_ms
+        return self._empty_run_ms
+
+    def measure_kernels(self, model: onnx.ModelProto, protocol: MeasureProtocol,
+                        wall: Timing | None = None) -> list[KernelTiming]:
+        """In-graph latency of every kernel; `wall`: the model's end-to-end timing if already measured."""
+        kernels = self.extract_kernels(model)
+        wall = wall or self.measure_model(model, protocol)
+        with tempfile.TemporaryDirectory(prefix="latpred-prof-") as tmp:
+            session = self._session(model, profile_dir=Path(tmp))
+            feeds = random_feeds(session)
+            self._run_until_stable(session, feeds, protocol)
+            profile_path = session.end_profiling()
+            per_node = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
+            os.unlink(profile_path)
+        profiled = {k.runtime_node: float(np.median(per_node[k.runtime_node])) for k in kernels
+                    if per_node.get(k.runtime_node)}
+        profiled_total = sum(profiled.values())
+        in_graph_ms = wall.median_ms - self.empty_run_ms(protocol)
+        # Scale the profiler's split so the kernels add up to the measured in-graph cost; never above
+        # what the profiler saw (its own overhead only inflates), never below a tenth of it.
+        scale = min(1.0, max(0.1, in_graph_ms / profiled_total)) if profiled_total > 0 else 1.0
+        timings: list[KernelTiming] = []
+        for kernel in kernels:
+            node_samples = per_node.get(kernel.runtime_node)
+            if not node_samples:
+                logger.warning("no profiler events for kernel %s (%s)", kernel.name, kernel.runtime_node)
+                continue
+            scaled = [sample * scale for sample in node_samples]
+            timings.append(KernelTiming(kernel=kernel, timing=summarize_ms(scaled)))
+        logger.debug("measured %d kernels, scale %.3f", len(timings), scale)
+        return timings
+
+
+def _empty_model() -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"], name="identity")], "empty",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _node_times_ms(profile_path: Path, skip_runs: int) -> dict[str, list[float]]:
+    """Per-node kernel times (ms) from an onnxruntime profile, dropping the warm-up runs."""
+    events = json.loads(profile_path.read_text())
+    per_node: dict[str, list[float]] = defaultdict(list)
+    seen: dict[str, int] = defaultdict(int)
+    for event in events:
+        if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
+            continue
+        node = event["name"][: -len("_kernel_time")]
+        seen[node] += 1
+        if seen[node] <= skip_runs:
+            continue
+        # The profiler's clock ticks in microseconds; a kernel reported as 0 us took under one.
+        per_node[node].append(max(float(event["dur"]), 0.5) / 1000.0)
+    return dict(per_node)

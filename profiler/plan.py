@@ -1,0 +1,131 @@
+"""What to profile, in priority order: the user's model first, then real architectures, then random variants.
+
+A work item is a whole (compressed) model: profiling it measures every kernel it contains in the
+context it really runs in, and its end-to-end time teaches the device's per-run overhead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from predictor.config import CompressionConfig, parse_config
+from profiler.skeleton import load_skeleton, materialize_skeleton
+
+__all__ = ["DEFAULT_PRIORS_DIR", "WorkItem", "default_plan", "model_plan", "prior_index"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRIORS_DIR = Path(__file__).resolve().parents[1] / "data" / "priors"
+
+# Stages of the default space. Sparsity stages stop early for op types where the axis proves flat.
+_PRIOR_CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    ("fp32", {}),
+    ("int8", {"default": {"bits": 8}}),
+    ("prune30", {"default": {"prune_ratio": 0.3}}),
+    ("prune50_r8", {"default": {"prune_ratio": 0.5, "round_to": 8}}),
+    ("int8_prune30", {"default": {"bits": 8, "prune_ratio": 0.3}}),
+    ("prune50", {"default": {"prune_ratio": 0.5}}),
+    ("fp16", {"default": {"bits": 16}}),
+    ("int4", {"default": {"bits": 4}}),
+]
+SPARSITY_CONFIGS: list[tuple[str, dict[str, Any]]] = [
+    ("sparse50", {"default": {"sparsity": 0.5}}),
+    ("sparse2of4", {"default": {"sparsity_pattern": "2:4"}}),
+    ("sparse75", {"default": {"sparsity": 0.75}}),
+    ("sparse90", {"default": {"sparsity": 0.9}}),
+    ("sparse95", {"default": {"sparsity": 0.95}}),
+]
+_RANDOM_SIZES = [96, 128, 160, 192, 256]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One model to build and profile."""
+
+    label: str
+    build: Callable[[], onnx.ModelProto]
+    config: CompressionConfig
+    stage: str
+    architecture: str = ""
+
+    @property
+    def item_id(self) -> str:
+        digest = hashlib.sha256(f"{self.label}|{self.config.canonical_json()}".encode()).hexdigest()
+        return digest[:16]
+
+    @property
+    def is_sparsity(self) -> bool:
+        return self.stage == "sparsity"
+
+
+def prior_index(priors_dir: Path = DEFAULT_PRIORS_DIR) -> list[dict[str, Any]]:
+    """The prior architectures (skeleton files) in priority order."""
+    index_path = priors_dir / "index.json"
+    if not index_path.exists():
+        raise FileNotFoundError(f"no op-space priors at {priors_dir} (expected index.json)")
+    entries = json.loads(index_path.read_text())["priors"]
+    return sorted(entries, key=lambda e: (e["priority"], -e["image_size"]))
+
+
+def _skeleton_builder(path: Path, size_override: int | None = None, seed: int = 0) -> Callable[[], onnx.ModelProto]:
+    def build() -> onnx.ModelProto:
+        skeleton = load_skeleton(path)
+        shapes = None
+        if size_override is not None:
+            shapes = {v["name"]: [v["shape"][0], v["shape"][1], size_override, size_override]
+                      for v in skeleton["inputs"]}
+        return materialize_skeleton(skeleton, seed=seed, input_shapes=shapes)
+
+    return build
+
+
+def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0) -> Iterator[WorkItem]:
+    """Real architectures under each config, then sparsity, then random variants without end."""
+    entries = prior_index(priors_dir)
+    for stage, configs in (("priors", _PRIOR_CONFIGS), ("sparsity", SPARSITY_CONFIGS)):
+        for config_name, raw in configs:
+            for entry in entries:
+                if config_name == "int4" and "vit" not in entry["architecture"]:
+                    continue  # weight-only int4 applies to MatMul/Gemm: transformer layers
+                if stage == "sparsity" and entry["image_size"] != 224:
+                    continue
+                label = f"{Path(entry['file']).stem}/{config_name}"
+                yield WorkItem(label=label, build=_skeleton_builder(priors_dir / entry["file"]),
+                               config=parse_config(raw), stage=stage, architecture=entry["architecture"])
+    rng = random.Random(seed)
+    cnn_entries = [e for e in entries if "vit" not in e["architecture"]]
+    counter = 0
+    while True:
+        counter += 1
+        entry = rng.choice(entries)
+        size = rng.choice(_RANDOM_SIZES) if entry in cnn_entries and entry["architecture"] not in {"vgg11"} else None
+        ratio = round(rng.uniform(0.1, 0.7), 2)
+        raw: dict[str, Any] = {"default": {"prune_ratio": ratio, "bits": rng.choice([32, 32, 8])}}
+        if rng.random() < 0.3:
+            raw["default"]["round_to"] = rng.choice([4, 8, 16])
+        label = f"{Path(entry['file']).stem}@{size or entry['image_size']}/random{counter}"
+        yield WorkItem(label=label, build=_skeleton_builder(priors_dir / entry["file"], size, seed=counter),
+                       config=parse_config(raw), stage="random", architecture=entry["architecture"])
+
+
+def model_plan(model: onnx.ModelProto, name: str, configs: list[tuple[str, CompressionConfig]]) -> list[WorkItem]:
+    """Exactly what one model and its compressed variants need (`--for-model`)."""
+    def build() -> onnx.ModelProto:
+        return model
+
+    items = [WorkItem(label=f"{name}/fp32", build=build, config=CompressionConfig(), stage="model",
+                      architecture=name)]
+    for config_name, config in configs:
+        if config.is_identity:
+            continue
+        items.append(WorkItem(label=f"{name}/{config_name}", build=build, config=config, stage="model",
+                              architecture=name))
+    return items

@@ -1,0 +1,318 @@
+"""Budgeted, resumable profiling runs: measure work items, write each one's kernels as soon as it is done.
+
+Resumable by construction: every item's measurements are committed before the next item starts, the
+run's report (items done, end-to-end samples) is updated with them, and a new run skips items and
+kernel keys that any earlier run of the device already measured. Killing a run loses at most the
+item in flight; re-running measures nothing twice.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+from predictor.compress import apply_config
+from predictor.config import CompressionConfig, LayerCompression
+from predictor.errors import LatpredError
+from predictor.kernels import KernelKey
+from predictor.store import MeasurementIn
+from profiler.backends.base import Backend, KernelTiming, MeasureProtocol
+from profiler.plan import WorkItem
+
+__all__ = ["ProfileRunner", "RunReport", "Sink", "reference_model"]
+
+logger = logging.getLogger(__name__)
+
+_FLAT_MIN_PAIRS = 8
+_FLAT_MEDIAN_DEVIATION = 0.10
+_FLAT_CLEARLY_FASTER = 0.10
+_DRIFT_THRESHOLD = 0.10
+_DRIFT_EVERY_S = 120.0
+_WEIGHT_OP_MARKERS = ("Conv", "Gemm", "MatMul")
+
+
+class Sink(Protocol):
+    """Where measurements go: the store directly, or the REST service of a central latpred."""
+
+    def known_table(self) -> dict[str, float]: ...
+
+    def done_items(self) -> set[str]: ...
+
+    def start(self, run_id: str, budget_minutes: float | None) -> None: ...
+
+    def write(self, run_id: str, rows: list[MeasurementIn], report: dict[str, Any]) -> int: ...
+
+    def finish(self, run_id: str, status: str, report: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class RunReport:
+    """What a run did: coverage per op type, flat axes found, drift seen, end-to-end samples."""
+
+    run_id: str
+    device: str
+    items_done: list[str] = field(default_factory=list)
+    items_skipped: int = 0
+    items_failed: list[str] = field(default_factory=list)
+    measured_per_op: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    flat_axes: dict[str, list[str]] = field(default_factory=dict)
+    flat_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
+    drift: list[dict[str, float]] = field(default_factory=list)
+    reference_ms: float | None = None
+    end_to_end: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    budget_minutes: float | None = None
+    stopped_by: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "device": self.device,
+            "items_done": list(self.items_done),
+            "items_skipped": self.items_skipped,
+            "items_failed": list(self.items_failed),
+            "measured_per_op": dict(sorted(self.measured_per_op.items())),
+            "flat_axes": self.flat_axes,
+            "flat_evidence": self.flat_evidence,
+            "drift": self.drift,
+            "reference_ms": self.reference_ms,
+            "end_to_end": self.end_to_end,
+            "elapsed_s": round(self.elapsed_s, 1),
+            "budget_minutes": self.budget_minutes,
+            "stopped_by": self.stopped_by,
+        }
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable report lines (what the CLI prints)."""
+        lines = [f"run {self.run_id} on {self.device}: {len(self.items_done)} models profiled, "
+                 f"{sum(self.measured_per_op.values())} new kernels in {self.elapsed_s / 60:.1f} min "
+                 f"({self.stopped_by or 'done'})"]
+        for op_type, count in sorted(self.measured_per_op.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {op_type:28s} {count:6d} kernels")
+        for op_type, axes in sorted(self.flat_axes.items()):
+            for axis in axes:
+                evidence = self.flat_evidence.get(op_type, {})
+                lines.append(f"  {axis} has no effect on {op_type} on device {self.device} "
+                             f"(median change {evidence.get('median_change', 0) * 100:+.1f}% "
+                             f"over {int(evidence.get('pairs', 0))} pairs)")
+        if self.drift:
+            worst = max(self.drift, key=lambda d: abs(d["ratio"] - 1))
+            lines.append(f"  DRIFT: reference kernel changed by {(worst['ratio'] - 1) * 100:+.1f}% "
+                         f"at {worst['elapsed_s']:.0f}s ({len(self.drift)} checks over threshold)")
+        else:
+            lines.append("  no drift: reference kernel stayed within "
+                         f"{_DRIFT_THRESHOLD * 100:.0f}% of {self.reference_ms or 0:.3f} ms")
+        if self.items_failed:
+            lines.append(f"  {len(self.items_failed)} models failed to build or run (see log)")
+        return lines
+
+
+def reference_model() -> onnx.ModelProto:
+    """A fixed 3x3 conv (64 channels, 56x56, about 1 ms) timed periodically to detect drift of the machine."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="reference_conv", pads=[1, 1, 1, 1])], "reference",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 56, 56])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 56, 56])], [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _has_sparsity(item: WorkItem) -> bool:
+    config = item.config
+    specs = [config.default, *config.layers.values()]
+    return any((spec.sparsity or 0) > 0 or spec.sparsity_pattern == "2:4" for spec in specs)
+
+
+def _without_sparsity(config: CompressionConfig) -> CompressionConfig:
+    def strip(spec: LayerCompression) -> LayerCompression:
+        return spec.model_copy(update={"sparsity": None, "sparsity_pattern": None})
+
+    return CompressionConfig(default=strip(config.default),
+                             layers={name: strip(spec) for name, spec in config.layers.items()})
+
+
+def _rows_from_timings(timings: list[KernelTiming]) -> list[MeasurementIn]:
+    """One row per distinct key; repeated kernels of a model pool their samples (median of medians)."""
+    by_hash: dict[str, list[KernelTiming]] = defaultdict(list)
+    for timing in timings:
+        by_hash[timing.kernel.key.key_hash].append(timing)
+    rows = []
+    for key_hash, group in by_hash.items():
+        key = group[0].kernel.key
+        median = float(np.median([t.timing.median_ms for t in group]))
+        p10 = min(float(np.median([t.timing.p10_ms for t in group])), median)
+        p90 = max(float(np.median([t.timing.p90_ms for t in group])), median)
+        rows.append(MeasurementIn(key=key.to_dict(), key_hash=key_hash, op_type=key.op_type, bits=key.bits,
+                                  median_ms=median, p10_ms=p10, p90_ms=p90,
+                                  repeats=sum(t.timing.repeats for t in group)))
+    return rows
+
+
+class ProfileRunner:
+    """Runs work items against a backend within a time budget, writing to a sink as it goes."""
+
+    def __init__(
+        self,
+        device: str,
+        backend: Backend,
+        sink: Sink,
+        protocol: MeasureProtocol | None = None,
+        progress: Callable[[int, float, float, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.device = device
+        self.backend = backend
+        self.sink = sink
+        self.protocol = protocol or MeasureProtocol()
+        self.progress = progress
+        self.clock = clock
+
+    def run(self, items: Iterable[WorkItem], budget_minutes: float, run_id: str | None = None) -> RunReport:
+        run_id = run_id or uuid.uuid4().hex
+        report = RunReport(run_id=run_id, device=self.device, budget_minutes=budget_minutes)
+        start = self.clock()
+        deadline = start + budget_minutes * 60.0
+        table = self.sink.known_table()
+        known = set(table)
+        done_before = self.sink.done_items()
+        self.sink.start(run_id, budget_minutes)
+        sparsity_pairs: dict[str, list[float]] = defaultdict(list)
+        self._reference_ms()  # the first runs of a fresh process are slow: warm up before the baseline
+        report.reference_ms = self._reference_ms()
+        last_drift_check = self.clock()
+        status = "finished"
+        try:
+            for item in items:
+                now = self.clock()
+                report.elapsed_s = now - start
+                if now >= deadline:
+                    report.stopped_by = "budget"
+                    break
+                if self.progress:
+                    self.progress(len(report.items_done), now - start, budget_minutes * 60.0, item.label)
+                if item.item_id in done_before:
+                    report.items_skipped += 1
+                    continue
+                if item.is_sparsity and self._sparsity_settled(report):
+                    report.items_skipped += 1
+                    continue
+                if now - last_drift_check > _DRIFT_EVERY_S:
+                    self._check_drift(report, now - start)
+                    last_drift_check = self.clock()
+                rows = self._profile_item(item, report, known)
+                if rows is None:
+                    continue
+                for row in rows:
+                    table[row.key_hash] = row.median_ms
+                    if row.key_hash not in known:
+                        report.measured_per_op[row.op_type] += 1
+                if _has_sparsity(item):
+                    # The dense twin is measured right after, so both see the same machine state:
+                    # a comparison with a table entry from minutes ago would compare load, not sparsity.
+                    dense_item = replace(item, config=_without_sparsity(item.config), label=item.label + "~dense")
+                    dense_rows = self._profile_item(dense_item, report, known, record=False) or []
+                    dense_table = {row.key_hash: row.median_ms for row in dense_rows}
+                    self._collect_sparsity_pairs(rows, dense_table, sparsity_pairs)
+                    self._update_flat_axes(report, sparsity_pairs)
+                new_rows = [row for row in rows if row.key_hash not in known]
+                report.items_done.append(item.item_id)
+                report.elapsed_s = self.clock() - start
+                self.sink.write(run_id, new_rows, report.to_dict())
+                known.update(row.key_hash for row in new_rows)
+            else:
+                report.stopped_by = "space exhausted"
+        except KeyboardInterrupt:
+            status = "killed"
+            report.stopped_by = "interrupted"
+            raise
+        finally:
+            report.elapsed_s = self.clock() - start
+            self._check_drift(report, report.elapsed_s)
+            self.sink.finish(run_id, status, report.to_dict())
+        return report
+
+    def _profile_item(self, item: WorkItem, report: RunReport, known: set[str],
+                      record: bool = True) -> list[MeasurementIn] | None:
+        try:
+            model = apply_config(item.build(), item.config)
+            wall = self.backend.measure_model(model, self.protocol)
+            timings = self.backend.measure_kernels(model, self.protocol, wall=wall)
+        except (LatpredError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
+            logger.warning("skipping %s: %s", item.label, exc)
+            report.items_failed.append(item.label)
+            return None
+        rows = _rows_from_timings(timings)
+        if not record:
+            return rows
+        report.end_to_end.append({
+            "label": item.label,
+            "measured_ms": wall.median_ms,
+            "kernel_hashes": [t.kernel.key.key_hash for t in timings],
+        })
+        return rows
+
+    def _reference_ms(self) -> float:
+        protocol = replace(self.protocol, min_repeats=max(self.protocol.min_repeats, 20))
+        return self.backend.measure_model(reference_model(), protocol).median_ms
+
+    def _check_drift(self, report: RunReport, elapsed_s: float) -> None:
+        if report.reference_ms is None:
+            return
+        ratio = self._reference_ms() / report.reference_ms
+        if abs(ratio - 1.0) > _DRIFT_THRESHOLD:
+            logger.warning("drift: reference kernel at %.0f%% of its start time", ratio * 100)
+            report.drift.append({"elapsed_s": round(elapsed_s, 1), "ratio": round(ratio, 4)})
+
+    @staticmethod
+    def _collect_sparsity_pairs(rows: list[MeasurementIn], table: dict[str, float],
+                                pairs: dict[str, list[float]]) -> None:
+        for row in rows:
+            key = KernelKey.from_dict(row.key)
+            if key.sparsity == 0.0:
+                continue
+            dense_hash = replace(key, sparsity=0.0, sparsity_pattern="dense").key_hash
+            if dense_hash in table and table[dense_hash] > 0:
+                pairs[key.op_type].append(row.median_ms / table[dense_hash])
+
+    @staticmethod
+    def _update_flat_axes(report: RunReport, pairs: dict[str, list[float]]) -> None:
+        for op_type, ratios in pairs.items():
+            if len(ratios) < _FLAT_MIN_PAIRS:
+                continue
+            # Noise moves single pairs both ways; an effect of sparsity moves them one way. So the
+            # axis is flat when the median pair changes by little and most pairs are not faster.
+            ratios_array = np.array(ratios)
+            median_change = float(np.median(ratios_array) - 1.0)
+            faster_share = float(np.mean(ratios_array < 1.0 - _FLAT_CLEARLY_FASTER))
+            flat = abs(median_change) < _FLAT_MEDIAN_DEVIATION and faster_share < 0.5
+            report.flat_evidence[op_type] = {"pairs": float(len(ratios)), "median_change": median_change}
+            axes = set(report.flat_axes.get(op_type, []))
+            if flat:
+                axes.add("sparsity")
+            else:
+                axes.discard("sparsity")
+            if axes:
+                report.flat_axes[op_type] = sorted(axes)
+            else:
+                report.flat_axes.pop(op_type, None)
+
+    @staticmethod
+    def _sparsity_settled(report: RunReport) -> bool:
+        """True once every weight op type seen in sparse models proved flat: more samples buy nothing."""
+        seen = [op for op in report.flat_evidence if any(m in op for m in _WEIGHT_OP_MARKERS)]
+        return bool(seen) and all("sparsity" in report.flat_axes.get(op, []) for op in seen) and \
+            sum(report.flat_evidence[op]["pairs"] for op in seen) >= 3 * _FLAT_MIN_PAIRS
+
