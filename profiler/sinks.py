@@ -63,14 +63,19 @@ class HttpSink:
     """Posts measurements to a latpred service in batches (idempotent per run and key), with retries."""
 
     def __init__(self, base_url: str, token: str | None, device_name: str, retries: int = 5,
-                 timeout_s: float = 30.0, backoff_s: float = 0.5) -> None:
+                 timeout_s: float = 30.0, backoff_s: float = 0.5, client: Any = None) -> None:
         import httpx
 
         self.device_name = device_name
         self.retries = retries
         self.backoff_s = backoff_s
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+        self.client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+        self.client.headers.update(headers)
+
+    def register_device(self, fields: dict[str, Any]) -> None:
+        """Create or update the device on the service."""
+        self._request("POST", "/api/devices", json=fields)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
@@ -98,7 +103,7 @@ class HttpSink:
         while True:
             page = self._request("GET", f"/api/devices/{self.device_name}/measurements",
                                  params={"limit": 1000, "offset": offset})
-            rows = page.get("measurements", []) if isinstance(page, dict) else []
+            rows = page.get("data", []) if isinstance(page, dict) else []
             for row in rows:
                 table[row["key_hash"]] = row["median_ms"]
             if len(rows) < 1000:

@@ -9,11 +9,24 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from predictor.errors import LatpredError, NoMeasurementsError
-from predictor.graph import load_model, parse_input_shapes
-from predictor.kernels import Kernel, extract_kernels
-from predictor.runtime import RuntimeSpec
-from predictor.store import count_measurements_by_op, get_device, list_devices, list_runs, load_regressors
+from predictor.compress import apply_config
+from predictor.config import CompressionConfig, load_config, parse_config
+from predictor.errors import ConfigError, LatpredError, NoMeasurementsError
+from predictor.estimate import DevicePredictor
+from predictor.graph import load_model, parse_input_shapes, set_input_shapes
+from predictor.kernels import Kernel
+from predictor.prepared import PreparedModel, rank_candidates
+from predictor.runtime import RuntimeSpec, describe_host
+from predictor.store import (
+    add_validation,
+    count_measurements_by_op,
+    get_device,
+    list_devices,
+    list_runs,
+    load_regressors,
+    session_scope,
+    upsert_device,
+)
 from service.context import Store, open_store
 from service.settings import get_settings
 
@@ -141,13 +154,15 @@ def predict(
     """Predict the model's latency on a device, per kernel and in total."""
     onnx_model = load_model(model)
     shapes = parse_input_shapes(input_shape or [])
+    compression = load_config(config) if config else CompressionConfig()
     store = _open()
     with store.sessions() as session:
         dev = get_device(session, device)
         runtime = runtime_of(dev)
-        measured = sum(count_measurements_by_op(session, dev).values())
-    kernels = extract_kernels(onnx_model, runtime, shapes)
-    if measured == 0:
+        predictor = DevicePredictor.load(session, dev) if count_measurements_by_op(session, dev) else None
+    prepared = PreparedModel.create(onnx_model, runtime, shapes)
+    kernels = prepared.kernels(compression)
+    if predictor is None:
         if not as_json:
             emit_line(f"{model.name}: {len(kernels)} kernels on {runtime.backend} "
                       f"{runtime.execution_provider} ({runtime.threads} threads)")
@@ -155,17 +170,56 @@ def predict(
         raise NoMeasurementsError(
             f"no measurements for device {device}: run `latpred profile --device {device}` first"
         )
-    _predict_with_table(model, dev, kernels, config, as_json)
+    estimate = predictor.estimate(kernels)
+    document = {"model": str(model), "config": compression.model_dump(exclude_none=True), **estimate.to_dict()}
+    if as_json:
+        emit_json(document)
+        return
+    emit_table(["kernel", "op_type", "ms", "source"],
+               [[k.name, k.op_type, k.latency_ms, k.source] for k in estimate.kernels])
+    emit_line()
+    emit_line(f"{model.name} on {device}: {estimate.latency_ms:.3f} ms "
+              f"[{estimate.interval_ms[0]:.3f}, {estimate.interval_ms[1]:.3f}], "
+              f"{len(estimate.kernels)} kernels, table hit rate {estimate.table_hit_rate:.0%}, "
+              f"overhead {estimate.overhead_ms:.3f} ms")
+    for warning in estimate.warnings:
+        sys.stderr.write(f"latpred: warning: {warning}\n")
 
 
-def _predict_with_table(model: Path, device: Any, kernels: list[Kernel], config: Path | None, as_json: bool) -> None:
-    raise NoMeasurementsError(
-        f"device {device.name} has measurements, but the estimator is not built yet (issue: predictor)"
-    )
+def _local_backend(device: Any) -> Any:
+    """The backend that measures `device` on this host; refuses devices of another host or runtime."""
+    from profiler.backends.onnxruntime import OnnxRuntimeBackend
+
+    if device.backend != "onnxruntime":
+        fail(f"device {device.name} uses {device.backend}; this host measures onnxruntime devices only")
+    backend = OnnxRuntimeBackend(threads=device.threads, execution_provider=device.execution_provider)
+    local = backend.runtime()
+    if local.runtime_version != device.runtime_version:
+        fail(f"device {device.name} runs onnxruntime {device.runtime_version}, this host has "
+             f"{local.runtime_version}: measure on the device itself")
+    return backend
 
 
-def _not_yet(command: str, issue: str) -> NoReturn:
-    fail(f"`latpred {command}` is not available yet ({issue})")
+def load_candidates(path: Path) -> list[tuple[str, CompressionConfig]]:
+    """Candidate configs from a JSON file: a list of {"name", "config"} or an object name -> config."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if isinstance(data, dict) and "candidates" in data:
+        data = data["candidates"]
+    if isinstance(data, dict):
+        data = [{"name": name, "config": config} for name, config in data.items()]
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"{path}: expected a non-empty list of {{\"name\", \"config\"}} candidates")
+    candidates = []
+    for index, entry in enumerate(data):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{path}: candidate {index} needs a \"name\" and a \"config\"")
+        candidates.append((str(entry["name"]), parse_config(entry.get("config") or {})))
+    return candidates
 
 
 @app.command()
@@ -176,17 +230,107 @@ def profile(
     budget_minutes: Annotated[float, typer.Option(min=0.01, help="time budget for this run")] = 30.0,
     for_model: Annotated[Path | None, typer.Option(help="profile exactly what this model needs")] = None,
     configs: Annotated[Path | None, typer.Option(help="candidate configs for --for-model")] = None,
+    input_shape: InputShapeOpt = None,
     to: Annotated[str | None, typer.Option(help="post results to this latpred service URL")] = None,
     token: Annotated[str | None, typer.Option(help="bearer token for --to")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Benchmark kernels on this host into the device's table (budgeted, resumable)."""
-    _not_yet("profile", "profiler issue")
+    from profiler.plan import default_plan, model_plan
+    from profiler.progress import progress_reporter
+    from profiler.runner import ProfileRunner
+    from profiler.sinks import HttpSink, StoreSink
+
+    if configs and not for_model:
+        fail("--configs needs --for-model")
+    profiler_backend = make_backend(backend, threads)
+    runtime = profiler_backend.runtime()
+    if for_model:
+        candidates = load_candidates(configs) if configs else []
+        model = set_input_shapes(load_model(for_model), parse_input_shapes(input_shape or []))
+        items: Any = model_plan(model, for_model.stem, candidates)
+    else:
+        items = default_plan()
+    device_fields = {"name": device, "backend": runtime.backend, "execution_provider": runtime.execution_provider,
+                     "runtime_version": runtime.runtime_version, "threads": runtime.threads, "host": describe_host()}
+    if to:
+        sink: Any = HttpSink(to, token, device)
+        sink.register_device(device_fields)
+    else:
+        store = _open()
+        with session_scope(store.sessions) as session:
+            upsert_device(session, **device_fields)
+        sink = StoreSink(store.sessions, device)
+    with progress_reporter(f"profiling {device}") as progress:
+        report = ProfileRunner(device, profiler_backend, sink, progress=progress).run(items, budget_minutes)
+    if as_json:
+        emit_json(report.to_dict() | {"end_to_end": len(report.end_to_end)})
+        return
+    for line in report.summary_lines():
+        emit_line(line)
+
+
+def make_backend(name: str, threads: int) -> Any:
+    """The profiler backend of that name on this host (BackendUnavailableError says why not)."""
+    from profiler.backends.base import BackendUnavailableError
+
+    try:
+        if name == "onnxruntime":
+            from profiler.backends.onnxruntime import OnnxRuntimeBackend
+
+            return OnnxRuntimeBackend(threads=threads)
+        if name == "tensorrt":
+            from profiler.backends.tensorrt import TensorRTBackend
+
+            return TensorRTBackend()
+    except BackendUnavailableError as exc:
+        fail(str(exc))
+    fail(f"unknown backend {name!r}: use onnxruntime or tensorrt")
 
 
 @app.command()
 def train(device: DeviceOpt, as_json: JsonOpt = False) -> None:
     """Train the device's per-op-type regressors and print held-out error."""
-    _not_yet("train", "predictor issue")
+    from predictor.overhead import fit_overhead
+    from predictor.regressors import train_device_regressors
+
+    store = _open()
+    with session_scope(store.sessions) as session:
+        dev = get_device(session, device)
+        if not count_measurements_by_op(session, dev):
+            raise NoMeasurementsError(f"no measurements for device {device}: run `latpred profile` first")
+        metrics = train_device_regressors(session, dev)
+        overhead = fit_overhead(session, dev)
+    if as_json:
+        emit_json({"device": device, "regressors": metrics, "overhead": overhead})
+        return
+    rows = []
+    for op_type, entry in sorted(metrics.items()):
+        if "skipped" in entry:
+            rows.append([op_type, None, None, None, entry["skipped"]])
+        else:
+            rows.append([op_type, entry["n_samples"], f"{entry['mape'] * 100:.1f}%",
+                         f"{entry['within_10pct'] * 100:.0f}%", "held out" if entry.get("held_out") else "in-sample"])
+    emit_table(["op_type", "samples", "MAPE", "within 10%", "evaluation"], rows)
+    if overhead:
+        emit_line(f"overhead: {overhead['per_run_ms']:.4f} ms per run + {overhead['per_kernel_ms']:.5f} ms per "
+                  f"kernel, kernel scale {overhead['kernel_scale']:.3f} ({overhead['samples']} end-to-end samples, "
+                  f"fit MAPE {overhead['fit_mape'] * 100:.1f}%)")
+    else:
+        emit_line("overhead: not enough end-to-end samples yet (profile some models)")
+
+
+def _prepare(model: Path, device: str, input_shape: list[str] | None) -> tuple[Any, PreparedModel, Any]:
+    onnx_model = load_model(model)
+    shapes = parse_input_shapes(input_shape or [])
+    store = _open()
+    with store.sessions() as session:
+        dev = get_device(session, device)
+        predictor = DevicePredictor.load(session, dev) if count_measurements_by_op(session, dev) else None
+        runtime = runtime_of(dev)
+    if predictor is None:
+        raise NoMeasurementsError(f"no measurements for device {device}: run `latpred profile --device {device}`")
+    return dev, PreparedModel.create(onnx_model, runtime, shapes), predictor
 
 
 @app.command()
@@ -198,7 +342,23 @@ def measure(
     as_json: JsonOpt = False,
 ) -> None:
     """Build the compressed model for real and measure it end to end on this host."""
-    _not_yet("measure", "predictor issue")
+    from profiler.backends.base import MeasureProtocol
+
+    onnx_model = set_input_shapes(load_model(model), parse_input_shapes(input_shape or []))
+    compression = load_config(config) if config else CompressionConfig()
+    store = _open()
+    with store.sessions() as session:
+        dev = get_device(session, device)
+    backend = _local_backend(dev)
+    timing = backend.measure_model(apply_config(onnx_model, compression), MeasureProtocol(max_seconds=5.0))
+    document = {"model": str(model), "device": device, "config": compression.model_dump(exclude_none=True),
+                "measured_ms": timing.median_ms, "p10_ms": timing.p10_ms, "p90_ms": timing.p90_ms,
+                "repeats": timing.repeats}
+    if as_json:
+        emit_json(document)
+        return
+    emit_line(f"{model.name} on {device}: {timing.median_ms:.3f} ms median "
+              f"(p10 {timing.p10_ms:.3f}, p90 {timing.p90_ms:.3f}, {timing.repeats} runs)")
 
 
 @app.command()
@@ -211,7 +371,16 @@ def rank(
     as_json: JsonOpt = False,
 ) -> None:
     """Rank candidate compression configs by predicted latency."""
-    _not_yet("rank", "predictor issue")
+    candidates = load_candidates(configs)
+    _, prepared, predictor = _prepare(model, device, input_shape)
+    result = rank_candidates(predictor, prepared, candidates, target_speedup)
+    if as_json:
+        emit_json(result)
+        return
+    emit_line(f"{model.name} on {device}: baseline {result['baseline_ms']:.3f} ms")
+    emit_table(["candidate", "ms", "interval", "speedup", "meets target", "table hits"],
+               [[r["name"], r["latency_ms"], f"[{r['interval_ms'][0]:.2f}, {r['interval_ms'][1]:.2f}]",
+                 f"{r['speedup']:.2f}x", r["meets_target"], f"{r['table_hit_rate']:.0%}"] for r in result["ranked"]])
 
 
 @app.command()
@@ -222,7 +391,36 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Compare predicted with measured latency for models (and configs) on this host."""
-    _not_yet("validate", "predictor issue")
+    from predictor.validation import validate_models
+
+    candidates = load_candidates(configs) if configs else []
+    store = _open()
+    with store.sessions() as session:
+        dev = get_device(session, device)
+        if not count_measurements_by_op(session, dev):
+            raise NoMeasurementsError(f"no measurements for device {device}: run `latpred profile` first")
+        predictor = DevicePredictor.load(session, dev)
+        runtime = runtime_of(dev)
+    backend = _local_backend(dev)
+    from profiler.backends.base import MeasureProtocol
+
+    result = validate_models(predictor, backend, runtime, [(m.stem, load_model(m)) for m in models], candidates,
+                             MeasureProtocol(max_seconds=5.0))
+    with session_scope(store.sessions) as session:
+        dev = get_device(session, device)
+        for row in result["rows"]:
+            add_validation(session, dev, model_name=row["model"], config_name=row["config"],
+                           predicted_ms=row["predicted_ms"], measured_ms=row["measured_ms"])
+    if as_json:
+        emit_json(result)
+        return
+    emit_table(["model", "config", "predicted ms", "measured ms", "error", "table hits"],
+               [[r["model"], r["config"], r["predicted_ms"], r["measured_ms"], f"{r['error'] * 100:+.1f}%",
+                 f"{r['table_hit_rate']:.0%}"] for r in result["rows"]])
+    summary = result["summary"]
+    emit_line(f"{summary['count']} predictions: {summary['within_5pct'] * 100:.0f}% within 5%, "
+              f"{summary['within_10pct'] * 100:.0f}% within 10%, MAPE {summary['mape'] * 100:.1f}%, "
+              f"ranking agreement {summary['ranking_agreement']}")
 
 
 @app.command()
@@ -231,13 +429,21 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
 ) -> None:
     """Run the REST service and dashboard."""
-    _not_yet("serve", "service issue")
+    from service.server import run_server
+
+    run_server(host, port)
 
 
 @app.command()
-def demo() -> None:
-    """The main job on the embedded default: profile a sample model, train, rank configs."""
-    _not_yet("demo", "predictor issue")
+def demo(
+    minutes: Annotated[float, typer.Option(help="profiling budget for the sample model")] = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """The main job on the embedded default: profile a sample model, train, rank configs, check them."""
+    from service.demo import run_demo
+
+    run_demo(get_settings(), budget_minutes=minutes, as_json=as_json, emit_line=emit_line, emit_json=emit_json,
+             emit_table=emit_table)
 
 
 def one_line(text: str) -> str:

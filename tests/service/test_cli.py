@@ -126,3 +126,71 @@ def test_unreachable_database_is_one_line(tmp_path: Path, model_file: Path) -> N
     result = run_cli("devices", home=tmp_path / "home",
                      database_url="postgresql://nobody@127.0.0.1:1/none")
     assert_usage_error(result, "cannot connect to database")
+
+
+@pytest.fixture(scope="module")
+def profiled_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A home whose device `cpu` has profiled a small model and two configs, and trained."""
+    base = tmp_path_factory.mktemp("profiled")
+    home = base / "home"
+    model_path = base / "block.onnx"
+    onnx.save(factories.residual_model(channels=32, size=28), model_path)
+    configs = base / "configs.json"
+    configs.write_text(json.dumps([{"name": "int8", "config": {"default": {"bits": 8}}},
+                                   {"name": "prune50", "config": {"default": {"prune_ratio": 0.5}}}]))
+    result = run_cli("profile", "--device", "cpu", "--for-model", str(model_path), "--configs", str(configs),
+                     "--budget-minutes", "5", home=home)
+    assert result.returncode == 0, result.stderr
+    assert "models profiled" in result.stdout
+    trained = run_cli("train", "--device", "cpu", home=home)
+    assert trained.returncode == 0, trained.stderr
+    assert "NchwcConv" in trained.stdout or "FusedConv" in trained.stdout or "Conv" in trained.stdout
+    return home, model_path, configs
+
+
+def test_profile_predict_rank_measure_validate(profiled_home: tuple[Path, Path, Path]) -> None:
+    home, model_path, configs = profiled_home
+    predicted = run_cli("predict", str(model_path), "--device", "cpu", "--json", home=home)
+    assert predicted.returncode == 0, predicted.stderr
+    document = json.loads(predicted.stdout)
+    assert set(document) >= {"latency_ms", "interval_ms", "table_hit_rate", "kernels"}
+    assert document["table_hit_rate"] == 1.0  # the profiled model itself: every kernel is in the table
+    assert document["interval_ms"][0] <= document["latency_ms"] <= document["interval_ms"][1]
+    assert all(k["latency_ms"] > 0 and k["source"] == "table" for k in document["kernels"])
+    kernel_sum = sum(k["latency_ms"] for k in document["kernels"])
+    assert document["latency_ms"] == pytest.approx(kernel_sum * 1.0 + document["overhead_ms"], rel=0.3)
+
+    ranked = run_cli("rank", str(model_path), "--device", "cpu", "--configs", str(configs), "--target-speedup",
+                     "1.2", "--json", home=home)
+    assert ranked.returncode == 0, ranked.stderr
+    ranking = json.loads(ranked.stdout)
+    latencies = [r["latency_ms"] for r in ranking["ranked"]]
+    assert latencies == sorted(latencies) and {r["name"] for r in ranking["ranked"]} == {"int8", "prune50"}
+    for row in ranking["ranked"]:
+        assert row["speedup"] == pytest.approx(ranking["baseline_ms"] / row["latency_ms"])
+        assert row["meets_target"] == (row["speedup"] >= 1.2)
+
+    measured = run_cli("measure", str(model_path), "--device", "cpu", "--json", home=home)
+    assert measured.returncode == 0, measured.stderr
+    assert json.loads(measured.stdout)["measured_ms"] > 0
+
+    validated = run_cli("validate", str(model_path), "--device", "cpu", "--configs", str(configs), "--json",
+                        home=home)
+    assert validated.returncode == 0, validated.stderr
+    result = json.loads(validated.stdout)
+    assert len(result["rows"]) == 3 and result["summary"]["count"] == 3
+    assert all(row["measured_ms"] > 0 and row["predicted_ms"] > 0 for row in result["rows"])
+
+
+def test_malformed_config_and_candidates(profiled_home: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    home, model_path, _ = profiled_home
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"default": {"bits": 3}}')
+    assert_usage_error(run_cli("predict", str(model_path), "--device", "cpu", "--config", str(bad), home=home),
+                       "default.bits")
+    bad.write_text("{broken")
+    assert_usage_error(run_cli("rank", str(model_path), "--device", "cpu", "--configs", str(bad), home=home),
+                       "not valid JSON")
+    bad.write_text('{"layers": {"no_such_layer*": {"bits": 8}}}')
+    assert_usage_error(run_cli("predict", str(model_path), "--device", "cpu", "--config", str(bad), home=home),
+                       "matches no node")

@@ -1,0 +1,233 @@
+"""Estimating a model's latency on a device: table hit, else the op type's regressor, else a stated fallback.
+
+Model latency = sum of kernel latencies + the device's learned overhead (per run and per kernel).
+No kernel is ever counted as 0 ms: every kernel gets a latency and a `source` saying where it came from.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from predictor.features import kernel_features
+from predictor.kernels import Kernel, KernelKey
+from predictor.store import Device, iter_measurements, list_runs, lookup_table
+
+__all__ = ["DevicePredictor", "Estimate", "KernelEstimate", "flat_axes_of"]
+
+logger = logging.getLogger(__name__)
+
+# Relative half-width of the interval around a table hit: the measured p10/p90 spread is per-run
+# noise, the in-model cost differs by more; the figure is the held-out spread seen in validation.
+_TABLE_INTERVAL = 0.05
+_FALLBACK_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class KernelEstimate:
+    """One kernel's predicted latency and where the number came from (table, regressor, fallback)."""
+
+    name: str
+    op_type: str
+    latency_ms: float
+    interval_ms: tuple[float, float]
+    source: str
+    key_hash: str
+    nodes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["interval_ms"] = list(self.interval_ms)
+        data["nodes"] = list(self.nodes)
+        return data
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A model's predicted latency on a device, with the per-kernel breakdown."""
+
+    device: str
+    latency_ms: float
+    interval_ms: tuple[float, float]
+    table_hit_rate: float
+    overhead_ms: float
+    kernels: list[KernelEstimate]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sources(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for kernel in self.kernels:
+            counts[kernel.source] = counts.get(kernel.source, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "latency_ms": self.latency_ms,
+            "interval_ms": list(self.interval_ms),
+            "table_hit_rate": self.table_hit_rate,
+            "overhead_ms": self.overhead_ms,
+            "sources": self.sources,
+            "warnings": list(self.warnings),
+            "kernels": [k.to_dict() for k in self.kernels],
+        }
+
+
+def flat_axes_of(session: Session, device: Device) -> dict[str, list[str]]:
+    """Axes that proved flat per op type in the device's profiling runs (latest report wins)."""
+    flat: dict[str, list[str]] = {}
+    for run in list_runs(session, device):
+        report = run.report or {}
+        for op_type, axes in (report.get("flat_axes") or {}).items():
+            flat[op_type] = sorted(set(axes))
+    return flat
+
+
+class DevicePredictor:
+    """Everything needed to predict on one device, loaded once from the store."""
+
+    def __init__(
+        self,
+        device: str,
+        table: Mapping[str, float],
+        regressors: Any = None,
+        overhead: Mapping[str, float] | None = None,
+        flat_axes: Mapping[str, Sequence[str]] | None = None,
+        fallback: Sequence[float] | None = None,
+    ) -> None:
+        self.device = device
+        self.table = dict(table)
+        self.regressors = regressors
+        self.overhead = dict(overhead or {})
+        self.flat_axes = {op: set(axes) for op, axes in (flat_axes or {}).items()}
+        self.fallback = tuple(fallback) if fallback is not None else None
+
+    @classmethod
+    def load(cls, session: Session, device: Device) -> DevicePredictor:
+        from predictor.regressors import RegressorSet
+
+        regressors = RegressorSet.load(session, device)
+        return cls(
+            device=device.name,
+            table=lookup_table(session, device),
+            regressors=regressors if regressors.op_types else None,
+            overhead=device.overhead or {},
+            flat_axes=flat_axes_of(session, device),
+            fallback=fit_bandwidth_fallback(session, device),
+        )
+
+    @property
+    def measurement_count(self) -> int:
+        return len(self.table)
+
+    def _table_key(self, key: KernelKey) -> str:
+        """The hash to look up: a key on a proven-flat axis is looked up at the axis' base value."""
+        if key.sparsity and "sparsity" in self.flat_axes.get(key.op_type, ()):
+            return replace(key, sparsity=0.0, sparsity_pattern="dense").key_hash
+        return key.key_hash
+
+    def estimate(self, kernels: Sequence[Kernel]) -> Estimate:
+        """Predict every kernel, sum them and add the device's overhead."""
+        results: list[KernelEstimate | None] = [None] * len(kernels)
+        misses: dict[str, list[int]] = {}
+        warnings: list[str] = []
+        for index, kernel in enumerate(kernels):
+            lookup = self._table_key(kernel.key)
+            measured = self.table.get(lookup)
+            if measured is not None:
+                results[index] = _kernel_estimate(kernel, measured, measured * (1 - _TABLE_INTERVAL),
+                                                  measured * (1 + _TABLE_INTERVAL), "table")
+            else:
+                misses.setdefault(kernel.op_type, []).append(index)
+        for op_type, indices in misses.items():
+            keys = [kernels[i].key for i in indices]
+            if self.regressors is not None and self.regressors.has(op_type):
+                median, low, high = self.regressors.predict(keys)
+                for position, index in enumerate(indices):
+                    results[index] = _kernel_estimate(kernels[index], float(median[position]), float(low[position]),
+                                                      float(high[position]), "regressor")
+                continue
+            warnings.append(f"no measurements or regressor for {op_type} on {self.device}: "
+                            f"{len(indices)} kernel(s) predicted by the bandwidth fallback")
+            for index in indices:
+                value = self._fallback_ms(kernels[index].key)
+                results[index] = _kernel_estimate(kernels[index], value, value * (1 - _FALLBACK_INTERVAL),
+                                                  value * (1 + _FALLBACK_INTERVAL), "fallback")
+        for warning in warnings:
+            logger.warning(warning)
+        estimates = [r for r in results if r is not None]
+        per_run = float(self.overhead.get("per_run_ms", 0.0))
+        per_kernel = float(self.overhead.get("per_kernel_ms", 0.0))
+        scale = float(self.overhead.get("kernel_scale", 1.0))
+        overhead_ms = per_run + per_kernel * len(estimates)
+        total = scale * sum(e.latency_ms for e in estimates) + overhead_ms
+        low = scale * sum(e.interval_ms[0] for e in estimates) + overhead_ms
+        high = scale * sum(e.interval_ms[1] for e in estimates) + overhead_ms
+        hits = sum(1 for e in estimates if e.source == "table")
+        return Estimate(
+            device=self.device,
+            latency_ms=total,
+            interval_ms=(low, high),
+            table_hit_rate=hits / len(estimates) if estimates else 0.0,
+            overhead_ms=overhead_ms,
+            kernels=estimates,
+            warnings=warnings,
+        )
+
+    def _fallback_ms(self, key: KernelKey) -> float:
+        features = dict(zip(_FALLBACK_FEATURES, _fallback_features(key), strict=True))
+        if self.fallback is None:
+            # No data at all on this device: a memory-bound guess at 5 GB/s plus 5 us of dispatch.
+            return 0.005 + features["bytes"] / 5e6
+        intercept, per_byte, per_mac = self.fallback
+        return max(1e-4, intercept + per_byte * features["bytes"] + per_mac * features["macs"])
+
+
+_FALLBACK_FEATURES = ("bytes", "macs")
+
+
+def _fallback_features(key: KernelKey) -> tuple[float, float]:
+    from predictor.features import FEATURE_NAMES
+
+    values = dict(zip(FEATURE_NAMES, kernel_features(key), strict=True))
+    return float(values.get("bytes_moved", 0.0)), float(values.get("macs", 0.0))
+
+
+def fit_bandwidth_fallback(session: Session, device: Device) -> tuple[float, float, float] | None:
+    """latency = a + b x bytes + c x MACs, non-negative least squares over all of the device's kernels."""
+    rows = [(KernelKey.from_dict(m.key), m.median_ms) for m in iter_measurements(session, device)]
+    if len(rows) < 3:
+        return None
+    features = np.array([[1.0, *_fallback_features(key)] for key, _ in rows])
+    target = np.array([latency for _, latency in rows])
+    try:
+        from scipy.optimize import nnls
+
+        coefficients, _ = nnls(features / features.max(axis=0).clip(min=1e-12), target)
+        coefficients = coefficients / features.max(axis=0).clip(min=1e-12)
+    except ImportError:
+        coefficients, *_ = np.linalg.lstsq(features, target, rcond=None)
+        coefficients = np.clip(coefficients, 0, None)
+    intercept, per_byte, per_mac = (float(c) for c in coefficients)
+    if not all(math.isfinite(c) for c in (intercept, per_byte, per_mac)):
+        return None
+    return intercept, per_byte, per_mac
+
+
+def _kernel_estimate(kernel: Kernel, latency: float, low: float, high: float, source: str) -> KernelEstimate:
+    latency = max(latency, 1e-6)
+    return KernelEstimate(
+        name=kernel.name,
+        op_type=kernel.op_type,
+        latency_ms=latency,
+        interval_ms=(min(low, latency), max(high, latency)),
+        source=source,
+        key_hash=kernel.key.key_hash,
+        nodes=kernel.nodes,
+    )

@@ -1,0 +1,110 @@
+"""A model prepared once for many questions: fixed shapes, base kernels, and kernels per config (cached)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from predictor.compress import apply_config
+from predictor.config import CompressionConfig, parse_config
+from predictor.estimate import DevicePredictor, Estimate
+from predictor.graph import model_inputs, set_input_shapes
+from predictor.kernels import Kernel, extract_kernels, name_unnamed_nodes
+from predictor.runtime import RuntimeSpec
+
+__all__ = ["PreparedModel", "model_id_of", "rank_candidates"]
+
+logger = logging.getLogger(__name__)
+
+_CACHE_ENTRIES = 512
+
+
+def model_id_of(data: bytes) -> str:
+    """Content id of a model: sha256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class PreparedModel:
+    """A model with fixed shapes on one runtime; kernels per config are computed once and cached."""
+
+    model: onnx.ModelProto
+    runtime: RuntimeSpec
+    model_id: str = ""
+    _cache: OrderedDict[str, list[Kernel]] = field(default_factory=OrderedDict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def create(cls, model: onnx.ModelProto, runtime: RuntimeSpec,
+               input_shapes: Mapping[str, list[int]] | None = None, model_id: str = "") -> PreparedModel:
+        fixed = name_unnamed_nodes(set_input_shapes(model, input_shapes))
+        prepared = cls(model=fixed, runtime=runtime, model_id=model_id or model_id_of(model.SerializeToString()))
+        prepared.kernels(CompressionConfig())
+        return prepared
+
+    @property
+    def inputs(self) -> dict[str, list[int | str | None]]:
+        return model_inputs(self.model)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [node.name for node in self.model.graph.node]
+
+    def compressed(self, config: CompressionConfig) -> onnx.ModelProto:
+        """The really compressed model (what `latpred measure` runs)."""
+        return apply_config(self.model, config)
+
+    def kernels(self, config: CompressionConfig | None = None) -> list[Kernel]:
+        """Kernels the runtime executes for the model compressed by `config` (cached per config)."""
+        config = config or CompressionConfig()
+        cache_key = config.canonical_json()
+        with self._lock:
+            cached = self._cache.get(cache_key)
+            if cached is not None:
+                self._cache.move_to_end(cache_key)
+                return cached
+        config.check_patterns(self.node_names)
+        kernels = extract_kernels(self.compressed(config), self.runtime)
+        with self._lock:
+            self._cache[cache_key] = kernels
+            while len(self._cache) > _CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return kernels
+
+
+def rank_candidates(
+    predictor: DevicePredictor,
+    prepared: PreparedModel,
+    candidates: Sequence[tuple[str, Any]],
+    target_speedup: float | None = None,
+) -> dict[str, Any]:
+    """Baseline and each candidate's predicted latency, interval and speedup; fastest first."""
+    baseline = predictor.estimate(prepared.kernels())
+    ranked: list[dict[str, Any]] = []
+    for name, raw_config in candidates:
+        config = raw_config if isinstance(raw_config, CompressionConfig) else parse_config(raw_config)
+        estimate: Estimate = predictor.estimate(prepared.kernels(config))
+        speedup = baseline.latency_ms / estimate.latency_ms
+        ranked.append({
+            "name": name,
+            "latency_ms": estimate.latency_ms,
+            "interval_ms": list(estimate.interval_ms),
+            "speedup": speedup,
+            "meets_target": None if target_speedup is None else bool(speedup >= target_speedup),
+            "table_hit_rate": estimate.table_hit_rate,
+            "sources": estimate.sources,
+        })
+    ranked.sort(key=lambda row: row["latency_ms"])
+    return {
+        "device": predictor.device,
+        "baseline_ms": baseline.latency_ms,
+        "baseline_interval_ms": list(baseline.interval_ms),
+        "target_speedup": target_speedup,
+        "ranked": ranked,
+    }

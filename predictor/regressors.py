@@ -1,0 +1,485 @@
+"""Per-op-type LightGBM latency regressors: training, LightGBM-text persistence, batched prediction.
+
+Each op type gets a log-log linear baseline (log latency on log MACs and log bytes) and three boosters
+on its residual in log(latency_ms): the median (L2 regression; beat L1 and Huber on held-out MAPE) and
+the 0.1 / 0.9 quantiles, whose interval is widened by split-conformal shifts from the hold-out. All of it
+is stored as one text blob, a JSON header line followed by the boosters' own text models (never pickle),
+so a stored regressor survives library upgrades or fails loudly when the feature set changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+from sqlalchemy.orm import Session
+
+from predictor.errors import LatpredError
+from predictor.features import FEATURE_NAMES, features_matrix
+from predictor.kernels import KernelKey
+from predictor.store import Device, iter_measurements, load_regressors, save_regressor
+
+__all__ = [
+    "HI_QUANTILE",
+    "LO_QUANTILE",
+    "InvalidRegressorError",
+    "OpRegressor",
+    "RegressorSet",
+    "train_device_regressors",
+    "train_op_regressor",
+]
+
+logger = logging.getLogger(__name__)
+
+LO_QUANTILE = 0.1
+HI_QUANTILE = 0.9
+
+_TEXT_FORMAT = "latpred-op-regressor"
+_TEXT_VERSION = 1
+_PARTS = ("median", "lo", "hi")
+_TEST_SHARE = 0.2
+# Below this many samples a 20% hold-out is too small to say anything: train on all, report in-sample.
+_MIN_HELD_OUT_SAMPLES = 10
+_EARLY_STOPPING_ROUNDS = 20
+_SMALL_DATA_ROUNDS = 50
+# Few leaves, bins and rounds: ~0.3 s per 500-sample op type, and few shallow trees keep prediction cheap
+# (LightGBM costs ~50 ns per tree and row; the hot path predicts hundreds of kernels in a few ms).
+_NUM_LEAVES = 15
+_MAX_BIN = 63
+# Conformal calibration of the interval needs a few held-out samples per half.
+_MIN_CALIBRATION_SAMPLES = 10
+_MAX_MIN_DATA_IN_LEAF = 5
+_DATA_VERSION_CHARS = 16
+# Latency is close to a power law of work and traffic: a log-log linear baseline carries that trend (and
+# extrapolates beyond the sampled sizes, which trees cannot); the boosters learn the residual structure.
+_BASELINE_FEATURES = ("log_macs", "log_bytes_moved")
+_BASELINE_COLUMNS = [FEATURE_NAMES.index(name) for name in _BASELINE_FEATURES]
+_BASELINE_RIDGE = 1e-3
+
+
+class InvalidRegressorError(LatpredError, ValueError):
+    """A stored regressor text is malformed or was trained on another feature set (retrain it)."""
+
+
+@dataclass(frozen=True)
+class _Objective:
+    """One of the three boosters: its LightGBM objective and budget."""
+
+    name: str
+    objective: str
+    alpha: float | None
+    learning_rate: float
+    max_rounds: int
+
+
+# The quantile boosters only shape the interval (conformal calibration fixes its width): fewer, bolder trees.
+_OBJECTIVES = (
+    _Objective("median", "regression", None, learning_rate=0.2, max_rounds=150),
+    _Objective("lo", "quantile", LO_QUANTILE, learning_rate=0.3, max_rounds=50),
+    _Objective("hi", "quantile", HI_QUANTILE, learning_rate=0.3, max_rounds=50),
+)
+
+
+def _params(goal: _Objective, n_train: int, seed: int) -> dict[str, Any]:
+    """LightGBM parameters: small, fast, deterministic; leaf size adapts to tiny data sets."""
+    params: dict[str, Any] = {
+        "objective": goal.objective,
+        "learning_rate": goal.learning_rate,
+        "num_leaves": _NUM_LEAVES,
+        "max_bin": _MAX_BIN,
+        # LightGBM needs min_data_in_leaf <= n/2 to split at all on tiny sets.
+        "min_data_in_leaf": max(1, min(_MAX_MIN_DATA_IN_LEAF, n_train // 4)),
+        "min_data_in_bin": 1,
+        "min_sum_hessian_in_leaf": 0.0,
+        "feature_pre_filter": False,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": 1,
+        "seed": seed,
+        "verbose": -1,
+    }
+    if goal.alpha is not None:
+        params["alpha"] = goal.alpha
+    return params
+
+
+def _fit_baseline(features: np.ndarray, log_latency: np.ndarray) -> tuple[float, ...]:
+    """(intercept, coefficients...) of a ridge fit of log latency on the baseline features."""
+    design = features[:, _BASELINE_COLUMNS]
+    center = design.mean(axis=0)
+    centered = design - center
+    gram = centered.T @ centered + _BASELINE_RIDGE * len(design) * np.eye(len(_BASELINE_COLUMNS))
+    coefficients = np.linalg.solve(gram, centered.T @ (log_latency - log_latency.mean()))
+    intercept = float(log_latency.mean() - center @ coefficients)
+    return (intercept, *(float(c) for c in coefficients))
+
+
+def _baseline(features: np.ndarray, baseline: Sequence[float]) -> np.ndarray:
+    """Log latency predicted by the baseline alone."""
+    return baseline[0] + features[:, _BASELINE_COLUMNS] @ np.asarray(baseline[1:], dtype=np.float64)
+
+
+def _fit(
+    goal: _Objective,
+    features: np.ndarray,
+    log_latency: np.ndarray,
+    baseline: Sequence[float],
+    seed: int,
+    *,
+    valid: tuple[np.ndarray, np.ndarray] | None = None,
+    rounds: int | None = None,
+) -> lgb.Booster:
+    """One booster on top of the baseline; with `valid`, stops early on it, else trains `rounds`."""
+    params = _params(goal, len(log_latency), seed)
+    train_set = lgb.Dataset(
+        features, log_latency, init_score=_baseline(features, baseline), feature_name=FEATURE_NAMES, params=params
+    )
+    if valid is None:
+        num_rounds = rounds or min(_SMALL_DATA_ROUNDS, goal.max_rounds)
+        return lgb.train(params, train_set, num_boost_round=num_rounds, keep_training_booster=True)
+    valid_set = lgb.Dataset(
+        valid[0], valid[1], init_score=_baseline(valid[0], baseline), reference=train_set, params=params
+    )
+    return lgb.train(
+        params,
+        train_set,
+        num_boost_round=goal.max_rounds,
+        valid_sets=[valid_set],
+        callbacks=[lgb.early_stopping(_EARLY_STOPPING_ROUNDS, verbose=False)],
+        keep_training_booster=True,
+    )
+
+
+def _ordered(median_log: np.ndarray, lo_log: np.ndarray, hi_log: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Latencies in ms with lo <= median <= hi enforced (quantile models may cross the median)."""
+    median = np.exp(median_log)
+    return median, np.minimum(np.exp(lo_log), median), np.maximum(np.exp(hi_log), median)
+
+
+@dataclass
+class OpRegressor:
+    """Median and 0.1 / 0.9 quantile boosters on log(latency_ms) for one op type."""
+
+    op_type: str
+    baseline: tuple[float, ...]
+    median_model: lgb.Booster
+    lo_model: lgb.Booster
+    hi_model: lgb.Booster
+    # Log-space widening (lo, hi) calibrated on held-out data; quantile boosters alone under-cover.
+    interval_shift: tuple[float, float] = (0.0, 0.0)
+
+    def predict_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(median_ms, lo_ms, hi_ms) for a feature matrix laid out as FEATURE_NAMES."""
+        if len(features) == 0:
+            empty = np.zeros(0, dtype=np.float64)
+            return empty, empty.copy(), empty.copy()
+        base = _baseline(features, self.baseline)
+        median_log = base + self.median_model.predict(features, num_threads=1)
+        lo_log = base + self.lo_model.predict(features, num_threads=1) - self.interval_shift[0]
+        hi_log = base + self.hi_model.predict(features, num_threads=1) + self.interval_shift[1]
+        median, lo, hi = _ordered(median_log, lo_log, hi_log)
+        return median, lo, hi
+
+    def predict(self, keys: Sequence[KernelKey]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(median_ms, lo_ms, hi_ms) per key, with lo <= median <= hi."""
+        return self.predict_features(features_matrix(keys))
+
+    def to_text(self) -> str:
+        """One text blob: a JSON header line, then the three LightGBM text models back to back."""
+        parts = {
+            "median": self.median_model.model_to_string(),
+            "lo": self.lo_model.model_to_string(),
+            "hi": self.hi_model.model_to_string(),
+        }
+        header = {
+            "format": _TEXT_FORMAT,
+            "version": _TEXT_VERSION,
+            "op_type": self.op_type,
+            "features": FEATURE_NAMES,
+            "baseline": list(self.baseline),
+            "interval_shift": list(self.interval_shift),
+            "lengths": {name: len(parts[name]) for name in _PARTS},
+        }
+        return json.dumps(header, separators=(",", ":")) + "\n" + "".join(parts[name] for name in _PARTS)
+
+    @classmethod
+    def from_text(cls, text: str) -> OpRegressor:
+        """Parse `to_text` output; InvalidRegressorError if malformed or trained on other features."""
+        header_line, separator, body = text.partition("\n")
+        try:
+            header = json.loads(header_line)
+        except json.JSONDecodeError as exc:
+            raise InvalidRegressorError(f"regressor text has no JSON header line: {exc}") from exc
+        if not isinstance(header, dict) or header.get("format") != _TEXT_FORMAT:
+            raise InvalidRegressorError(f"not a {_TEXT_FORMAT!r} text (header {header_line[:80]!r})")
+        if header.get("version") != _TEXT_VERSION:
+            raise InvalidRegressorError(f"regressor text version {header.get('version')!r}, expected {_TEXT_VERSION}")
+        if header.get("features") != FEATURE_NAMES:
+            raise InvalidRegressorError(
+                f"regressor for {header.get('op_type')!r} was trained on another feature set; retrain it"
+            )
+        lengths = header.get("lengths")
+        if not separator or not isinstance(lengths, dict) or sum(lengths.get(n, 0) for n in _PARTS) != len(body):
+            raise InvalidRegressorError("regressor text is truncated or its part lengths do not match")
+        baseline = header.get("baseline")
+        if not isinstance(baseline, list) or len(baseline) != len(_BASELINE_COLUMNS) + 1:
+            raise InvalidRegressorError(f"regressor for {header.get('op_type')!r} has a malformed baseline")
+        shift = header.get("interval_shift", [0.0, 0.0])
+        if not isinstance(shift, list) or len(shift) != 2:
+            raise InvalidRegressorError(f"regressor for {header.get('op_type')!r} has a malformed interval_shift")
+        boosters: dict[str, lgb.Booster] = {}
+        offset = 0
+        for name in _PARTS:
+            part = body[offset : offset + int(lengths[name])]
+            offset += int(lengths[name])
+            try:
+                boosters[name] = lgb.Booster(model_str=part)
+            except lgb.basic.LightGBMError as exc:
+                raise InvalidRegressorError(f"{name} model of {header.get('op_type')!r} does not load: {exc}") from exc
+        return cls(
+            op_type=str(header.get("op_type", "")),
+            baseline=tuple(float(c) for c in baseline),
+            median_model=boosters["median"],
+            lo_model=boosters["lo"],
+            hi_model=boosters["hi"],
+            interval_shift=(float(shift[0]), float(shift[1])),
+        )
+
+
+def _accuracy(measured_ms: np.ndarray, median_ms: np.ndarray, lo_ms: np.ndarray, hi_ms: np.ndarray) -> dict[str, float]:
+    """MAPE and hit rates as fractions (0.05 = 5%), plus the share of measurements inside [lo, hi]."""
+    relative_error = np.abs(median_ms - measured_ms) / measured_ms
+    return {
+        "mape": float(np.mean(relative_error)),
+        "within_10pct": float(np.mean(relative_error <= 0.10)),
+        "within_5pct": float(np.mean(relative_error <= 0.05)),
+        "interval_coverage": float(np.mean((lo_ms <= measured_ms) & (measured_ms <= hi_ms))),
+    }
+
+
+def _interval_shift(lo_ms: np.ndarray, hi_ms: np.ndarray, measured_ms: np.ndarray) -> tuple[float, float]:
+    """Split-conformal log shifts (lo, hi) so that ~10% of measurements fall below lo and ~10% above hi."""
+    n = len(measured_ms)
+    log_measured = np.log(measured_ms)
+    lo_level = min(1.0, math.ceil((n + 1) * (1.0 - LO_QUANTILE)) / n)
+    hi_level = min(1.0, math.ceil((n + 1) * HI_QUANTILE) / n)
+    lo_shift = float(np.quantile(np.log(lo_ms) - log_measured, lo_level, method="higher"))
+    hi_shift = float(np.quantile(log_measured - np.log(hi_ms), hi_level, method="higher"))
+    return lo_shift, hi_shift
+
+
+def _cross_fitted_coverage(lo_ms: np.ndarray, hi_ms: np.ndarray, measured_ms: np.ndarray) -> float:
+    """Coverage of calibrated intervals, each half of the hold-out calibrated on the other half (honest)."""
+    n = len(measured_ms)
+    halves = (np.arange(n) < n // 2, np.arange(n) >= n // 2)
+    covered = 0
+    for calibrate, evaluate in (halves, halves[::-1]):
+        lo_shift, hi_shift = _interval_shift(lo_ms[calibrate], hi_ms[calibrate], measured_ms[calibrate])
+        lo = lo_ms[evaluate] * math.exp(-lo_shift)
+        hi = hi_ms[evaluate] * math.exp(hi_shift)
+        measured = measured_ms[evaluate]
+        covered += int(np.count_nonzero((lo <= measured) & (measured <= hi)))
+    return covered / n
+
+
+def train_op_regressor(
+    keys: Sequence[KernelKey], latencies_ms: Sequence[float] | np.ndarray, seed: int = 0
+) -> tuple[OpRegressor, dict[str, Any]]:
+    """Train the regressor of one op type; metrics come from a 20% hold-out, the returned model from all data.
+
+    With fewer than 10 samples there is no hold-out: metrics are in-sample and `held_out` is False.
+    Raises ValueError for mismatched lengths, fewer than 2 samples, non-positive latencies or mixed op types.
+    """
+    latency = np.asarray(latencies_ms, dtype=np.float64)
+    if latency.ndim != 1 or len(latency) != len(keys):
+        raise ValueError(f"got {len(keys)} keys but latencies of shape {latency.shape}")
+    if len(keys) < 2:
+        raise ValueError(f"need at least 2 samples to train a regressor, got {len(keys)}")
+    if not np.all(np.isfinite(latency)) or np.any(latency <= 0):
+        raise ValueError("latencies_ms must be finite and > 0")
+    op_types = sorted({key.op_type for key in keys})
+    if len(op_types) != 1:
+        raise ValueError(f"one regressor covers one op type, got {op_types}")
+    op_type = op_types[0]
+    features = features_matrix(keys)
+    log_latency = np.log(latency)
+    n_samples = len(latency)
+
+    metrics: dict[str, Any]
+    interval_shift = (0.0, 0.0)
+    if n_samples >= _MIN_HELD_OUT_SAMPLES:
+        order = np.random.default_rng(seed).permutation(n_samples)
+        n_test = max(1, int(round(n_samples * _TEST_SHARE)))
+        test, train = order[:n_test], order[n_test:]
+        train_baseline = _fit_baseline(features[train], log_latency[train])
+        valid = (features[test], log_latency[test])
+        held_out = {
+            goal.name: _fit(goal, features[train], log_latency[train], train_baseline, seed, valid=valid)
+            for goal in _OBJECTIVES
+        }
+        rounds = {name: booster.best_iteration or booster.current_iteration() for name, booster in held_out.items()}
+        evaluated = OpRegressor(op_type, train_baseline, held_out["median"], held_out["lo"], held_out["hi"])
+        median_ms, lo_ms, hi_ms = evaluated.predict_features(features[test])
+        metrics = {"n_train": len(train), "n_test": n_test, "held_out": True}
+        metrics.update(_accuracy(latency[test], median_ms, lo_ms, hi_ms))
+        metrics["raw_interval_coverage"] = metrics["interval_coverage"]
+        if n_test >= _MIN_CALIBRATION_SAMPLES:
+            interval_shift = _interval_shift(lo_ms, hi_ms, latency[test])
+            metrics["interval_coverage"] = _cross_fitted_coverage(lo_ms, hi_ms, latency[test])
+    else:
+        rounds = {goal.name: min(_SMALL_DATA_ROUNDS, goal.max_rounds) for goal in _OBJECTIVES}
+        metrics = {"n_train": n_samples, "n_test": 0, "held_out": False}
+    baseline = _fit_baseline(features, log_latency)
+    boosters = {
+        goal.name: _fit(goal, features, log_latency, baseline, seed, rounds=rounds[goal.name]) for goal in _OBJECTIVES
+    }
+    regressor = OpRegressor(op_type, baseline, boosters["median"], boosters["lo"], boosters["hi"], interval_shift)
+    if not metrics["held_out"]:
+        metrics.update(_accuracy(latency, *regressor.predict_features(features)))
+    metrics["n_samples"] = n_samples
+    metrics["rounds"] = rounds
+    logger.debug("trained %s on %d samples: %s", op_type, n_samples, metrics)
+    return regressor, metrics
+
+
+def _data_version(rows: Sequence[tuple[int, float]]) -> str:
+    """Short digest of the (measurement id, median_ms) rows a regressor was trained on."""
+    digest = hashlib.sha256()
+    for measurement_id, median_ms in sorted(rows):
+        digest.update(f"{measurement_id}:{median_ms!r};".encode())
+    return digest.hexdigest()[:_DATA_VERSION_CHARS]
+
+
+@dataclass
+class _OpData:
+    """Measurements of one op type, collected per key hash."""
+
+    keys: dict[str, KernelKey] = field(default_factory=dict)
+    medians: dict[str, list[float]] = field(default_factory=dict)
+    rows: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _collect_measurements(session: Session, device: Device) -> dict[str, _OpData]:
+    """The device's measurements grouped by op type; a key measured in several runs keeps all its medians."""
+    by_op: dict[str, _OpData] = {}
+    unreadable = 0
+    for measurement in iter_measurements(session, device):
+        data = by_op.setdefault(measurement.op_type, _OpData())
+        if measurement.key_hash not in data.keys:
+            try:
+                data.keys[measurement.key_hash] = KernelKey.from_dict(measurement.key)
+            except (KeyError, TypeError, ValueError) as exc:
+                unreadable += 1
+                logger.warning("measurement %d (%s): unreadable key, not trained on: %s",
+                               measurement.id, measurement.key_hash, exc)
+                continue
+        data.medians.setdefault(measurement.key_hash, []).append(measurement.median_ms)
+        data.rows.append((measurement.id, measurement.median_ms))
+    if unreadable:
+        logger.warning("device %r: %d measurements with unreadable keys were left out", device.name, unreadable)
+    return by_op
+
+
+def train_device_regressors(
+    session: Session,
+    device: Device,
+    *,
+    min_samples: int = 5,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Train and store one regressor per op type of the device; return {op_type: metrics}.
+
+    A key measured in several runs counts once, with the median of its run medians. Op types with fewer
+    than `min_samples` distinct keys are not trained and map to {"skipped": "only N samples", ...}.
+    `progress(op_type, done, total)` is called after each op type. Flushes, never commits.
+    """
+    if min_samples < 2:
+        raise ValueError(f"min_samples must be >= 2 (a regressor needs two samples), got {min_samples}")
+    by_op = _collect_measurements(session, device)
+    results: dict[str, dict[str, Any]] = {}
+    total = len(by_op)
+    for done, op_type in enumerate(sorted(by_op), start=1):
+        data = by_op[op_type]
+        n_samples = len(data.medians)
+        if n_samples < min_samples:
+            results[op_type] = {"skipped": f"only {n_samples} samples", "n_samples": n_samples}
+            logger.info("device %r: %s skipped, only %d samples (< %d)", device.name, op_type, n_samples, min_samples)
+        else:
+            hashes = sorted(data.medians)
+            keys = [data.keys[key_hash] for key_hash in hashes]
+            latencies_ms = [statistics.median(data.medians[key_hash]) for key_hash in hashes]
+            regressor, metrics = train_op_regressor(keys, latencies_ms)
+            metrics["data_version"] = _data_version(data.rows)
+            save_regressor(session, device, op_type, regressor.to_text(), metrics, metrics["data_version"])
+            results[op_type] = metrics
+            logger.info("device %r: %s trained on %d samples, held-out MAPE %.3f", device.name, op_type,
+                        n_samples, metrics["mape"])
+        if progress is not None:
+            progress(op_type, done, total)
+    return results
+
+
+class RegressorSet:
+    """All regressors of one device, parsed once; predicts batches of kernel keys of mixed op types."""
+
+    def __init__(self, regressors: Mapping[str, OpRegressor], metrics: Mapping[str, dict[str, Any]] | None = None):
+        self._regressors = dict(regressors)
+        self.metrics: dict[str, dict[str, Any]] = dict(metrics or {})
+
+    @classmethod
+    def load(cls, session: Session, device: Device) -> RegressorSet:
+        """Parse the device's stored regressors; ones that do not load (stale feature set) are left out, logged."""
+        regressors: dict[str, OpRegressor] = {}
+        metrics: dict[str, dict[str, Any]] = {}
+        for op_type, stored in load_regressors(session, device).items():
+            try:
+                regressors[op_type] = OpRegressor.from_text(stored.model_text)
+            except InvalidRegressorError as exc:
+                logger.warning("device %r: regressor for %s not usable, retrain it: %s", device.name, op_type, exc)
+                continue
+            metrics[op_type] = dict(stored.metrics or {})
+        return cls(regressors, metrics)
+
+    @property
+    def op_types(self) -> list[str]:
+        """Op types with a usable regressor, sorted."""
+        return sorted(self._regressors)
+
+    def has(self, op_type: str) -> bool:
+        """Whether a regressor for op_type is loaded."""
+        return op_type in self._regressors
+
+    def __getitem__(self, op_type: str) -> OpRegressor:
+        return self._regressors[op_type]
+
+    def predict(self, keys: Sequence[KernelKey]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(median_ms, lo_ms, hi_ms) per key, in order; KeyError naming the op types without a regressor.
+
+        Keys are deduplicated and batched per op type: one feature matrix and three booster calls each.
+        """
+        positions: dict[str, dict[KernelKey, list[int]]] = {}
+        for index, key in enumerate(keys):
+            positions.setdefault(key.op_type, {}).setdefault(key, []).append(index)
+        missing = sorted(op_type for op_type in positions if op_type not in self._regressors)
+        if missing:
+            raise KeyError(f"no regressor for op types {missing}")
+        median = np.empty(len(keys), dtype=np.float64)
+        lo = np.empty(len(keys), dtype=np.float64)
+        hi = np.empty(len(keys), dtype=np.float64)
+        for op_type, by_key in positions.items():
+            unique = list(by_key)
+            group_median, group_lo, group_hi = self._regressors[op_type].predict(unique)
+            counts = [len(indices) for indices in by_key.values()]
+            targets = np.fromiter((i for indices in by_key.values() for i in indices), dtype=np.intp)
+            median[targets] = np.repeat(group_median, counts)
+            lo[targets] = np.repeat(group_lo, counts)
+            hi[targets] = np.repeat(group_hi, counts)
+        return median, lo, hi

@@ -1,0 +1,101 @@
+"""One place that turns library errors into HTTP answers: a status and a one-line detail, never a traceback."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from predictor.errors import (
+    ConfigError,
+    InvalidModelError,
+    LatpredError,
+    NoMeasurementsError,
+    StoreError,
+    UnknownDeviceError,
+    UnsupportedKernelError,
+)
+from service.api.predictions import ModelNotFoundError
+
+__all__ = ["install_error_handlers", "status_for"]
+
+logger = logging.getLogger(__name__)
+
+# Most specific first: the first class the error is an instance of decides the status.
+_STATUS_BY_ERROR: tuple[tuple[type[LatpredError], int], ...] = (
+    (UnknownDeviceError, 404),
+    (NoMeasurementsError, 409),
+    (InvalidModelError, 422),
+    (ConfigError, 422),
+    (UnsupportedKernelError, 422),
+    (StoreError, 503),
+)
+_DEFAULT_LIBRARY_STATUS = 400
+_MAX_DETAIL_CHARS = 2000
+
+
+def status_for(error: LatpredError) -> int:
+    """The HTTP status of a library error."""
+    for error_type, status in _STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return status
+    return _DEFAULT_LIBRARY_STATUS
+
+
+def _one_line(message: object) -> str:
+    text = " ".join(str(message).split())
+    return text[:_MAX_DETAIL_CHARS]
+
+
+async def _latpred_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LatpredError)
+    status = status_for(exc)
+    if status >= 500:
+        logger.warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": _one_line(exc)}, status_code=status)
+
+
+async def _model_not_found(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": _one_line(exc)}, status_code=404)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    orig = getattr(exc, "orig", None) or exc
+    logger.warning("%s %s: database unreachable: %s", request.method, request.url.path, orig)
+    return JSONResponse({"detail": f"database unreachable: {_one_line(orig)}"}, status_code=503)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = [str(part) for part in loc if part != "body"]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)
+    return text or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    messages = [f"{_location(tuple(error.get('loc', ())))}: {error.get('msg', 'invalid')}" for error in errors[:5]]
+    if len(errors) > 5:
+        messages.append(f"... ({len(errors) - 5} more)")
+    # `detail` is one readable line for humans and clients; `errors` keeps pydantic's structured list.
+    safe_errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+    return JSONResponse({"detail": _one_line("; ".join(messages)), "errors": safe_errors}, status_code=422)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse({"detail": "internal server error; see the service log"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers: LatpredError by subclass, database outages as 503, anything else as 500."""
+    app.add_exception_handler(LatpredError, _latpred_error)
+    app.add_exception_handler(ModelNotFoundError, _model_not_found)
+    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(InterfaceError, _database_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,17 @@
+"""The /api router: every route module mounted in one place."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.routes import devices, health, jobs, measurements, models, predict, runs
+
+__all__ = ["api_router"]
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(devices.router)
+api_router.include_router(measurements.router)
+api_router.include_router(runs.router)
+api_router.include_router(jobs.router)
+api_router.include_router(models.router)
+api_router.include_router(predict.router)

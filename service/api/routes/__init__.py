@@ -1,0 +1,1 @@
+"""Route modules of the REST API, one per entity."""

@@ -1,0 +1,63 @@
+"""Devices: list, register (upsert) and read one with its table size, regressors and runs."""
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from predictor.store import (
+    count_measurements_by_op,
+    get_device,
+    list_devices,
+    list_runs,
+    load_regressors,
+    upsert_device,
+)
+from service.api.deps import CacheDep, ReadAccess, SessionDep, WriteAccess
+from service.api.schemas import (
+    DeviceCreate,
+    DeviceDetail,
+    DevicePublic,
+    DevicesPublic,
+    RegressorPublic,
+    RunPublic,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/devices", tags=["devices"], dependencies=[ReadAccess])
+
+
+@router.get("", response_model=DevicesPublic)
+def read_devices(session: SessionDep) -> DevicesPublic:
+    """All devices, ordered by name."""
+    devices = [DevicePublic.model_validate(device) for device in list_devices(session)]
+    return DevicesPublic(data=devices, count=len(devices))
+
+
+@router.post("", response_model=DevicePublic, status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess])
+def register_device(body: DeviceCreate, session: SessionDep, cache: CacheDep) -> DevicePublic:
+    """Register a device, or update the runtime fields of the device with that name."""
+    device = upsert_device(session, **body.model_dump())
+    public = DevicePublic.model_validate(device)
+    session.commit()
+    cache.invalidate_device(body.name)
+    return public
+
+
+@router.get("/{name}", response_model=DeviceDetail, responses={404: {"description": "unknown device"}})
+def read_device(name: str, session: SessionDep) -> DeviceDetail:
+    """One device with measurement counts and regressor metrics per op type, and its profiling runs."""
+    device = get_device(session, name)
+    counts = count_measurements_by_op(session, device)
+    regressors = {
+        op_type: RegressorPublic(op_type=op_type, metrics=regressor.metrics or {},
+                                 data_version=regressor.data_version, trained_at=regressor.trained_at)
+        for op_type, regressor in sorted(load_regressors(session, device).items())
+    }
+    runs = [RunPublic.model_validate(run) for run in list_runs(session, device)]
+    return DeviceDetail(
+        **DevicePublic.model_validate(device).model_dump(),
+        measurement_count=sum(counts.values()),
+        measurements=counts,
+        regressors=regressors,
+        runs=runs,
+    )

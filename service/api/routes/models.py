@@ -1,0 +1,118 @@
+"""Uploaded ONNX models, stored by content id (sha256); parsing runs only the runtime's optimizer."""
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from predictor.graph import load_model, model_inputs, set_input_shapes
+from predictor.kernels import extract_kernels
+from predictor.prepared import model_id_of
+from predictor.runtime import local_runtime
+from predictor.store import get_stored_model, save_stored_model
+from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
+from service.api.predictions import PredictionCache
+from service.api.schemas import ModelPublic
+from service.api.uploads import (
+    BadUploadError,
+    UploadedModel,
+    UploadTooLargeError,
+    display_name,
+    parse_input_shapes_field,
+    read_model_upload,
+    write_atomically,
+)
+from service.context import Store
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/models", tags=["models"], dependencies=[ReadAccess])
+
+ModelId = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="sha256 hex digest of the model bytes")]
+
+_UPLOAD_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "the ONNX model"},
+                        "input_shapes": {"type": "string", "example": "input=1x3x224x224,other=1x10",
+                                         "description": "fix symbolic input dims"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _store_model(
+    store: Store, cache: PredictionCache, upload: UploadedModel, model_id: str
+) -> tuple[ModelPublic, bool]:
+    """Parse, extract the base kernels, keep the file and the row; (model, created)."""
+    path = cache.model_path(model_id)
+    with store.sessions() as session:
+        existing = get_stored_model(session, model_id)
+        if existing is not None and existing.kernels is not None:
+            # Same bytes as before: nothing to parse. Restore the file if someone removed it.
+            if not path.is_file():
+                write_atomically(path, upload.data)
+            return ModelPublic.model_validate(existing), False
+    shapes = parse_input_shapes_field(upload.input_shapes)
+    fixed = set_input_shapes(load_model(upload.data), shapes)
+    # The server's own runtime (onnxruntime CPU, 1 thread) decides the kernels shown here; predict
+    # re-extracts them for each device's runtime.
+    kernels = extract_kernels(fixed, local_runtime(1))
+    write_atomically(path, upload.data)
+    with store.sessions() as session:
+        stored = save_stored_model(
+            session,
+            model_id=model_id,
+            name=display_name(upload.filename),
+            size_bytes=len(upload.data),
+            inputs=model_inputs(fixed),
+            kernels=[kernel.to_dict() for kernel in kernels],
+        )
+        public = ModelPublic.model_validate(stored)
+        session.commit()
+    logger.info("stored model %s (%s, %d bytes, %d kernels)", model_id[:12], public.name, public.size_bytes,
+                len(public.kernels))
+    return public, True
+
+
+@router.post("", response_model=ModelPublic, status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess],
+             openapi_extra=_UPLOAD_FORM,
+             responses={200: {"description": "these bytes were uploaded before", "model": ModelPublic},
+                        413: {"description": "larger than LATPRED_MAX_UPLOAD_MB"},
+                        422: {"description": "not a loadable ONNX model"}})
+async def upload_model(request: Request, response: Response, settings: SettingsDep, store: StoreDep,
+                       cache: CacheDep) -> ModelPublic:
+    """Upload an ONNX file (multipart field `file`); its id is the sha256 of the bytes."""
+    try:
+        upload = await read_model_upload(request, settings.max_upload_mb)
+    except UploadTooLargeError as exc:
+        raise HTTPException(status_code=status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc)) from exc
+    except BadUploadError as exc:
+        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+    model_id = model_id_of(upload.data)
+    public, created = await run_in_threadpool(_store_model, store, cache, upload, model_id)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return public
+
+
+@router.get("/{model_id}", response_model=ModelPublic, responses={404: {"description": "unknown model"}})
+def read_model(model_id: ModelId, session: SessionDep) -> ModelPublic:
+    """An uploaded model's inputs and base kernels."""
+    stored = get_stored_model(session, model_id)
+    if stored is None or stored.kernels is None:
+        raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"unknown model id {model_id!r}")
+    return ModelPublic.model_validate(stored)

@@ -1,0 +1,268 @@
+"""Request and response bodies of the REST API, one schema family per entity."""
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "DeviceCreate",
+    "DeviceDetail",
+    "DevicePublic",
+    "DevicesPublic",
+    "EstimatePublic",
+    "HealthPublic",
+    "JobPublic",
+    "KernelEstimatePublic",
+    "MeasurementCreate",
+    "MeasurementPublic",
+    "MeasurementsCreate",
+    "MeasurementsInserted",
+    "MeasurementsPublic",
+    "ModelPublic",
+    "PredictRequest",
+    "PredictionPublic",
+    "RankCandidate",
+    "RankRequest",
+    "RankedCandidatePublic",
+    "RankingPublic",
+    "RegressorPublic",
+    "RunCreate",
+    "RunFinish",
+    "RunPublic",
+]
+
+# Above this a "kernel latency" is a unit mix-up (seconds, microseconds) or garbage: 1e6 ms is 16 minutes.
+MAX_LATENCY_MS = 1e6
+# Percentiles come from a float summary of the same samples: allow rounding noise, not disorder.
+_ORDER_REL_TOLERANCE = 1e-6
+_DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$"
+_RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$"
+
+LatencyMs = Annotated[float, Field(gt=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str
+
+
+class DeviceBase(BaseModel):
+    name: str = Field(min_length=1, max_length=128, pattern=_DEVICE_NAME_PATTERN,
+                      description="unique device name, used in URLs")
+    backend: str = Field(min_length=1, max_length=32, examples=["onnxruntime"])
+    execution_provider: str = Field(min_length=1, max_length=128, examples=["CPUExecutionProvider"])
+    runtime_version: str = Field(min_length=1, max_length=64, examples=["1.18.0"])
+    threads: int = Field(ge=0, description="intra-op threads; 0: the runtime's default")
+    host: str = Field(default="", max_length=1024, description="hardware description")
+
+
+class DeviceCreate(DeviceBase):
+    """Register a device, or update the fields of an existing one with that name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DevicePublic(DeviceBase):
+    model_config = ConfigDict(from_attributes=True)
+
+    created_at: datetime
+    overhead: dict[str, Any] | None = None
+
+
+class DevicesPublic(BaseModel):
+    data: list[DevicePublic]
+    count: int
+
+
+class RegressorPublic(BaseModel):
+    op_type: str
+    metrics: dict[str, Any]
+    data_version: str
+    trained_at: datetime
+
+
+class RunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(min_length=1, max_length=64, pattern=_RUN_ID_PATTERN)
+    budget_minutes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
+class RunFinish(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["finished", "killed"]
+    report: dict[str, Any] | None = None
+
+
+class RunPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    run_id: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    budget_minutes: float | None = None
+    report: dict[str, Any] | None = None
+
+
+class DeviceDetail(DevicePublic):
+    """A device with its table size per op type, its regressors' metrics and its profiling runs."""
+
+    measurement_count: int
+    measurements: dict[str, int] = Field(description="measurement rows per op type")
+    regressors: dict[str, RegressorPublic] = Field(description="regressor per op type")
+    runs: list[RunPublic]
+
+
+class MeasurementCreate(BaseModel):
+    """One kernel measurement; op type, bits and key hash are recomputed by the server from the key."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    key: dict[str, Any] = Field(description="canonical kernel key (KernelKey.to_dict())")
+    median_ms: LatencyMs
+    p10_ms: LatencyMs
+    p90_ms: LatencyMs
+    repeats: int = Field(ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _check_percentile_order(self) -> MeasurementCreate:
+        for lower_name, upper_name in (("p10_ms", "median_ms"), ("median_ms", "p90_ms")):
+            lower, upper = getattr(self, lower_name), getattr(self, upper_name)
+            if lower > upper and not math.isclose(lower, upper, rel_tol=_ORDER_REL_TOLERANCE):
+                raise ValueError(f"{lower_name}={lower!r} exceeds {upper_name}={upper!r}")
+        return self
+
+
+class MeasurementsCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(min_length=1, max_length=64, pattern=_RUN_ID_PATTERN)
+    measurements: list[MeasurementCreate] = Field(max_length=100_000)
+
+
+class MeasurementsInserted(BaseModel):
+    inserted: int = Field(description="rows that were new")
+    duplicates: int = Field(description="rows already stored for this run (or repeated in the batch)")
+
+
+class MeasurementPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    run_id: str
+    key_hash: str
+    op_type: str
+    bits: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+    created_at: datetime
+    key: dict[str, Any]
+
+
+class MeasurementsPublic(BaseModel):
+    data: list[MeasurementPublic]
+    count: int = Field(description="rows matching the filters, over all pages")
+    limit: int
+    offset: int
+
+
+class ModelPublic(BaseModel):
+    """An uploaded model: content id, inputs and the kernels the server's runtime executes for it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str = Field(description="sha256 hex digest of the ONNX bytes")
+    name: str
+    size_bytes: int
+    inputs: dict[str, list[int | str | None]]
+    kernels: list[dict[str, Any]]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device: str
+    model_id: str
+    config: dict[str, Any] | None = Field(default=None, description="compression config; see /api/config-schema")
+    input_shapes: dict[str, list[int]] | None = Field(
+        default=None, description="override the input shapes given at upload, e.g. {\"input\": [1, 3, 224, 224]}"
+    )
+
+
+class KernelEstimatePublic(BaseModel):
+    name: str
+    op_type: str
+    latency_ms: float
+    interval_ms: list[float]
+    source: str
+    key_hash: str
+    nodes: list[str]
+
+
+class EstimatePublic(BaseModel):
+    device: str
+    latency_ms: float
+    interval_ms: list[float]
+    table_hit_rate: float
+    overhead_ms: float
+    sources: dict[str, int]
+    warnings: list[str]
+    kernels: list[KernelEstimatePublic]
+
+
+class PredictionPublic(EstimatePublic):
+    model_id: str
+    config: dict[str, Any]
+
+
+class RankCandidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=256)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class RankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device: str
+    model_id: str
+    candidates: list[RankCandidate] = Field(min_length=1, max_length=1000)
+    target_speedup: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    input_shapes: dict[str, list[int]] | None = None
+
+
+class RankedCandidatePublic(BaseModel):
+    name: str
+    latency_ms: float
+    interval_ms: list[float]
+    speedup: float
+    meets_target: bool | None
+    table_hit_rate: float
+    sources: dict[str, int]
+
+
+class RankingPublic(BaseModel):
+    device: str
+    model_id: str
+    baseline_ms: float
+    baseline_interval_ms: list[float]
+    target_speedup: float | None
+    ranked: list[RankedCandidatePublic] = Field(description="fastest first")
+
+
+class JobPublic(BaseModel):
+    job_id: str
+    kind: str
+    device: str
+    status: Literal["queued", "running", "finished", "failed"]
+    created_at: datetime
+    finished_at: datetime | None = None
+    result: Any = None
+    error: str | None = None

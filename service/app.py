@@ -1,0 +1,62 @@
+"""The FastAPI application: REST API under /api, OpenAPI docs at /docs; one store per app."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from predictor.errors import StoreError
+from service.api import api_router
+from service.api.database import StoreConnector
+from service.api.errors import install_error_handlers
+from service.api.jobs import JobRegistry
+from service.api.predictions import PredictionCache
+from service.settings import Settings, get_settings
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PREDICTOR_TTL_S = 300.0
+
+
+def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAULT_PREDICTOR_TTL_S) -> FastAPI:
+    """Build the app; the store is opened at start-up (or on the first request if the database is down).
+
+    Run it with `latpred serve`, or `uvicorn --factory service.app:create_app`.
+    """
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        connector = StoreConnector(settings)
+        app.state.settings = settings
+        app.state.store_connector = connector
+        app.state.prediction_cache = PredictionCache(settings.models_dir, predictor_ttl_s=predictor_ttl_s)
+        app.state.jobs = JobRegistry()
+        try:
+            connector.get()
+        except StoreError as exc:
+            logger.warning("database unreachable at start-up, retrying on each request: %s", exc)
+        if not settings.tokens:
+            logger.warning("LATPRED_API_TOKENS is not set: every write to the API is refused")
+        try:
+            yield
+        finally:
+            app.state.jobs.shutdown()
+            connector.close()
+
+    app = FastAPI(
+        title="latpred",
+        summary="Hardware-aware latency prediction for compressed ONNX models",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    install_error_handlers(app)
+    app.include_router(api_router, prefix="/api")
+    return app

@@ -1,0 +1,249 @@
+"""Per-op-type LightGBM regressors: accuracy on a known latency law, intervals, text round trip, store."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine
+
+from predictor.features import FEATURE_NAMES, features_matrix
+from predictor.kernels import KernelKey
+from predictor.regressors import (
+    InvalidRegressorError,
+    OpRegressor,
+    RegressorSet,
+    train_device_regressors,
+    train_op_regressor,
+)
+from predictor.store import (
+    MeasurementIn,
+    add_measurements,
+    load_regressors,
+    session_factory,
+    session_scope,
+    upsert_device,
+)
+
+
+def conv_key(cin: int, cout: int, size: int, k: int = 3, stride: int = 1, op_type: str = "NchwcConv") -> KernelKey:
+    out = (size + stride - 1) // stride
+    return KernelKey(
+        op_type=op_type,
+        inputs=((1, cin, size, size),),
+        outputs=((1, cout, out, out),),
+        weight=(cout, cin, k, k),
+        attrs=(("group", 1), ("kernel_shape", (k, k)), ("strides", (stride, stride))),
+    )
+
+
+def random_conv_keys(n: int, seed: int, op_type: str = "NchwcConv") -> list[KernelKey]:
+    rng = np.random.default_rng(seed)
+    return [
+        conv_key(int(rng.integers(3, 257)), int(rng.integers(4, 257)), int(rng.choice([7, 14, 28, 56])),
+                 k=int(rng.choice([1, 3, 5])), stride=int(rng.choice([1, 2])), op_type=op_type)
+        for _ in range(n)
+    ]
+
+
+def true_latency_ms(keys: list[KernelKey]) -> np.ndarray:
+    """Known law: linear in MACs, 30% slower when Cout is not a multiple of 8, plus a 10 us launch cost."""
+    features = features_matrix(keys)
+    macs = features[:, FEATURE_NAMES.index("macs")]
+    cout = features[:, FEATURE_NAMES.index("cout")]
+    return macs / 1e9 * np.where(cout % 8 != 0, 1.3, 1.0) + 0.01
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[OpRegressor, dict]:
+    keys = random_conv_keys(400, seed=0)
+    return train_op_regressor(keys, true_latency_ms(keys), seed=0)
+
+
+def test_held_out_accuracy_on_a_known_latency_law(trained: tuple[OpRegressor, dict]) -> None:
+    _, metrics = trained
+    assert metrics["held_out"] is True
+    assert (metrics["n_samples"], metrics["n_train"], metrics["n_test"]) == (400, 320, 80)
+    assert metrics["mape"] < 0.10
+    assert metrics["within_10pct"] > 0.7
+    assert metrics["within_5pct"] <= metrics["within_10pct"]
+    # Calibrated 10-90% interval: about 80% of held-out measurements inside.
+    assert 0.6 <= metrics["interval_coverage"] <= 1.0
+    assert json.loads(json.dumps(metrics)) == metrics
+
+
+def test_fresh_keys_are_predicted_within_tolerance(trained: tuple[OpRegressor, dict]) -> None:
+    regressor, _ = trained
+    keys = random_conv_keys(200, seed=7)
+    median, lo, hi = regressor.predict(keys)
+    relative_error = np.abs(median - true_latency_ms(keys)) / true_latency_ms(keys)
+    assert np.mean(relative_error) < 0.12
+    assert np.all(lo <= median) and np.all(median <= hi) and np.all(lo > 0)
+    assert np.mean(hi / lo) > 1.0
+
+
+def test_regressor_learns_the_channel_alignment_jump(trained: tuple[OpRegressor, dict]) -> None:
+    regressor, _ = trained
+    median, _, _ = regressor.predict([conv_key(128, 63, 28), conv_key(128, 64, 28)])
+    # 64 channels do more work but run on the aligned path: the truth is 1.3 * 63/64 ~ 1.28x.
+    assert median[0] / median[1] > 1.15
+
+
+def test_text_round_trip_gives_identical_predictions(trained: tuple[OpRegressor, dict]) -> None:
+    regressor, _ = trained
+    text = regressor.to_text()
+    header = json.loads(text.partition("\n")[0])
+    assert header["format"] == "latpred-op-regressor" and header["op_type"] == "NchwcConv"
+    assert header["features"] == FEATURE_NAMES
+    again = OpRegressor.from_text(text)
+    keys = random_conv_keys(50, seed=3)
+    for before, after in zip(regressor.predict(keys), again.predict(keys), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert again.to_text() == text
+
+
+def test_malformed_or_stale_text_is_rejected(trained: tuple[OpRegressor, dict]) -> None:
+    regressor, _ = trained
+    text = regressor.to_text()
+    header_line, _, body = text.partition("\n")
+    header = json.loads(header_line)
+    with pytest.raises(InvalidRegressorError, match="JSON header"):
+        OpRegressor.from_text("tree\nversion=v4\n")
+    with pytest.raises(InvalidRegressorError, match="truncated"):
+        OpRegressor.from_text(text[:-100])
+    stale = json.dumps({**header, "features": FEATURE_NAMES[:-1]})
+    with pytest.raises(InvalidRegressorError, match="another feature set"):
+        OpRegressor.from_text(stale + "\n" + body)
+    assert isinstance(InvalidRegressorError("x"), ValueError)
+
+
+def test_tiny_data_trains_on_all_and_says_so() -> None:
+    keys = random_conv_keys(6, seed=1)
+    regressor, metrics = train_op_regressor(keys, true_latency_ms(keys))
+    assert metrics["held_out"] is False
+    assert (metrics["n_samples"], metrics["n_train"], metrics["n_test"]) == (6, 6, 0)
+    median, lo, hi = regressor.predict(keys)
+    assert np.all(np.isfinite(median)) and np.all(lo <= median) and np.all(median <= hi)
+    # The log-log baseline still orders kernels by work.
+    order = np.argsort(true_latency_ms(keys))
+    assert median[order[-1]] > median[order[0]]
+
+
+def test_training_is_deterministic() -> None:
+    keys = random_conv_keys(60, seed=2)
+    first, first_metrics = train_op_regressor(keys, true_latency_ms(keys), seed=5)
+    second, second_metrics = train_op_regressor(keys, true_latency_ms(keys), seed=5)
+    assert first.to_text() == second.to_text()
+    assert first_metrics == second_metrics
+
+
+def test_bad_training_input_is_refused() -> None:
+    keys = random_conv_keys(20, seed=4)
+    with pytest.raises(ValueError, match="one op type"):
+        train_op_regressor(keys[:10] + random_conv_keys(10, seed=5, op_type="Conv"), np.ones(20))
+    with pytest.raises(ValueError, match="> 0"):
+        train_op_regressor(keys, np.zeros(20))
+    with pytest.raises(ValueError, match="latencies"):
+        train_op_regressor(keys, np.ones(19))
+    with pytest.raises(ValueError, match="at least 2"):
+        train_op_regressor(keys[:1], [1.0])
+
+
+def test_regressor_set_batches_mixed_op_types_in_order(trained: tuple[OpRegressor, dict]) -> None:
+    regressor, _ = trained
+    gemm_keys = [KernelKey(op_type="Gemm", inputs=((m, 256),), outputs=((m, 128),), weight=(256, 128))
+                 for m in range(1, 41)]
+    gemm, _ = train_op_regressor(gemm_keys, [0.001 * m + 0.005 for m in range(1, 41)])
+    regressors = RegressorSet({"NchwcConv": regressor, "Gemm": gemm})
+    assert regressors.op_types == ["Gemm", "NchwcConv"]
+    assert regressors.has("Gemm") and not regressors.has("Softmax")
+    convs = random_conv_keys(5, seed=9)
+    mixed = [convs[0], gemm_keys[3], convs[1], convs[0], gemm_keys[30]]
+    median, lo, hi = regressors.predict(mixed)
+    conv_median = regressor.predict([convs[0], convs[1]])[0]
+    gemm_median = gemm.predict([gemm_keys[3], gemm_keys[30]])[0]
+    np.testing.assert_allclose(median, [conv_median[0], gemm_median[0], conv_median[1], conv_median[0],
+                                        gemm_median[1]])
+    assert np.all(lo <= median) and np.all(median <= hi)
+    with pytest.raises(KeyError, match="Softmax"):
+        regressors.predict([convs[0], KernelKey(op_type="Softmax", inputs=((1, 10),), outputs=((1, 10),))])
+    assert all(len(part) == 0 for part in regressors.predict([]))
+
+
+def test_predicting_300_kernels_is_fast(trained: tuple[OpRegressor, dict]) -> None:
+    regressor, _ = trained
+    op_types = ["NchwcConv", "FusedConv", "Conv", "QLinearConv", "Conv2"]
+    regressors = RegressorSet({op: OpRegressor.from_text(regressor.to_text()) for op in op_types})
+    queries = [k for i, op in enumerate(op_types) for k in random_conv_keys(60, seed=100 + i, op_type=op)]
+    regressors.predict(queries)
+    best = min(_timed(lambda: regressors.predict(queries)) for _ in range(5))
+    # ~5 ms on an idle core; the bound leaves room for loaded CI machines.
+    assert best < 0.05
+
+
+def _timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _measurements(keys: list[KernelKey], medians_ms: np.ndarray) -> list[MeasurementIn]:
+    return [
+        MeasurementIn(key=key.to_dict(), key_hash=key.key_hash, op_type=key.op_type, bits=key.bits,
+                      median_ms=float(median_ms), p10_ms=float(median_ms) * 0.9, p90_ms=float(median_ms) * 1.1,
+                      repeats=10)
+        for key, median_ms in zip(keys, medians_ms, strict=True)
+    ]
+
+
+def test_train_device_regressors_stores_what_regressor_set_loads(store_engine: Engine) -> None:
+    convs = random_conv_keys(80, seed=11)
+    conv_truth = true_latency_ms(convs)
+    shapes = [(m, k) for m in (1, 4, 16, 64) for k in (32, 64, 128, 256, 512)]
+    gemms = [KernelKey(op_type="Gemm", inputs=((m, k),), outputs=((m, 64),), weight=(k, 64)) for m, k in shapes]
+    gemm_truth = np.array([2e-5 * m * k / 32 + 0.004 for m, k in shapes])
+    softmax = [KernelKey(op_type="Softmax", inputs=((1, n),), outputs=((1, n),)) for n in (10, 100, 1000)]
+    factory = session_factory(store_engine)
+    with session_scope(factory) as session:
+        device = upsert_device(session, name="cpu-test", backend="onnxruntime",
+                               execution_provider="CPUExecutionProvider", runtime_version="1.18.0", threads=1,
+                               host="test")
+        # Gemm measured in three runs: the median of medians (the truth x 1.01) wins over a 5x outlier run.
+        add_measurements(session, device, "run-1", _measurements(convs, conv_truth)
+                         + _measurements(gemms, gemm_truth * 1.01) + _measurements(softmax, np.full(3, 0.01)))
+        add_measurements(session, device, "run-2", _measurements(gemms, gemm_truth))
+        add_measurements(session, device, "run-3", _measurements(gemms, gemm_truth * 5))
+    calls: list[tuple[str, int, int]] = []
+    with session_scope(factory) as session:
+        results = train_device_regressors(session, device, progress=lambda *args: calls.append(args))
+    assert calls == [("Gemm", 1, 3), ("NchwcConv", 2, 3), ("Softmax", 3, 3)]
+    assert results["Softmax"] == {"skipped": "only 3 samples", "n_samples": 3}
+    assert results["Gemm"]["n_samples"] == 20 and results["NchwcConv"]["n_samples"] == 80
+    assert results["NchwcConv"]["held_out"] is True and results["NchwcConv"]["mape"] < 0.25
+
+    with session_scope(factory) as session:
+        stored = load_regressors(session, device)
+        assert sorted(stored) == ["Gemm", "NchwcConv"]
+        assert stored["Gemm"].metrics == results["Gemm"]
+        assert stored["Gemm"].data_version == results["Gemm"]["data_version"]
+        regressors = RegressorSet.load(session, device)
+    assert regressors.op_types == ["Gemm", "NchwcConv"] and not regressors.has("Softmax")
+    median, lo, hi = regressors.predict(gemms + convs[:10])
+    expected = np.concatenate([gemm_truth, conv_truth[:10]])
+    assert np.median(np.abs(median - expected) / expected) < 0.2
+    assert np.all(lo <= median) and np.all(median <= hi)
+    with pytest.raises(KeyError, match="Softmax"):
+        regressors.predict(softmax)
+
+    # Same data, same version; a new run changes the Gemm data version only.
+    with session_scope(factory) as session:
+        again = train_device_regressors(session, device)
+        assert again["Gemm"]["data_version"] == results["Gemm"]["data_version"]
+        add_measurements(session, device, "run-4", _measurements(gemms[:1], np.array([0.02])))
+        newer = train_device_regressors(session, device, min_samples=2)
+    assert newer["Gemm"]["data_version"] != results["Gemm"]["data_version"]
+    assert newer["NchwcConv"]["data_version"] == results["NchwcConv"]["data_version"]
+    assert newer["Softmax"]["n_samples"] == 3 and newer["Softmax"]["held_out"] is False

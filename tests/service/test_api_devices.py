@@ -1,0 +1,219 @@
+"""REST API: health, bearer-token auth, devices and profiling runs (SQLite and PostgreSQL)."""
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import make_url
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.conftest import AUTH, TOKEN, local_device_body
+
+
+def test_health_reports_database_ok(api: TestClient) -> None:
+    response = api.get("/api/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok"}
+
+
+def test_openapi_docs_are_served(api: TestClient) -> None:
+    assert api.get("/docs").status_code == 200
+    paths = api.get("/api/openapi.json").json()["paths"]
+    assert {"/api/health", "/api/devices", "/api/models", "/api/predict", "/api/rank"} <= set(paths)
+
+
+def test_health_is_503_while_database_unreachable(tmp_path: Path) -> None:
+    settings = Settings(database_url="postgresql+psycopg://postgres@127.0.0.1:1/latpred",
+                        home=tmp_path, api_tokens=TOKEN)
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/api/health")
+        assert response.status_code == 503
+        assert response.json()["status"] == "degraded"
+        assert response.json()["database"].startswith("unreachable: ")
+        devices = client.get("/api/devices")
+        assert devices.status_code == 503
+        assert "Traceback" not in devices.text
+        assert "cannot connect to database" in devices.json()["detail"]
+
+
+class TcpProxy:
+    """Forwards a local port to the database; `stop()` cuts every connection, like a database outage."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave it accepting.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._sockets.clear()
+
+
+@pytest.mark.postgres
+def test_health_recovers_when_database_comes_back(postgres_url: str, tmp_path: Path) -> None:
+    url = make_url(postgres_url)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    try:
+        with TestClient(create_app(Settings(database_url=proxied, home=tmp_path, api_tokens=TOKEN))) as client:
+            assert client.get("/api/health").status_code == 200
+            proxy.stop()
+            down = client.get("/api/health")
+            assert down.status_code == 503
+            assert down.json()["database"].startswith("unreachable: ")
+            assert client.get("/api/devices").status_code == 503
+            proxy.start()
+            assert client.get("/api/health").json() == {"status": "ok", "database": "ok"}
+            assert client.get("/api/devices").status_code == 200
+    finally:
+        proxy.stop()
+
+
+def test_writes_need_a_valid_token(api: TestClient) -> None:
+    body = local_device_body()
+    missing = api.post("/api/devices", json=body)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = api.post("/api/devices", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert wrong.json() == {"detail": "invalid token"}
+    not_bearer = api.post("/api/devices", json=body, headers={"Authorization": f"Basic {TOKEN}"})
+    assert not_bearer.status_code == 401
+    assert api.get("/api/devices").json()["count"] == 0
+    assert api.post("/api/devices", json=body, headers=AUTH).status_code == 201
+    assert api.get("/api/devices").json()["count"] == 1
+
+
+def test_any_configured_token_may_write(store_url: str, tmp_path: Path) -> None:
+    settings = Settings(database_url=store_url, home=tmp_path, api_tokens=" first , second ")
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/api/devices", json=local_device_body(),
+                               headers={"Authorization": "Bearer second"})
+        assert response.status_code == 201
+
+
+def test_writes_refused_when_no_tokens_configured(store_url: str, tmp_path: Path) -> None:
+    with TestClient(create_app(Settings(database_url=store_url, home=tmp_path))) as client:
+        response = client.post("/api/devices", json=local_device_body(), headers=AUTH)
+        assert response.status_code == 401
+        assert "LATPRED_API_TOKENS is not set" in response.json()["detail"]
+        assert client.get("/api/devices").status_code == 200
+
+
+def test_reads_need_a_token_when_configured(store_url: str, tmp_path: Path) -> None:
+    settings = Settings(database_url=store_url, home=tmp_path, api_tokens=TOKEN, read_token_required=True)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/devices").status_code == 401
+        assert client.get("/api/config-schema").status_code == 401
+        assert client.get("/api/devices", headers=AUTH).status_code == 200
+        assert client.get("/api/health").status_code == 200
+
+
+def test_register_list_and_read_device(api: TestClient, device: str) -> None:
+    listed = api.get("/api/devices").json()
+    assert listed["count"] == 1
+    assert listed["data"][0]["name"] == device
+    detail = api.get(f"/api/devices/{device}").json()
+    expected = local_device_body()
+    assert {field: detail[field] for field in expected} == expected
+    assert detail["measurement_count"] == 0
+    assert detail["measurements"] == {}
+    assert detail["regressors"] == {}
+    assert detail["runs"] == []
+
+
+def test_register_again_updates_the_device(api: TestClient, device: str) -> None:
+    body = {**local_device_body(), "threads": 4}
+    assert api.post("/api/devices", json=body, headers=AUTH).status_code == 201
+    assert api.get(f"/api/devices/{device}").json()["threads"] == 4
+    assert api.get("/api/devices").json()["count"] == 1
+
+
+@pytest.mark.parametrize("change", [{"threads": -1}, {"name": ""}, {"name": "a/b"}, {"backend": ""}, {"extra": 1}])
+def test_register_rejects_bad_fields(api: TestClient, change: dict[str, object]) -> None:
+    response = api.post("/api/devices", json={**local_device_body(), **change}, headers=AUTH)
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], str)
+    assert api.get("/api/devices").json()["count"] == 0
+
+
+def test_unknown_device_is_404_naming_known_ones(api: TestClient, device: str) -> None:
+    response = api.get("/api/devices/nope")
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"unknown device 'nope'; known: '{device}'"}
+
+
+def test_runs_start_finish_and_show_on_device(api: TestClient, device: str) -> None:
+    started = api.post(f"/api/devices/{device}/runs", json={"run_id": "run-1", "budget_minutes": 30},
+                       headers=AUTH)
+    assert started.status_code == 201
+    assert started.json()["status"] == "running"
+    again = api.post(f"/api/devices/{device}/runs", json={"run_id": "run-1"}, headers=AUTH)
+    assert again.status_code == 201
+    assert again.json()["started_at"] == started.json()["started_at"]
+    report = {"kernels": 12, "flat_axes": {"Conv": ["sparsity"]}}
+    finished = api.put(f"/api/devices/{device}/runs/run-1", json={"status": "finished", "report": report},
+                       headers=AUTH)
+    assert finished.status_code == 200
+    assert finished.json()["finished_at"] is not None
+    runs = api.get(f"/api/devices/{device}").json()["runs"]
+    assert [(run["run_id"], run["status"], run["report"]) for run in runs] == [("run-1", "finished", report)]
+
+
+def test_run_errors(api: TestClient, device: str) -> None:
+    assert api.put(f"/api/devices/{device}/runs/none", json={"status": "finished"}, headers=AUTH).status_code == 404
+    bad_status = api.put(f"/api/devices/{device}/runs/none", json={"status": "running"}, headers=AUTH)
+    assert bad_status.status_code == 422
+    assert api.post("/api/devices/nope/runs", json={"run_id": "r"}, headers=AUTH).status_code == 404
+    other = {**local_device_body("other-device")}
+    assert api.post("/api/devices", json=other, headers=AUTH).status_code == 201
+    assert api.post(f"/api/devices/{device}/runs", json={"run_id": "shared"}, headers=AUTH).status_code == 201
+    clash = api.post("/api/devices/other-device/runs", json={"run_id": "shared"}, headers=AUTH)
+    assert clash.status_code == 409
+    finish_elsewhere = api.put("/api/devices/other-device/runs/shared", json={"status": "killed"}, headers=AUTH)
+    assert finish_elsewhere.status_code == 404

@@ -1,0 +1,205 @@
+"""REST API: predict and rank end to end, their caches, error statuses, and background training."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from predictor.estimate import DevicePredictor
+from predictor.kernels import KernelKey
+from predictor.prepared import PreparedModel
+from tests.service.conftest import AUTH, fake_measurement
+
+CONFIGS = {
+    "fp32": {},
+    "pruned": {"default": {"prune_ratio": 0.5}},
+    "int8": {"default": {"bits": 8}},
+}
+
+
+def medians_for(kernels: list[dict[str, Any]]) -> dict[str, float]:
+    """Distinct fake medians per kernel hash: 0.1 ms, 0.2 ms, ..."""
+    return {kernel["key_hash"]: round(0.1 * (index + 1), 3) for index, kernel in enumerate(kernels)}
+
+
+@pytest.fixture
+def measured(api: TestClient, device: str, uploaded: dict[str, Any]) -> dict[str, float]:
+    """Every base kernel of the uploaded model measured on the device; returns median per key hash."""
+    medians = medians_for(uploaded["kernels"])
+    rows = [fake_measurement(kernel, medians[kernel["key_hash"]]) for kernel in uploaded["kernels"]]
+    response = api.post(f"/api/devices/{device}/measurements", json={"run_id": "run-1", "measurements": rows},
+                        headers=AUTH)
+    assert response.json() == {"inserted": len(rows), "duplicates": 0}
+    return medians
+
+
+def predict(api: TestClient, **body: Any) -> Any:
+    return api.post("/api/predict", json=body)
+
+
+def test_predict_sums_measured_kernels(api: TestClient, device: str, uploaded: dict[str, Any],
+                                       measured: dict[str, float]) -> None:
+    response = predict(api, device=device, model_id=uploaded["id"])
+    assert response.status_code == 200, response.text
+    estimate = response.json()
+    assert estimate["model_id"] == uploaded["id"]
+    assert estimate["config"] == {"default": {}, "layers": {}}
+    assert estimate["device"] == device
+    assert estimate["table_hit_rate"] == 1.0
+    assert estimate["overhead_ms"] == 0.0
+    assert estimate["sources"] == {"table": len(uploaded["kernels"])}
+    assert estimate["latency_ms"] == pytest.approx(sum(measured.values()))
+    assert [k["key_hash"] for k in estimate["kernels"]] == [k["key_hash"] for k in uploaded["kernels"]]
+    assert [k["latency_ms"] for k in estimate["kernels"]] == pytest.approx(
+        [measured[k["key_hash"]] for k in uploaded["kernels"]])
+    low, high = estimate["interval_ms"]
+    assert low < estimate["latency_ms"] < high
+
+
+def test_repeated_predict_rebuilds_nothing(api: TestClient, device: str, uploaded: dict[str, Any],
+                                           measured: dict[str, float], monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"prepare": 0, "load": 0}
+    create, load = PreparedModel.create.__func__, DevicePredictor.load.__func__  # type: ignore[attr-defined]
+
+    def counting_create(cls: type[PreparedModel], *args: Any, **kwargs: Any) -> PreparedModel:
+        calls["prepare"] += 1
+        return create(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    def counting_load(cls: type[DevicePredictor], *args: Any, **kwargs: Any) -> DevicePredictor:
+        calls["load"] += 1
+        return load(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(PreparedModel, "create", classmethod(counting_create))
+    monkeypatch.setattr(DevicePredictor, "load", classmethod(counting_load))
+    first = predict(api, device=device, model_id=uploaded["id"]).json()
+    assert calls == {"prepare": 1, "load": 1}
+    for _ in range(3):
+        assert predict(api, device=device, model_id=uploaded["id"]).json()["latency_ms"] == first["latency_ms"]
+    assert calls == {"prepare": 1, "load": 1}
+
+    # New measurements drop the device's predictor (not the prepared model): the next answer sees them.
+    kernel = uploaded["kernels"][0]
+    slower = {**fake_measurement(kernel, 5.0)}
+    api.post(f"/api/devices/{device}/measurements", json={"run_id": "run-2", "measurements": [slower]},
+             headers=AUTH)
+    after = predict(api, device=device, model_id=uploaded["id"]).json()
+    assert calls == {"prepare": 1, "load": 2}
+    old = measured[kernel["key_hash"]]
+    # A key measured in two runs counts with the median of its run medians.
+    assert after["latency_ms"] == pytest.approx(first["latency_ms"] - old + (old + 5.0) / 2)
+
+
+def test_rank_sorts_candidates_with_speedups(api: TestClient, device: str, uploaded: dict[str, Any],
+                                             measured: dict[str, float]) -> None:
+    candidates = [{"name": name, "config": config} for name, config in CONFIGS.items()]
+    response = api.post("/api/rank", json={"device": device, "model_id": uploaded["id"], "candidates": candidates,
+                                           "target_speedup": 1.2})
+    assert response.status_code == 200, response.text
+    ranking = response.json()
+    assert ranking["model_id"] == uploaded["id"]
+    assert ranking["baseline_ms"] == pytest.approx(sum(measured.values()))
+    ranked = ranking["ranked"]
+    assert sorted(row["name"] for row in ranked) == sorted(CONFIGS)
+    latencies = [row["latency_ms"] for row in ranked]
+    assert latencies == sorted(latencies)
+    for row in ranked:
+        assert row["speedup"] == pytest.approx(ranking["baseline_ms"] / row["latency_ms"])
+        assert row["meets_target"] == (row["speedup"] >= 1.2)
+    fp32 = next(row for row in ranked if row["name"] == "fp32")
+    assert fp32["speedup"] == pytest.approx(1.0)
+    assert fp32["table_hit_rate"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ({"default": {"bits": 7}}, "invalid compression config at default.bits"),
+        ({"default": {"prune_ratio": 2.0}}, "invalid compression config at default.prune_ratio"),
+        ({"colour": "red"}, "invalid compression config at colour"),
+        ({"layers": {"no_such_layer*": {"bits": 8}}}, "matches no node of the model"),
+    ],
+)
+def test_bad_config_is_422(api: TestClient, device: str, uploaded: dict[str, Any], measured: dict[str, float],
+                           config: dict[str, Any], fragment: str) -> None:
+    response = predict(api, device=device, model_id=uploaded["id"], config=config)
+    assert response.status_code == 422
+    assert fragment in response.json()["detail"]
+    candidates = [{"name": "ok", "config": {}}, {"name": "bad", "config": config}]
+    ranked = api.post("/api/rank", json={"device": device, "model_id": uploaded["id"], "candidates": candidates})
+    assert ranked.status_code == 422
+    assert fragment in ranked.json()["detail"]
+
+
+def test_predict_error_statuses(api: TestClient, device: str, uploaded: dict[str, Any]) -> None:
+    no_measurements = predict(api, device=device, model_id=uploaded["id"])
+    assert no_measurements.status_code == 409
+    assert "no measurements" in no_measurements.json()["detail"]
+    unknown_device = predict(api, device="nope", model_id=uploaded["id"])
+    assert unknown_device.status_code == 404
+    assert unknown_device.json()["detail"].startswith("unknown device 'nope'")
+    row = fake_measurement(uploaded["kernels"][0], 0.1)
+    api.post(f"/api/devices/{device}/measurements", json={"run_id": "r", "measurements": [row]}, headers=AUTH)
+    unknown_model = predict(api, device=device, model_id="f" * 64)
+    assert unknown_model.status_code == 404
+    assert "unknown model id" in unknown_model.json()["detail"]
+    assert predict(api, device=device, model_id="../../etc/passwd").status_code == 404
+    bad_shape = predict(api, device=device, model_id=uploaded["id"], input_shapes={"nope": [1, 2]})
+    assert bad_shape.status_code == 422
+
+
+def test_predict_falls_back_for_unmeasured_kernels(api: TestClient, device: str, uploaded: dict[str, Any]) -> None:
+    row = fake_measurement(uploaded["kernels"][0], 0.1)
+    api.post(f"/api/devices/{device}/measurements", json={"run_id": "r", "measurements": [row]}, headers=AUTH)
+    estimate = predict(api, device=device, model_id=uploaded["id"]).json()
+    assert estimate["table_hit_rate"] == pytest.approx(1 / len(uploaded["kernels"]))
+    assert estimate["sources"]["table"] == 1
+    assert estimate["warnings"], "a fallback prediction is always stated"
+    assert all(k["latency_ms"] > 0 for k in estimate["kernels"])
+
+
+def test_config_schema(api: TestClient) -> None:
+    schema = api.get("/api/config-schema").json()
+    assert {"default", "layers"} <= set(schema["properties"])
+
+
+def gemm_rows(count: int) -> list[dict[str, Any]]:
+    rows = []
+    for index in range(count):
+        n = 64 * (index + 1)
+        key = KernelKey(op_type="Gemm", inputs=((1, 256),), outputs=((1, n),), weight=(n, 256)).to_dict()
+        median = 0.01 + 0.001 * n
+        rows.append({"key": key, "median_ms": median, "p10_ms": median * 0.95, "p90_ms": median * 1.05,
+                     "repeats": 30})
+    return rows
+
+
+def wait_for_job(api: TestClient, job_id: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = api.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("finished", "failed"):
+            return dict(job)
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still not done after {timeout_s} s")
+
+
+def test_train_runs_in_background(api: TestClient, device: str) -> None:
+    api.post(f"/api/devices/{device}/measurements", json={"run_id": "r", "measurements": gemm_rows(12)},
+             headers=AUTH)
+    started = api.post(f"/api/devices/{device}/train", headers=AUTH)
+    assert started.status_code == 202
+    assert started.json()["status"] == "queued"
+    job = wait_for_job(api, started.json()["job_id"])
+    assert job["status"] == "finished", job["error"]
+    assert "skipped" not in job["result"]["Gemm"]
+    regressors = api.get(f"/api/devices/{device}").json()["regressors"]
+    assert list(regressors) == ["Gemm"]
+    assert regressors["Gemm"]["metrics"] == job["result"]["Gemm"]
+
+
+def test_train_errors(api: TestClient, device: str) -> None:
+    assert api.post(f"/api/devices/{device}/train").status_code == 401
+    assert api.post("/api/devices/nope/train", headers=AUTH).status_code == 404
+    assert api.get("/api/jobs/nope").status_code == 404
