@@ -36,7 +36,7 @@ from predictor.estimate import DevicePredictor  # noqa: E402
 from predictor.prepared import PreparedModel  # noqa: E402
 from predictor.store import create_store_engine, get_device, session_factory  # noqa: E402
 from predictor.validation import summarize_validation  # noqa: E402
-from profiler.backends.base import MeasureProtocol  # noqa: E402
+from profiler.backends.base import GROUND_TRUTH_PROTOCOL  # noqa: E402
 from profiler.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("zoo", ROOT / "benchmarks" / "zoo.py")
@@ -90,7 +90,7 @@ def main() -> None:
         predictor = DevicePredictor.load(session, get_device(session, DEVICE))
     backend = OnnxRuntimeBackend(threads=1)
     runtime = backend.runtime()
-    protocol = MeasureProtocol(warmup_runs=5, min_repeats=15, max_repeats=200, max_seconds=6.0)
+    protocol = GROUND_TRUTH_PROTOCOL
     priors = json.loads((ROOT / "data" / "priors" / "index.json").read_text())
     prior_archs = {entry["architecture"] for entry in priors["priors"]}
     names = args.archs.split(",") if args.archs else list(zoo.ARCHITECTURES)

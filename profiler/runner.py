@@ -23,7 +23,7 @@ from predictor.config import CompressionConfig, LayerCompression
 from predictor.errors import LatpredError
 from predictor.kernels import KernelKey
 from predictor.store import MeasurementIn
-from profiler.backends.base import Backend, KernelTiming, MeasureProtocol
+from profiler.backends.base import PROFILING_PROTOCOL, Backend, KernelTiming, MeasureProtocol
 from profiler.plan import WorkItem
 
 __all__ = ["ProfileRunner", "RunReport", "Sink", "reference_model"]
@@ -176,7 +176,7 @@ class ProfileRunner:
         self.device = device
         self.backend = backend
         self.sink = sink
-        self.protocol = protocol or MeasureProtocol()
+        self.protocol = protocol or PROFILING_PROTOCOL
         self.progress = progress
         self.clock = clock
 

@@ -342,7 +342,7 @@ def measure(
     as_json: JsonOpt = False,
 ) -> None:
     """Build the compressed model for real and measure it end to end on this host."""
-    from profiler.backends.base import MeasureProtocol
+    from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 
     onnx_model = set_input_shapes(load_model(model), parse_input_shapes(input_shape or []))
     compression = load_config(config) if config else CompressionConfig()
@@ -350,7 +350,7 @@ def measure(
     with store.sessions() as session:
         dev = get_device(session, device)
     backend = _local_backend(dev)
-    timing = backend.measure_model(apply_config(onnx_model, compression), MeasureProtocol(max_seconds=5.0))
+    timing = backend.measure_model(apply_config(onnx_model, compression), GROUND_TRUTH_PROTOCOL)
     document = {"model": str(model), "device": device, "config": compression.model_dump(exclude_none=True),
                 "measured_ms": timing.median_ms, "p10_ms": timing.p10_ms, "p90_ms": timing.p90_ms,
                 "repeats": timing.repeats}
@@ -402,10 +402,10 @@ def validate(
         predictor = DevicePredictor.load(session, dev)
         runtime = runtime_of(dev)
     backend = _local_backend(dev)
-    from profiler.backends.base import MeasureProtocol
+    from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 
     result = validate_models(predictor, backend, runtime, [(m.stem, load_model(m)) for m in models], candidates,
-                             MeasureProtocol(max_seconds=5.0))
+                             GROUND_TRUTH_PROTOCOL)
     with session_scope(store.sessions) as session:
         dev = get_device(session, device)
         for row in result["rows"]:

@@ -15,7 +15,7 @@ from predictor.regressors import train_device_regressors
 from predictor.runtime import describe_host
 from predictor.store import add_validation, get_device, session_scope, upsert_device
 from predictor.validation import summarize_validation
-from profiler.backends.base import MeasureProtocol
+from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
 from profiler.plan import DEFAULT_PRIORS_DIR, model_plan
 from profiler.progress import progress_reporter
@@ -80,7 +80,7 @@ def run_demo(settings: Settings, budget_minutes: float, as_json: bool, emit_line
     prepared = PreparedModel.create(model, runtime)
     ranking = rank_candidates(predictor, prepared, candidates)
     say("4/4 measuring every candidate for real on this machine")
-    protocol = MeasureProtocol(max_seconds=5.0)
+    protocol = GROUND_TRUTH_PROTOCOL
     measured_baseline = backend.measure_model(prepared.compressed(candidates[0][1]), protocol).median_ms
     configs = dict(candidates)
     rows = []

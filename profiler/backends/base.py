@@ -12,7 +12,17 @@ import onnx
 from predictor.kernels import Kernel
 from predictor.runtime import RuntimeSpec
 
-__all__ = ["Backend", "BackendUnavailableError", "KernelTiming", "MeasureProtocol", "Timing", "summarize_ms"]
+__all__ = [
+    "GROUND_TRUTH_PROTOCOL",
+    "PROFILING_PROTOCOL",
+    "Backend",
+    "BackendUnavailableError",
+    "KernelTiming",
+    "MeasureProtocol",
+    "Timing",
+    "median_is_stable",
+    "summarize_ms",
+]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -29,6 +39,15 @@ class MeasureProtocol:
     max_seconds: float = 2.0
     # Stop when the 95% confidence interval of the median is within this share of the median.
     stable_within: float = 0.02
+    # Independent sessions per model: on shared hosts one session can land on slow memory or a busy
+    # sibling core for its whole life; the median over sessions is what a model really costs here.
+    sessions: int = 1
+
+
+# End-to-end ground truth (`latpred measure`, validation, benchmarks): three sessions of up to 3 s each.
+GROUND_TRUTH_PROTOCOL = MeasureProtocol(warmup_runs=5, min_repeats=15, max_repeats=300, max_seconds=3.0, sessions=3)
+# Profiling: two sessions per model, so one unlucky session does not write the table alone.
+PROFILING_PROTOCOL = MeasureProtocol(warmup_runs=3, min_repeats=10, max_repeats=200, max_seconds=1.5, sessions=2)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """onnxruntime backend: kernels from its optimizer, in-graph kernel time by split wall time.
 
-A single-kernel model pays per-run overhead (input binding, executor start) that the same kernel does
-not pay inside a real model, and the per-node profiler adds a few microseconds of its own to every
-node it times. So a model's kernels are timed in two sessions: its wall time without profiling, less
-the wall time of an empty model (the per-run overhead), is the in-graph cost of all its kernels;
-the per-node profiler only says how that cost splits between them. Dispatch costs that remain are
-learned from end-to-end runs of real models (predictor.overhead).
+Every run pays per-run overhead (input binding, executor start) outside its kernels, and the
+per-node profiler adds a few microseconds of its own to every node it times. So in each profiled
+run, the wall time less the wall time of an empty model (the per-run overhead) and less the
+profiler's calibrated per-node cost is the in-graph cost of all kernels; the profiler's per-node
+times only say how that cost splits between them. Taking both from the same runs keeps a host that
+changes speed from skewing the split. Dispatch costs that remain are learned from end-to-end runs of
+real models (predictor.overhead).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,8 @@ from predictor.runtime import RuntimeSpec, local_runtime, translate_runtime_erro
 from profiler.backends.base import KernelTiming, MeasureProtocol, Timing, median_is_stable, summarize_ms
 
 __all__ = ["OnnxRuntimeBackend", "random_feeds"]
+
+_CALIBRATION_NODES = 64
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,7 @@ class OnnxRuntimeBackend:
             )
         self._runtime = local_runtime(threads=threads, execution_provider=execution_provider)
         self._empty_run_ms: float | None = None
+        self._profiler_overhead_ms: float | None = None
 
     def runtime(self) -> RuntimeSpec:
         return self._runtime
@@ -109,9 +114,17 @@ class OnnxRuntimeBackend:
         return samples
 
     def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol) -> Timing:
-        session = self._session(model)
-        feeds = random_feeds(session)
-        return summarize_ms(self._run_until_stable(session, feeds, protocol))
+        per_session: list[list[float]] = []
+        for _ in range(max(1, protocol.sessions)):
+            session = self._session(model)
+            per_session.append(self._run_until_stable(session, random_feeds(session), protocol))
+            del session
+        if len(per_session) == 1:
+            return summarize_ms(per_session[0])
+        # The session whose median is the median of all sessions speaks for the model.
+        per_session.sort(key=lambda samples: float(np.median(samples)))
+        middle = per_session[len(per_session) // 2]
+        return replace(summarize_ms(middle), repeats=sum(len(samples) for samples in per_session))
 
     def empty_run_ms(self, protocol: MeasureProtocol) -> float:
         """Wall time of one run of a model that does (almost) nothing: the per-run overhead."""
@@ -119,35 +132,61 @@ class OnnxRuntimeBackend:
             self._empty_run_ms = self.measure_model(_empty_model(), protocol).median_ms
         return self._empty_run_ms
 
+    def profiler_overhead_ms(self, protocol: MeasureProtocol) -> float:
+        """Time the per-node profiler adds to each node it times (calibrated once on a chain of tiny nodes)."""
+        if self._profiler_overhead_ms is None:
+            chain = _chain_model(_CALIBRATION_NODES)
+            plain = self.measure_model(chain, protocol).median_ms
+            with tempfile.TemporaryDirectory(prefix="latpred-prof-") as tmp:
+                session = self._session(chain, profile_dir=Path(tmp))
+                profiled = float(np.median(self._run_until_stable(session, random_feeds(session), protocol)))
+                os.unlink(session.end_profiling())
+            self._profiler_overhead_ms = max(0.0, (profiled - plain) / _CALIBRATION_NODES)
+        return self._profiler_overhead_ms
+
     def measure_kernels(self, model: onnx.ModelProto, protocol: MeasureProtocol,
                         wall: Timing | None = None) -> list[KernelTiming]:
-        """In-graph latency of every kernel; `wall`: the model's end-to-end timing if already measured."""
+        """In-graph latency of every kernel of the model.
+
+        `wall` is not needed here: the split uses the wall times of the very runs the profiler timed,
+        so a host that changes speed between sessions cannot skew it.
+        """
         kernels = self.extract_kernels(model)
-        wall = wall or self.measure_model(model, protocol)
-        with tempfile.TemporaryDirectory(prefix="latpred-prof-") as tmp:
-            session = self._session(model, profile_dir=Path(tmp))
-            feeds = random_feeds(session)
-            self._run_until_stable(session, feeds, protocol)
-            profile_path = session.end_profiling()
-            per_node = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
-            os.unlink(profile_path)
-        profiled = {k.runtime_node: float(np.median(per_node[k.runtime_node])) for k in kernels
-                    if per_node.get(k.runtime_node)}
-        profiled_total = sum(profiled.values())
-        in_graph_ms = wall.median_ms - self.empty_run_ms(protocol)
-        # Scale the profiler's split so the kernels add up to the measured in-graph cost; never above
-        # what the profiler saw (its own overhead only inflates), never below a tenth of it.
-        scale = min(1.0, max(0.1, in_graph_ms / profiled_total)) if profiled_total > 0 else 1.0
+        per_node: dict[str, list[float]] = defaultdict(list)
+        for _ in range(max(1, protocol.sessions)):
+            with tempfile.TemporaryDirectory(prefix="latpred-prof-") as tmp:
+                session = self._session(model, profile_dir=Path(tmp))
+                walls = self._run_until_stable(session, random_feeds(session), protocol)
+                profile_path = session.end_profiling()
+                samples = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
+                os.unlink(profile_path)
+            node_total = sum(float(np.median(values)) for values in samples.values())
+            in_graph_ms = (float(np.median(walls)) - self.empty_run_ms(protocol)
+                           - len(samples) * self.profiler_overhead_ms(protocol))
+            # Scale the profiler's split so the kernels add up to the in-graph cost of the same runs;
+            # never above what the profiler saw, never below a tenth of it.
+            scale = min(1.0, max(0.1, in_graph_ms / node_total)) if node_total > 0 else 1.0
+            for node, values in samples.items():
+                per_node[node].extend(value * scale for value in values)
         timings: list[KernelTiming] = []
         for kernel in kernels:
             node_samples = per_node.get(kernel.runtime_node)
             if not node_samples:
                 logger.warning("no profiler events for kernel %s (%s)", kernel.name, kernel.runtime_node)
                 continue
-            scaled = [sample * scale for sample in node_samples]
-            timings.append(KernelTiming(kernel=kernel, timing=summarize_ms(scaled)))
-        logger.debug("measured %d kernels, scale %.3f", len(timings), scale)
+            timings.append(KernelTiming(kernel=kernel, timing=summarize_ms(node_samples)))
         return timings
+
+
+def _chain_model(length: int) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"relu{i}") for i in range(length)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info(f"t{length}", TensorProto.FLOAT, [1, 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
 
 
 def _empty_model() -> onnx.ModelProto:
