@@ -134,34 +134,46 @@ class DevicePredictor:
 
     def estimate(self, kernels: Sequence[Kernel]) -> Estimate:
         """Predict every kernel, sum them and add the device's overhead."""
-        results: list[KernelEstimate | None] = [None] * len(kernels)
-        misses: dict[str, list[int]] = {}
-        warnings: list[str] = []
-        for index, kernel in enumerate(kernels):
-            lookup = self._table_key(kernel.key)
-            measured = self.table.get(lookup)
-            if measured is not None:
-                results[index] = _kernel_estimate(kernel, measured, measured * (1 - _TABLE_INTERVAL),
-                                                  measured * (1 + _TABLE_INTERVAL), "table")
-            else:
-                misses.setdefault(kernel.op_type, []).append(index)
-        for op_type, indices in misses.items():
-            keys = [kernels[i].key for i in indices]
+        return self.estimate_many([kernels])[0]
+
+    def estimate_many(self, kernel_lists: Sequence[Sequence[Kernel]]) -> list[Estimate]:
+        """Estimates for many kernel lists (candidate configs), with one regressor call per op type for all."""
+        results: list[list[KernelEstimate | None]] = [[None] * len(kernels) for kernels in kernel_lists]
+        misses: dict[str, list[tuple[int, int]]] = {}
+        for list_index, kernels in enumerate(kernel_lists):
+            for index, kernel in enumerate(kernels):
+                measured = self.table.get(self._table_key(kernel.key))
+                if measured is not None:
+                    results[list_index][index] = _kernel_estimate(
+                        kernel, measured, measured * (1 - _TABLE_INTERVAL), measured * (1 + _TABLE_INTERVAL), "table")
+                else:
+                    misses.setdefault(kernel.op_type, []).append((list_index, index))
+        fallback_ops: dict[str, set[int]] = {}
+        for op_type, places in misses.items():
+            keys = [kernel_lists[i][j].key for i, j in places]
             if self.regressors is not None and self.regressors.has(op_type):
                 median, low, high = self.regressors.predict(keys)
-                for position, index in enumerate(indices):
-                    results[index] = _kernel_estimate(kernels[index], float(median[position]), float(low[position]),
-                                                      float(high[position]), "regressor")
+                for position, (i, j) in enumerate(places):
+                    results[i][j] = _kernel_estimate(kernel_lists[i][j], float(median[position]),
+                                                     float(low[position]), float(high[position]), "regressor")
                 continue
-            warnings.append(f"no measurements or regressor for {op_type} on {self.device}: "
-                            f"{len(indices)} kernel(s) predicted by the bandwidth fallback")
-            for index in indices:
-                value = self._fallback_ms(kernels[index].key)
-                results[index] = _kernel_estimate(kernels[index], value, value * (1 - _FALLBACK_INTERVAL),
-                                                  value * (1 + _FALLBACK_INTERVAL), "fallback")
-        for warning in warnings:
-            logger.warning(warning)
-        estimates = [r for r in results if r is not None]
+            for i, j in places:
+                value = self._fallback_ms(kernel_lists[i][j].key)
+                results[i][j] = _kernel_estimate(kernel_lists[i][j], value, value * (1 - _FALLBACK_INTERVAL),
+                                                 value * (1 + _FALLBACK_INTERVAL), "fallback")
+                fallback_ops.setdefault(op_type, set()).add(i)
+        estimates = []
+        for list_index, row in enumerate(results):
+            warnings = [f"no measurements or regressor for {op_type} on {self.device}: "
+                        f"{sum(1 for i, _ in misses[op_type] if i == list_index)} kernel(s) predicted by the "
+                        "bandwidth fallback"
+                        for op_type, lists in sorted(fallback_ops.items()) if list_index in lists]
+            for warning in warnings:
+                logger.warning(warning)
+            estimates.append(self._total([e for e in row if e is not None], warnings))
+        return estimates
+
+    def _total(self, estimates: list[KernelEstimate], warnings: list[str]) -> Estimate:
         per_run = float(self.overhead.get("per_run_ms", 0.0))
         per_kernel = float(self.overhead.get("per_kernel_ms", 0.0))
         scale = float(self.overhead.get("kernel_scale", 1.0))

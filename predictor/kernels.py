@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -131,7 +133,7 @@ class KernelKey:
         """Canonical JSON text: sorted keys, no spaces; the basis of the hash."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-    @property
+    @cached_property
     def key_hash(self) -> str:
         """Stable hex digest of the canonical JSON (same across processes and machines)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:32]
@@ -257,12 +259,16 @@ def _describe_original(model: onnx.ModelProto) -> _OriginalGraph:
     )
 
 
+# Casts the fp16 converter inserts rename the tensors (and so the fused nodes) that follow them.
+_NAME_PREFIXES = re.compile(r"^(InsertedPrecisionFreeCast_)+")
 _NAME_SUFFIXES = re.compile(r"(_token_\d+|_nchwc|_fused|_new_reshape|_output_\d+)+$")
 
 
 def _name_anchors(node: onnx.NodeProto, original: _OriginalGraph) -> list[int]:
     """Original nodes a runtime node is named after (onnxruntime derives fused names from them)."""
-    candidates = [node.name, node.name.split("/")[0], _NAME_SUFFIXES.sub("", node.name.split("/")[0])]
+    stem = _NAME_PREFIXES.sub("", node.name.split("/")[0])
+    candidates = [node.name, node.name.split("/")[0], _NAME_SUFFIXES.sub("", node.name.split("/")[0]), stem,
+                  _NAME_SUFFIXES.sub("", stem)]
     anchors: list[int] = []
     for candidate in candidates:
         if candidate in original.by_name:
@@ -344,8 +350,8 @@ def _resolve_reshape(shape: Shape | None, target: np.ndarray | None) -> Shape | 
     dims = [int(d) for d in target.reshape(-1)]
     resolved = [shape[i] if d == 0 and i < len(shape) else d for i, d in enumerate(dims)]
     if resolved.count(-1) == 1:
-        known = int(np.prod([d for d in resolved if d != -1])) or 1
-        resolved[resolved.index(-1)] = int(np.prod(shape)) // known
+        known = math.prod(d for d in resolved if d != -1) or 1
+        resolved[resolved.index(-1)] = math.prod(shape) // known
     return tuple(resolved)
 
 
@@ -439,26 +445,26 @@ def _weight_for(
     covered: list[int],
     original: _OriginalGraph,
     optimized_arrays: dict[str, np.ndarray],
-) -> np.ndarray | None:
-    """The weight tensor a kernel multiplies with, as the original model stores it."""
+) -> tuple[str | None, np.ndarray | None]:
+    """The weight tensor a kernel multiplies with, as the original model stores it (name and values)."""
     for name in node.input[1:]:
         if name in original.arrays and name in optimized_arrays and original.arrays[name].ndim >= 2:
-            return original.arrays[name]
+            return name, original.arrays[name]
     for index in covered:
         orig = original.nodes[index]
         if orig.op_type in {"Conv", "ConvTranspose", "Gemm", "MatMul"} and len(orig.input) > 1:
             name = orig.input[1]
             if name in original.arrays:
-                return original.arrays[name]
+                return name, original.arrays[name]
             source = original.producer.get(name)
             if source is not None and original.nodes[source].op_type == "DequantizeLinear":
                 quantized = original.nodes[source].input[0]
                 if quantized in original.arrays:
-                    return original.arrays[quantized]
+                    return quantized, original.arrays[quantized]
     for name in node.input[1:]:
         if name in optimized_arrays and optimized_arrays[name].ndim >= 2:
-            return optimized_arrays[name]
-    return None
+            return None, optimized_arrays[name]
+    return None, None
 
 
 def weight_sparsity(weight: np.ndarray) -> tuple[float, str]:
@@ -490,9 +496,20 @@ def _rows_two_four(rows: np.ndarray) -> bool:
     return bool(np.all(np.count_nonzero(groups == 0, axis=-1) >= 2))
 
 
-def kernels_from_optimized(original_model: onnx.ModelProto, optimized: onnx.ModelProto) -> list[Kernel]:
-    """Kernels of an already-optimized graph, mapped back to `original_model` (shapes must be fixed)."""
+def kernels_from_optimized(
+    original_model: onnx.ModelProto,
+    optimized: onnx.ModelProto,
+    shape_overrides: Mapping[str, Shape] | None = None,
+) -> list[Kernel]:
+    """Kernels of an already-optimized graph, mapped back to `original_model` (shapes must be fixed).
+
+    `shape_overrides` replaces the shapes of original tensors (and initializers) before they flow into
+    the keys: the fast config path uses it to learn which key dimensions come from which channels.
+    """
     original = _describe_original(original_model)
+    if shape_overrides:
+        original.infos = {name: TensorInfo(tuple(shape_overrides[name]), info.elem_type)
+                          if name in shape_overrides else info for name, info in original.infos.items()}
     optimized_nodes = list(optimized.graph.node)
     optimized_arrays = initializer_arrays(optimized)
     covered = _map_to_original(optimized_nodes, original)
@@ -517,14 +534,17 @@ def _build_kernel(
     data_inputs = [i for i in node.input if i and i not in optimized_arrays]
     input_infos = [infos.get(i) for i in data_inputs]
     output_infos = [infos.get(o) for o in node.output if o]
-    weight_array = _weight_for(node, covered, original, optimized_arrays) if node.op_type not in _GLUE_OPS else None
+    weight_name, weight_array = _weight_for(node, covered, original, optimized_arrays) \
+        if node.op_type not in _GLUE_OPS else (None, None)
     weight_shape: Shape | None = None
     sparsity, pattern = 0.0, "dense"
     if node.op_type == "MatMulNBits":
         weight_shape = (int(attrs["K"]), int(attrs["N"]))
         bits = int(attrs.get("bits", 4))
     elif weight_array is not None:
-        weight_shape = tuple(int(d) for d in weight_array.shape)
+        known = original.infos.get(weight_name) if weight_name else None
+        weight_shape = known.shape if known is not None and known.shape is not None \
+            else tuple(int(d) for d in weight_array.shape)
         sparsity, pattern = weight_sparsity(weight_array)
         bits = _ELEM_TYPE_BITS.get(_np_elem_type(weight_array), 32)
     else:

@@ -13,7 +13,8 @@ import onnx
 
 from predictor.compress import apply_config
 from predictor.config import CompressionConfig, parse_config
-from predictor.estimate import DevicePredictor, Estimate
+from predictor.estimate import DevicePredictor
+from predictor.fastpath import FastConfigPath
 from predictor.graph import model_inputs, set_input_shapes
 from predictor.kernels import Kernel, extract_kernels, name_unnamed_nodes
 from predictor.runtime import RuntimeSpec
@@ -39,6 +40,8 @@ class PreparedModel:
     model_id: str = ""
     _cache: OrderedDict[str, list[Kernel]] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _fast: FastConfigPath | None = field(default=None, repr=False)
+    _fast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def create(cls, model: onnx.ModelProto, runtime: RuntimeSpec,
@@ -78,18 +81,36 @@ class PreparedModel:
         return kernels
 
 
+    def fast_path(self) -> FastConfigPath:
+        """The model's learned transformations (learned on first use: seconds, once per model)."""
+        with self._fast_lock:
+            if self._fast is None:
+                self._fast = FastConfigPath.learn(self.model, self.runtime)
+            return self._fast
+
+    def fast_kernels(self, config: CompressionConfig) -> list[Kernel]:
+        """Kernels for `config` at the kernel level: no quantizer run, no runtime session."""
+        config.check_patterns(self.node_names)
+        return self.fast_path().kernels(config)
+
+
 def rank_candidates(
     predictor: DevicePredictor,
     prepared: PreparedModel,
     candidates: Sequence[tuple[str, Any]],
     target_speedup: float | None = None,
+    fast: bool = False,
 ) -> dict[str, Any]:
-    """Baseline and each candidate's predicted latency, interval and speedup; fastest first."""
-    baseline = predictor.estimate(prepared.kernels())
+    """Baseline and each candidate's predicted latency, interval and speedup; fastest first.
+
+    `fast`: kernels from the learned transformations (no runtime session per config) instead of
+    compressing and optimizing each candidate for real.
+    """
+    configs = [raw if isinstance(raw, CompressionConfig) else parse_config(raw) for _, raw in candidates]
+    kernel_lists = [prepared.fast_kernels(c) if fast else prepared.kernels(c) for c in configs]
+    baseline, *estimates = predictor.estimate_many([prepared.kernels(), *kernel_lists])
     ranked: list[dict[str, Any]] = []
-    for name, raw_config in candidates:
-        config = raw_config if isinstance(raw_config, CompressionConfig) else parse_config(raw_config)
-        estimate: Estimate = predictor.estimate(prepared.kernels(config))
+    for (name, _), estimate in zip(candidates, estimates, strict=True):
         speedup = baseline.latency_ms / estimate.latency_ms
         ranked.append({
             "name": name,

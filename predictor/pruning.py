@@ -28,7 +28,7 @@ _CHANNEL_PRESERVING = {
     "BatchNormalization", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Erf",
     "Elu", "Selu", "Softplus", "Gelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize",
     "Dropout", "Identity", "Add", "Mul", "Sub", "Div", "Sqrt", "Pow", "Neg", "Abs", "Exp", "Log", "Mish",
-    "PRelu", "Cast",
+    "PRelu", "Cast", "QuantizeLinear", "DequantizeLinear",
 }
 _ELEMENTWISE_BINARY = {"Add", "Mul", "Sub", "Div", "Pow", "PRelu"}
 
@@ -85,7 +85,11 @@ def _attrs(node: onnx.NodeProto) -> dict[str, object]:
 def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
     """Find the channel dependency groups of a model with fixed input shapes."""
     infos = infer_tensor_infos(model)
+    # Constants: initializers and what is computed from them alone (the dequantized weights of QDQ models).
     initializers = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.input and all(not i or i in initializers for i in node.input):
+            initializers.update(o for o in node.output if o)
     union = _UnionFind()
     segments: dict[str, list[tuple[int, int]]] = {}
     channel_axis: dict[str, int] = {}
@@ -127,9 +131,11 @@ def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
             group = int(attrs.get("group", 1))  # type: ignore[call-overload]
             if in_shape is not None and group > 1 and group == in_shape[1] == out_shape[1]:
                 segments[out] = list(segments.get(node.input[0], new_space(out_shape[1], None)))
+            elif group > 1:
+                # Grouped (not depthwise) convs need channel counts divisible by the group: left whole.
+                lock_tensor(node.input[0])
+                segments[out] = new_space(out_shape[1], None)
             else:
-                if group > 1:
-                    lock_tensor(node.input[0])
                 segments[out] = new_space(out_shape[1], node.name if node.input[1] in initializers else None)
             channel_axis[out] = 1
         elif op in {"Gemm", "MatMul"} and out_shape is not None and len(node.input) > 1:
@@ -240,10 +246,13 @@ def prune_model(
         importance = None
         for name in producers:
             node = nodes_by_name[name]
+            if node.input[1] not in weights:
+                continue  # a dequantized weight: quantized models are pruned before quantization
             weight = weights[node.input[1]]
             per_channel = _output_channel_l1(node, weight)
             importance = per_channel if importance is None else importance + per_channel
-        assert importance is not None
+        if importance is None:
+            continue
         count = kept_channels(importance.size, ratio, round_to)
         if count >= importance.size:
             continue

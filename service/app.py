@@ -13,6 +13,7 @@ from service.api.database import StoreConnector
 from service.api.errors import install_error_handlers
 from service.api.jobs import JobRegistry
 from service.api.predictions import PredictionCache
+from service.dashboard import install_dashboard
 from service.settings import Settings, get_settings
 
 __all__ = ["create_app"]
@@ -59,4 +60,5 @@ def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAUL
     )
     install_error_handlers(app)
     app.include_router(api_router, prefix="/api")
+    install_dashboard(app)
     return app

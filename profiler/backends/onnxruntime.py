@@ -168,9 +168,18 @@ class OnnxRuntimeBackend:
             scale = min(1.0, max(0.1, in_graph_ms / node_total)) if node_total > 0 else 1.0
             for node, values in samples.items():
                 per_node[node].extend(value * scale for value in values)
+        # Nodes onnxruntime's fusions leave unnamed in the saved graph get "<Op>_<index>" names in the
+        # session; they are matched to the unnamed kernels of that op type in execution order.
+        named = {k.runtime_node for k in kernels if k.runtime_node}
+        spare: dict[str, list[str]] = defaultdict(list)
+        for node in sorted((n for n in per_node if n not in named), key=_index_of):
+            spare[node.rsplit("_", 1)[0]].append(node)
         timings: list[KernelTiming] = []
         for kernel in kernels:
-            node_samples = per_node.get(kernel.runtime_node)
+            node = kernel.runtime_node
+            if not node and spare.get(kernel.key.op_type.removeprefix("Nchwc")):
+                node = spare[kernel.key.op_type.removeprefix("Nchwc")].pop(0)
+            node_samples = per_node.get(node, []) if node else []
             if not node_samples:
                 logger.warning("no profiler events for kernel %s (%s)", kernel.name, kernel.runtime_node)
                 continue
@@ -187,6 +196,11 @@ def _chain_model(length: int) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def _index_of(node_name: str) -> int:
+    suffix = node_name.rsplit("_", 1)[-1]
+    return int(suffix) if suffix.isdigit() else 1 << 30
 
 
 def _empty_model() -> onnx.ModelProto:

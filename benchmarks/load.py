@@ -1,0 +1,155 @@
+"""Service speed: predict latency and throughput, and ranking fresh configs, against `latpred serve` on loopback.
+
+    .venv/bin/python benchmarks/load.py --out benchmarks/results/load.json
+
+Starts a real server process on 127.0.0.1 with a SQLite store, registers this host's CPU as a device,
+profiles ResNet-50 (benchmarks/zoo.py) briefly so the device has a table, uploads the model, then:
+- POST /api/predict for the same model and config, sequentially (p50, p99) and from 16 concurrent
+  clients (requests/s), after one warm-up request;
+- POST /api/rank with N candidates never asked before (fresh prune ratios, bit-widths, sparsities,
+  per-layer overrides), sequentially, several rounds, each with new candidates.
+All traffic stays on loopback and every loop is bounded in count and time.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+TOKEN = "bench-token"
+DEVICE = "bench-cpu-1t"
+
+_spec = importlib.util.spec_from_file_location("zoo", ROOT / "benchmarks" / "zoo.py")
+assert _spec is not None and _spec.loader is not None
+zoo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(zoo)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fresh_candidates(count: int, rng: random.Random, layer_names: list[str]) -> list[dict[str, Any]]:
+    candidates = []
+    for index in range(count):
+        default: dict[str, Any] = {"prune_ratio": round(rng.uniform(0.05, 0.7), 3), "bits": rng.choice([32, 8, 16])}
+        if rng.random() < 0.3:
+            default["sparsity"] = round(rng.uniform(0.3, 0.95), 2)
+        config: dict[str, Any] = {"default": default}
+        if rng.random() < 0.5:
+            layer = rng.choice(layer_names)
+            config["layers"] = {layer: {"bits": 32, "prune_ratio": 0.0}}
+        candidates.append({"name": f"c{index}-{rng.random():.6f}", "config": config})
+    return candidates
+
+
+async def concurrent_predicts(base: str, body: dict[str, Any], clients: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                response = await client.post("/api/predict", json=body)
+                latencies.append((time.perf_counter() - start) * 1000)
+                errors += response.status_code != 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    return {"requests": len(latencies), "errors": errors, "requests_per_s": len(latencies) / elapsed,
+            "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
+    parser.add_argument("--candidates", type=int, default=20)
+    parser.add_argument("--rank-rounds", type=int, default=1)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--profile-minutes", type=float, default=2.0)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="latpred-load-"))
+    model_path = home / "resnet50.onnx"
+    model = zoo.build_model("resnet50", image_size=224)
+    onnx.save(model, model_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATPRED_")} | {
+        "LATPRED_HOME": str(home), "LATPRED_API_TOKENS": TOKEN}
+    subprocess.run([PYTHON, "-m", "service.cli", "profile", "--device", DEVICE, "--for-model", str(model_path),
+                    "--budget-minutes", str(args.profile_minutes)], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([PYTHON, "-m", "service.cli", "train", "--device", DEVICE], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    port = free_port()
+    server = subprocess.Popen([PYTHON, "-c", f"from service.server import run_server; run_server('127.0.0.1', {port})"],
+                              env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    result: dict[str, Any] = {"model": "resnet50", "device": DEVICE}
+    try:
+        with httpx.Client(base_url=base, timeout=600, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            for _ in range(100):
+                try:
+                    if client.get("/api/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            with model_path.open("rb") as handle:
+                upload = client.post("/api/models", files={"file": ("resnet50.onnx", handle)})
+            upload.raise_for_status()
+            model_id = upload.json()["id"]
+            body = {"device": DEVICE, "model_id": model_id}
+            client.post("/api/predict", json=body).raise_for_status()  # warm-up: prepares the model once
+            sequential = []
+            for _ in range(200):
+                start = time.perf_counter()
+                client.post("/api/predict", json=body).raise_for_status()
+                sequential.append((time.perf_counter() - start) * 1000)
+            result["predict_sequential"] = {"requests": len(sequential),
+                                            "p50_ms": float(np.percentile(sequential, 50)),
+                                            "p99_ms": float(np.percentile(sequential, 99))}
+            result["predict_concurrent"] = asyncio.run(
+                concurrent_predicts(base, body, args.clients, args.seconds)) | {"clients": args.clients}
+            rng = random.Random(0)
+            layer_names = [n.name for n in model.graph.node if n.op_type == "Conv"]
+            rank_ms = []
+            for _ in range(args.rank_rounds):
+                candidates = fresh_candidates(args.candidates, rng, layer_names)
+                start = time.perf_counter()
+                response = client.post("/api/rank", json=body | {"candidates": candidates})
+                rank_ms.append((time.perf_counter() - start) * 1000)
+                response.raise_for_status()
+            result["rank_fresh"] = {"candidates": args.candidates, "rounds": len(rank_ms),
+                                    "p50_ms": float(np.median(rank_ms)), "all_ms": rank_ms}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""Configs applied at the kernel level: learn a model's transformations once, then any config costs microseconds.
+
+Learning (once per model and runtime) compresses the model for real a few times (fp32, int8, fp16,
+int4, and fp32 with every channel group one channel short, which is how the runtime runs layers
+whose channel counts leave its blocked layout), extracts the kernels of each, and learns which key
+dimensions come from which prunable channel group: it extracts every variant a second time with
+each group's channel dimension replaced by a unique sentinel value and reads where the sentinels
+land. A config is then answered without a quantizer run or a runtime session: each layer takes its
+kernels from the variant of its bit-width (and, for fp32, from the blocked or unblocked form its
+pruned channel counts call for), with the pruned channel counts written into the keys.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import onnx
+
+from predictor.compress import apply_config
+from predictor.config import CompressionConfig, parse_config
+from predictor.graph import infer_tensor_infos
+from predictor.kernels import Kernel, kernels_from_optimized
+from predictor.pruning import ChannelGroups, analyze_channel_groups, kept_channels
+from predictor.runtime import RuntimeSpec, optimize_model
+
+__all__ = ["FastConfigPath", "nchwc_block_size"]
+
+logger = logging.getLogger(__name__)
+
+_SENTINEL_BASE = 1_000_003
+# Keeps every channel group one channel short of a multiple of any block size.
+_UNALIGNED_RATIO = 1e-6
+_WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_LAYOUT_PROBE_RATIOS = (0.15, 0.3, 0.45, 0.6)
+_MEMO_ENTRIES = 200_000
+
+Segments = tuple[tuple[int, int], ...]  # (fp32 channel group, channels in the unpruned model)
+DimTags = tuple[Segments | None, ...]
+
+_block_sizes: dict[tuple[str, str], int] = {}
+
+
+def nchwc_block_size(runtime: RuntimeSpec) -> int:
+    """Channel block of onnxruntime's NCHWc layout on this CPU (8 with AVX2, 16 with AVX-512); 0 if none."""
+    cache_key = (runtime.execution_provider, runtime.runtime_version)
+    if cache_key not in _block_sizes:
+        from predictor.kernels import extract_kernels
+
+        block = 0
+        for channels in (8, 16):
+            kernels = extract_kernels(_probe_conv(channels), runtime)
+            if any(k.op_type.startswith("Nchwc") for k in kernels):
+                block = channels
+                break
+        _block_sizes[cache_key] = block
+    return _block_sizes[cache_key]
+
+
+def _probe_conv(channels: int) -> onnx.ModelProto:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((channels, channels, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="probe", pads=[1, 1, 1, 1])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 8, 8])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@dataclass(frozen=True)
+class _TaggedKernel:
+    kernel: Kernel
+    inputs: tuple[DimTags | None, ...]
+    outputs: tuple[DimTags | None, ...]
+    weight: DimTags | None
+
+    @property
+    def roots(self) -> tuple[int, ...]:
+        """The channel groups this kernel's key depends on."""
+        found = {root for tags in (*self.inputs, *self.outputs, self.weight) for tag in tags or ()
+                 if tag is not None for root, _ in tag}
+        return tuple(sorted(found))
+
+
+@dataclass
+class _Variant:
+    """One really compressed form of the model: its kernels grouped by the layer (unit) they serve."""
+
+    kept: dict[int, int] = field(default_factory=dict)
+    units: dict[str, list[_TaggedKernel]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    # Whether the layer before each one ran in the runtime's blocked layout.
+    previous_blocked: dict[str, bool] = field(default_factory=dict)
+
+
+def _blocked(form: list[_TaggedKernel]) -> bool:
+    return any(t.kernel.op_type.startswith("Nchwc") for t in form if t.kernel.nodes)
+
+
+def _kept_for(config: CompressionConfig, group_of_node: dict[str, int], group_sizes: dict[int, int]) -> dict[int, int]:
+    """Channels each prunable group keeps under a config (decided by the group's first producer)."""
+    kept: dict[int, int] = {}
+    for node_name, root in group_of_node.items():
+        if root not in kept:
+            resolved = config.resolve(node_name)
+            kept[root] = kept_channels(group_sizes[root], resolved.prune_ratio, resolved.round_to)
+    return kept
+
+
+class FastConfigPath:
+    """A model's learned transformations; `kernels(config)` needs no quantizer and no runtime session."""
+
+    def __init__(self, runtime: RuntimeSpec, group_sizes: dict[int, int], group_of_node: dict[str, int],
+                 variants: dict[str, _Variant], block: int, layouts: list[_Variant]) -> None:
+        self.runtime = runtime
+        self.group_sizes = group_sizes
+        self.group_of_node = group_of_node
+        self.variants = variants
+        self.block = block
+        self.layouts = layouts
+        self._memo: dict[tuple[Any, ...], Kernel] = {}
+        self._unit_tags: dict[str, list[Segments]] = {}
+        self._layout_signatures: dict[tuple[int, str], tuple[bool, ...]] = {}
+
+    @classmethod
+    def learn(cls, model: onnx.ModelProto, runtime: RuntimeSpec) -> FastConfigPath:
+        """Compress and extract the model's variants once (the expensive part: seconds for a ResNet-50)."""
+        base_groups = analyze_channel_groups(model)
+        prunable = base_groups.prunable_spaces()
+        group_of_node = {name: root for root, producers in prunable.items() for name in producers}
+        group_sizes = {root: _group_size(base_groups, root) for root in prunable}
+        base_names = {node.name for node in model.graph.node}
+        has_matmul = any(n.op_type in {"MatMul", "Gemm"} for n in model.graph.node)
+        configs: dict[str, dict[str, Any]] = {
+            "32": {},
+            "32u": {"default": {"prune_ratio": _UNALIGNED_RATIO}},
+            "8": {"default": {"bits": 8}},
+            "16": {"default": {"bits": 16}},
+        }
+        if has_matmul:
+            configs["4"] = {"default": {"bits": 4}}
+        variants: dict[str, _Variant] = {}
+        units: set[str] = set()
+        for label, raw in configs.items():
+            config = parse_config(raw)
+            compressed = apply_config(model, config)
+            variants[label] = _learn_variant(compressed, runtime, group_of_node, units or base_names,
+                                             _kept_for(config, group_of_node, group_sizes))
+            units = units or set(variants[label].order)
+        block = nchwc_block_size(runtime)
+        layouts = [variants["32"], variants["32u"]]
+        if block:
+            # The runtime picks a layer's layout from the channel counts around it in ways no local rule
+            # captures; a few pruned probes show it the layouts that mixed alignments lead to.
+            for ratio in _LAYOUT_PROBE_RATIOS:
+                config = parse_config({"default": {"prune_ratio": ratio}})
+                layouts.append(_learn_variant(apply_config(model, config), runtime, group_of_node, units,
+                                              _kept_for(config, group_of_node, group_sizes)))
+        return cls(runtime, group_sizes, group_of_node, variants, block, layouts)
+
+    def kernels(self, config: CompressionConfig) -> list[Kernel]:
+        """The kernels the runtime would execute for the model compressed by `config`."""
+        kept = _kept_for(config, self.group_of_node, self.group_sizes)
+        result: list[Kernel] = []
+        base = self.variants["32"]
+        previous_blocked, previous_layout = False, 0
+        for unit in base.order:
+            resolved = config.resolve(unit)
+            form, previous_layout = self._form_for(unit, resolved.bits, kept, previous_blocked, previous_layout)
+            previous_blocked = _blocked(form)
+            for tagged in form:
+                roots = tuple(kept.get(root, -1) for root in tagged.roots)
+                memo_key = (id(tagged), roots, resolved.sparsity, resolved.sparsity_pattern)
+                kernel = self._memo.get(memo_key)
+                if kernel is None:
+                    kernel = _rewrite(tagged, kept, resolved.sparsity, resolved.sparsity_pattern)
+                    if len(self._memo) < _MEMO_ENTRIES:
+                        self._memo[memo_key] = kernel
+                result.append(kernel)
+        return result
+
+    def _form_for(self, unit: str, bits: int, kept: dict[int, int], previous_blocked: bool,
+                  previous_layout: int) -> tuple[list[_TaggedKernel], int]:
+        variant = self.variants.get(str(bits))
+        if bits != 32 and variant is not None and unit in variant.units:
+            return variant.units[unit], previous_layout
+        if not self.block:
+            return self.variants["32"].units[unit], 0
+        # The runtime's layout choice for a layer hangs on its channel counts and on the layout its input
+        # arrives in; the probe whose situation was most alike for this layer shows the choice (ties go
+        # to the probe the previous layer followed, whose neighbourhood is most like this one's).
+        wanted = self._signature(unit, kept)
+        ranked = []
+        for index, layout in enumerate(self.layouts):
+            if unit not in layout.units:
+                continue
+            have = self._layout_signatures.setdefault((index, unit), self._signature(unit, layout.kept))
+            distance = 2 * sum(a != b for a, b in zip(wanted, have, strict=True))
+            distance += layout.previous_blocked.get(unit, False) != previous_blocked
+            ranked.append((distance, index != previous_layout, index))
+        _, _, chosen = min(ranked)
+        return self.layouts[chosen].units[unit], chosen
+
+    def _signature(self, unit: str, kept: dict[int, int]) -> tuple[bool, ...]:
+        """Which channel counts of a layer are multiples of the layout block."""
+        tags = self._unit_tags.get(unit)
+        if tags is None:
+            tags = [tag for tagged in self.variants["32"].units[unit] for shape in (*tagged.inputs, *tagged.outputs)
+                    for tag in shape or () if tag is not None]
+            self._unit_tags[unit] = tags
+        return tuple(_new_dim(0, tag, kept) % self.block == 0 for tag in tags)
+
+
+def _group_size(groups: ChannelGroups, root: int) -> int:
+    for segments in groups.segments.values():
+        for space, size in segments:
+            if groups.space(space) == root:
+                return size
+    raise KeyError(root)
+
+
+def _learn_variant(model: onnx.ModelProto, runtime: RuntimeSpec, group_of_node: dict[str, int],
+                   unit_names: set[str], kept: dict[int, int]) -> _Variant:
+    optimized = optimize_model(model, runtime)
+    real = kernels_from_optimized(model, optimized)
+    overrides, registry = _sentinel_shapes(model, group_of_node)
+    probed = kernels_from_optimized(model, optimized, shape_overrides=overrides)
+    if len(real) != len(probed):
+        raise RuntimeError("sentinel extraction changed the kernel list")
+    tagged = [
+        _TaggedKernel(
+            kernel=kernel,
+            inputs=tuple(_tags(_aligned_probe(r, p), registry) for r, p in zip(kernel.key.inputs, probe.key.inputs,
+                                                                              strict=True)),
+            outputs=tuple(_tags(_aligned_probe(r, p), registry) for r, p in zip(kernel.key.outputs, probe.key.outputs,
+                                                                                strict=True)),
+            weight=_tags(probe.key.weight, registry),
+        )
+        for kernel, probe in zip(real, probed, strict=True)
+    ]
+    variant = _Variant(kept=kept)
+    pending: list[_TaggedKernel] = []
+    for item in tagged:
+        unit = item.kernel.name if item.kernel.nodes and item.kernel.name in unit_names else None
+        if unit is None:
+            pending.append(item)  # inserted by the runtime or the quantizer: goes with the next layer
+            continue
+        if unit not in variant.units:
+            variant.units[unit] = []
+            variant.order.append(unit)
+        variant.units[unit].extend(pending + [item])
+        pending = []
+    if pending and variant.order:
+        variant.units[variant.order[-1]].extend(pending)
+    for previous, unit in zip(variant.order, variant.order[1:], strict=False):
+        variant.previous_blocked[unit] = _blocked(variant.units[previous])
+    return variant
+
+
+def _sentinel_shapes(model: onnx.ModelProto, group_of_node: dict[str, int]
+                     ) -> tuple[dict[str, tuple[int, ...]], dict[int, Segments]]:
+    """Shapes with each prunable channel dimension replaced by a sentinel naming its groups."""
+    groups = analyze_channel_groups(model)
+    infos = infer_tensor_infos(model)
+    root_map: dict[int, int] = {}
+    for space, producers in groups.sources.items():
+        for name in producers:
+            if name in group_of_node:
+                root_map[groups.space(space)] = group_of_node[name]
+    registry: dict[int, Segments] = {}
+    ids: dict[Segments, int] = {}
+    overrides: dict[str, tuple[int, ...]] = {}
+
+    def sentinel(segments: Segments) -> int:
+        if segments not in ids:
+            ids[segments] = len(ids)
+            registry[ids[segments]] = segments
+        return _SENTINEL_BASE + ids[segments]
+
+    channel_sentinel: dict[str, int] = {}
+    for tensor, segs in groups.segments.items():
+        info = infos.get(tensor)
+        axis = groups.channel_axis.get(tensor)
+        if info is None or info.shape is None or axis is None or axis >= len(info.shape):
+            continue
+        mapped = tuple((root_map.get(groups.space(space), -1), size) for space, size in segs)
+        if all(root == -1 for root, _ in mapped):
+            continue
+        value = sentinel(mapped)
+        channel_sentinel[tensor] = value
+        shape = list(info.shape)
+        shape[axis] = value
+        overrides[tensor] = tuple(shape)
+    producer = {o: node for node in model.graph.node for o in node.output if o}
+    for node in model.graph.node:
+        if node.op_type not in _WEIGHT_OPS or len(node.input) < 2:
+            continue
+        weight_names = [node.input[1]]
+        source = producer.get(node.input[1])
+        if source is not None and source.op_type == "DequantizeLinear":
+            weight_names.append(source.input[0])
+        shape = infos.get(node.input[1]).shape if infos.get(node.input[1]) else None
+        if shape is None:
+            continue
+        out_value = channel_sentinel.get(node.output[0])
+        in_value = channel_sentinel.get(node.input[0])
+        tagged = list(shape)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            if out_value is not None:
+                tagged[0] = out_value
+            if in_value is not None and int(attrs.get("group", 1)) == 1:  # type: ignore[call-overload]
+                tagged[1] = in_value
+        elif node.op_type in {"Gemm", "MatMul"} and len(shape) == 2:
+            out_axis, in_axis = (0, 1) if node.op_type == "Gemm" and attrs.get("transB") else (1, 0)
+            if out_value is not None:
+                tagged[out_axis] = out_value
+            if in_value is not None:
+                tagged[in_axis] = in_value
+        for name in weight_names:
+            overrides[name] = tuple(tagged)
+    return overrides, registry
+
+
+def _aligned_probe(real: tuple[int, ...] | None, probe: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The probe shape in the real shape's dimension order (int8 convs relabel NHWC shapes by channel count)."""
+    if real is None or probe is None or len(real) != 4 or len(probe) != 4:
+        return probe
+
+    def agrees(candidate: tuple[int, ...]) -> bool:
+        return all(c >= _SENTINEL_BASE or c == r for c, r in zip(candidate, real, strict=True))
+
+    if agrees(probe):
+        return probe
+    for order in ((0, 3, 1, 2), (0, 2, 3, 1)):
+        permuted = tuple(probe[i] for i in order)
+        if agrees(permuted):
+            return permuted
+    return probe
+
+
+def _tags(shape: tuple[int, ...] | None, registry: dict[int, Segments]) -> DimTags | None:
+    if shape is None:
+        return None
+    tags = tuple(registry.get(d - _SENTINEL_BASE) if d >= _SENTINEL_BASE else None for d in shape)
+    return tags if any(t is not None for t in tags) else None
+
+
+def _new_dim(value: int, tag: Segments | None, kept: dict[int, int]) -> int:
+    if tag is None:
+        return value
+    return sum(kept.get(root, size) if root >= 0 else size for root, size in tag)
+
+
+def _new_shape(shape: tuple[int, ...] | None, tags: DimTags | None, kept: dict[int, int]) -> tuple[int, ...] | None:
+    if shape is None or tags is None or len(tags) != len(shape):
+        return shape
+    return tuple(_new_dim(value, tag, kept) for value, tag in zip(shape, tags, strict=True))
+
+
+def _rewrite(tagged: _TaggedKernel, kept: dict[int, int], sparsity: float, pattern: str) -> Kernel:
+    key = tagged.kernel.key
+    weight = _new_shape(key.weight, tagged.weight, kept)
+    attrs = dict(key.attrs)
+    outputs = tuple(_new_shape(s, t, kept) for s, t in zip(key.outputs, tagged.outputs, strict=True))
+    if "channels" in attrs and outputs and outputs[0] is not None and len(outputs[0]) == 4:
+        attrs["channels"] = outputs[0][1]  # layout reorders name the channel count they copy
+    if key.weight is not None and weight is not None and len(weight) == 4 and key.weight[1] == 1 \
+            and attrs.get("group", 1) not in (1, None) and attrs.get("group") == key.weight[0]:
+        attrs["group"] = weight[0]  # depthwise: one group per kept channel
+    new_sparsity, new_pattern = key.sparsity, key.sparsity_pattern
+    if key.weight is not None and key.op_type not in {"MatMulNBits"}:
+        if pattern == "2:4":
+            new_sparsity, new_pattern = 0.5, "2:4"
+        elif sparsity > 0:
+            new_sparsity, new_pattern = round(round(sparsity / 0.05) * 0.05, 2), "unstructured"
+    # Values are already canonical (ints, tuples), so the key is built directly, not through JSON.
+    new_key = replace(
+        key,
+        inputs=tuple(_new_shape(s, t, kept) for s, t in zip(key.inputs, tagged.inputs, strict=True)),
+        outputs=outputs,
+        weight=weight,
+        attrs=tuple(sorted(attrs.items())) if attrs != dict(key.attrs) else key.attrs,
+        sparsity=new_sparsity,
+        sparsity_pattern=new_pattern if new_sparsity else "dense",
+    )
+    return replace(tagged.kernel, key=new_key)

@@ -1,0 +1,144 @@
+"""Dashboard routes: HTML pages at /, /devices/{name} and /models; chart data as JSON under /api/dashboard."""
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from predictor.errors import UnknownDeviceError
+from predictor.estimate import flat_axes_of
+from predictor.store import (
+    Device,
+    StoredModel,
+    count_measurements_by_op,
+    get_device,
+    iter_measurements,
+    list_devices,
+    list_runs,
+    list_validations,
+    load_regressors,
+)
+from service.api.deps import ReadAccess, SessionDep, SettingsDep
+from service.dashboard.charts import (
+    kernel_points,
+    latency_vs_macs,
+    op_coverage,
+    regressor_accuracy,
+    run_flags,
+    speedup_by_bits,
+    speedup_by_sparsity,
+    validation_summary,
+)
+from service.dashboard.pages import (
+    DeviceOverview,
+    LastRun,
+    ModelOption,
+    render_device,
+    render_devices,
+    render_error,
+    render_models,
+)
+
+__all__ = ["MAX_SCATTER_POINTS", "chart_router", "page_router"]
+
+logger = logging.getLogger(__name__)
+
+# Beyond this many points a scatter is a blob and the page slows down; the series are thinned evenly.
+MAX_SCATTER_POINTS = 4000
+_MAX_MODELS_LISTED = 200
+
+page_router = APIRouter(include_in_schema=False)
+chart_router = APIRouter(prefix="/dashboard", tags=["dashboard"], dependencies=[ReadAccess])
+
+
+def _reads_closed(read_token_required: bool) -> HTMLResponse | None:
+    """Browsers send no bearer token on navigation: with token-protected reads the pages stay closed."""
+    if not read_token_required:
+        return None
+    return HTMLResponse(render_error("Dashboard unavailable", "This server requires a token for reads "
+                                     "(LATPRED_READ_TOKEN_REQUIRED), so the dashboard pages are disabled; use the "
+                                     "REST API with a bearer token."), status_code=401)
+
+
+def _overview(session: Session, device: Device) -> DeviceOverview:
+    counts = count_measurements_by_op(session, device)
+    runs = list_runs(session, device)
+    last = runs[-1] if runs else None
+    return DeviceOverview(
+        name=device.name,
+        backend=device.backend,
+        execution_provider=device.execution_provider,
+        runtime_version=device.runtime_version,
+        threads=device.threads,
+        host=device.host,
+        created_at=device.created_at,
+        measurements=sum(counts.values()),
+        op_types=sorted(counts),
+        accuracy=regressor_accuracy(load_regressors(session, device)),
+        last_run=LastRun(last.run_id, last.status, last.started_at, last.finished_at) if last else None,
+        runs=len(runs),
+        validations=validation_summary(list_validations(session, device)),
+    )
+
+
+@page_router.get("/", response_class=HTMLResponse)
+def devices_page(session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    """Every device with its runtime, table size, op types, last run and regressor accuracy."""
+    closed = _reads_closed(settings.read_token_required)
+    if closed is not None:
+        return closed
+    return HTMLResponse(render_devices([_overview(session, device) for device in list_devices(session)]))
+
+
+# `:path`: a name with a slash (possible through the library, not the API) still has a page.
+@page_router.get("/devices/{name:path}", response_class=HTMLResponse)
+def device_page(name: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    """One device: coverage per op type, latency charts, validation scatter, runs with drift flags."""
+    closed = _reads_closed(settings.read_token_required)
+    if closed is not None:
+        return closed
+    try:
+        device = get_device(session, name)
+    except UnknownDeviceError:
+        return HTMLResponse(render_error("Unknown device", f"There is no device named {name!r}."), status_code=404)
+    overview = _overview(session, device)
+    points = kernel_points(iter_measurements(session, device))
+    coverage = op_coverage(count_measurements_by_op(session, device), points, load_regressors(session, device),
+                           flat_axes_of(session, device))
+    runs = list_runs(session, device)
+    run_times = {run.run_id: (run.started_at, run.finished_at) for run in runs}
+    return HTMLResponse(render_device(overview, coverage, run_flags(runs), run_times, kernels=len(points)))
+
+
+@page_router.get("/models", response_class=HTMLResponse)
+def models_page(session: SessionDep, settings: SettingsDep,
+                model: Annotated[str | None, Query(description="preselected model id")] = None) -> HTMLResponse:
+    """Upload or pick a model, choose a device and candidate configs, rank them, inspect the kernels."""
+    closed = _reads_closed(settings.read_token_required)
+    if closed is not None:
+        return closed
+    stored = session.scalars(select(StoredModel).order_by(StoredModel.created_at.desc()).limit(_MAX_MODELS_LISTED))
+    # A row without kernels is an upload that failed half-way (JSON null, not SQL NULL): not offered.
+    models = [ModelOption(id=row.id, name=row.name, size_bytes=row.size_bytes, kernels=len(row.kernels),
+                          created_at=row.created_at) for row in stored if row.kernels is not None]
+    devices = [device.name for device in list_devices(session)]
+    return HTMLResponse(render_models(models, devices, selected_model=model))
+
+
+@chart_router.get("/devices/{name:path}/charts", responses={404: {"description": "unknown device"}})
+def device_charts(name: str, session: SessionDep) -> dict[str, Any]:
+    """Chart data of a device: latency vs MACs, speedup by bit-width and by sparsity, validation points."""
+    device = get_device(session, name)
+    points = kernel_points(iter_measurements(session, device))
+    return {
+        "device": device.name,
+        "kernels": len(points),
+        "latency_vs_macs": latency_vs_macs(points, MAX_SCATTER_POINTS),
+        "bits": speedup_by_bits(points),
+        "sparsity": speedup_by_sparsity(points),
+        "validation": validation_summary(list_validations(session, device)),
+    }
