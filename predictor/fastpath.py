@@ -124,7 +124,7 @@ class FastConfigPath:
         self.layouts = layouts
         self._memo: dict[tuple[Any, ...], Kernel] = {}
         self._unit_tags: dict[str, list[Segments]] = {}
-        self._layout_signatures: dict[tuple[int, str], tuple[bool, ...]] = {}
+        self._layout_signatures: dict[tuple[int, str], tuple[int, ...]] = {}
 
     @classmethod
     def learn(cls, model: onnx.ModelProto, runtime: RuntimeSpec) -> FastConfigPath:
@@ -199,20 +199,22 @@ class FastConfigPath:
             if unit not in layout.units:
                 continue
             have = self._layout_signatures.setdefault((index, unit), self._signature(unit, layout.kept))
-            distance = 2 * sum(a != b for a, b in zip(wanted, have, strict=True))
-            distance += layout.previous_blocked.get(unit, False) != previous_blocked
-            ranked.append((distance, index != previous_layout, index))
-        _, _, chosen = min(ranked)
+            flags = 2 * sum((a % self.block == 0) != (b % self.block == 0) for a, b in zip(wanted, have, strict=True))
+            flags += layout.previous_blocked.get(unit, False) != previous_blocked
+            # Among equally alike probes, the one with the nearest channel counts.
+            nearest = sum(abs(a - b) / max(a, b, 1) for a, b in zip(wanted, have, strict=True))
+            ranked.append((flags, nearest, index != previous_layout, index))
+        chosen = min(ranked)[-1]
         return self.layouts[chosen].units[unit], chosen
 
-    def _signature(self, unit: str, kept: dict[int, int]) -> tuple[bool, ...]:
-        """Which channel counts of a layer are multiples of the layout block."""
+    def _signature(self, unit: str, kept: dict[int, int]) -> tuple[int, ...]:
+        """The channel counts a layer sees under `kept`."""
         tags = self._unit_tags.get(unit)
         if tags is None:
             tags = [tag for tagged in self.variants["32"].units[unit] for shape in (*tagged.inputs, *tagged.outputs)
                     for tag in shape or () if tag is not None]
             self._unit_tags[unit] = tags
-        return tuple(_new_dim(0, tag, kept) % self.block == 0 for tag in tags)
+        return tuple(_new_dim(0, tag, kept) for tag in tags)
 
 
 def _group_size(groups: ChannelGroups, root: int) -> int:
@@ -362,6 +364,31 @@ def _new_shape(shape: tuple[int, ...] | None, tags: DimTags | None, kept: dict[i
     return tuple(_new_dim(value, tag, kept) for value, tag in zip(shape, tags, strict=True))
 
 
+def _block_of(key: Any) -> int:
+    return 16 if key.op_type.startswith("Nchwc") and key.weight and key.weight[0] % 16 == 0 else 8
+
+
+def _round_up(value: int, block: int) -> int:
+    return -(-value // block) * block
+
+
+def _padded(key: Any) -> int:
+    return _round_up(key.weight[0], _block_of(key)) if key.weight else 0
+
+
+def _two_four_share(weight: tuple[int, ...], key: Any) -> tuple[float, str]:
+    """What magnitude 2:4 pruning leaves, as predictor.compress applies it: zeros only in whole groups of 4."""
+    if len(weight) == 2:
+        columns = weight[1] if key.op_type == "Gemm" and key.attr("transB") else weight[0]
+    else:
+        columns = weight[1]
+    usable = columns - columns % 4
+    if usable == 0:
+        return 0.0, "dense"
+    share = round(round(0.5 * usable / columns / 0.05) * 0.05, 2)
+    return share, "2:4" if usable == columns else "unstructured"
+
+
 def _rewrite(tagged: _TaggedKernel, kept: dict[int, int], sparsity: float, pattern: str) -> Kernel:
     key = tagged.kernel.key
     weight = _new_shape(key.weight, tagged.weight, kept)
@@ -370,12 +397,13 @@ def _rewrite(tagged: _TaggedKernel, kept: dict[int, int], sparsity: float, patte
     if "channels" in attrs and outputs and outputs[0] is not None and len(outputs[0]) == 4:
         attrs["channels"] = outputs[0][1]  # layout reorders name the channel count they copy
     if key.weight is not None and weight is not None and len(weight) == 4 and key.weight[1] == 1 \
-            and attrs.get("group", 1) not in (1, None) and attrs.get("group") == key.weight[0]:
-        attrs["group"] = weight[0]  # depthwise: one group per kept channel
+            and attrs.get("group", 1) not in (1, None) and attrs.get("group") in (key.weight[0], _padded(key)):
+        # Depthwise: one group per kept channel (the blocked layout pads the count to its block).
+        attrs["group"] = weight[0] if attrs.get("group") == key.weight[0] else _round_up(weight[0], _block_of(key))
     new_sparsity, new_pattern = key.sparsity, key.sparsity_pattern
-    if key.weight is not None and key.op_type not in {"MatMulNBits"}:
+    if weight is not None and key.op_type not in {"MatMulNBits"}:
         if pattern == "2:4":
-            new_sparsity, new_pattern = 0.5, "2:4"
+            new_sparsity, new_pattern = _two_four_share(weight, key)
         elif sparsity > 0:
             new_sparsity, new_pattern = round(round(sparsity / 0.05) * 0.05, 2), "unstructured"
     # Values are already canonical (ints, tuples), so the key is built directly, not through JSON.

@@ -475,7 +475,8 @@ def weight_sparsity(weight: np.ndarray) -> tuple[float, str]:
     sparsity = round(round(zero_share / _SPARSITY_STEP) * _SPARSITY_STEP, 2)
     if sparsity == 0.0:
         return 0.0, "dense"
-    if _is_two_four(weight):
+    # Any matrix that is sparse enough has two zeros in every group of four; 2:4 means exactly half.
+    if abs(zero_share - 0.5) < 0.05 and _is_two_four(weight):
         return sparsity, "2:4"
     return sparsity, "unstructured"
 

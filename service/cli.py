@@ -368,12 +368,13 @@ def rank(
     configs: Annotated[Path, typer.Option(help="JSON list of {name, config} candidates")],
     target_speedup: Annotated[float | None, typer.Option(help="speedup a candidate must reach")] = None,
     input_shape: InputShapeOpt = None,
+    fast: Annotated[bool, typer.Option("--fast", help="kernel-level configs: no runtime session per candidate")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Rank candidate compression configs by predicted latency."""
     candidates = load_candidates(configs)
     _, prepared, predictor = _prepare(model, device, input_shape)
-    result = rank_candidates(predictor, prepared, candidates, target_speedup)
+    result = rank_candidates(predictor, prepared, candidates, target_speedup, fast=fast)
     if as_json:
         emit_json(result)
         return

@@ -36,7 +36,8 @@ def _rank(body: RankRequest, store: Store, cache: PredictionCache) -> dict[str, 
     candidates = [(candidate.name, parse_config(candidate.config)) for candidate in body.candidates]
     runtime, predictor = cache.device_predictor(store, body.device)
     prepared = cache.prepared_model(store, body.model_id, runtime, body.input_shapes)
-    ranking = rank_candidates(predictor, prepared, candidates, body.target_speedup)
+    # Fresh configs are answered at the kernel level: no quantizer run or runtime session per candidate.
+    ranking = rank_candidates(predictor, prepared, candidates, body.target_speedup, fast=True)
     return {**ranking, "model_id": body.model_id}
 
 
