@@ -368,7 +368,7 @@ def rank(
     configs: Annotated[Path, typer.Option(help="JSON list of {name, config} candidates")],
     target_speedup: Annotated[float | None, typer.Option(help="speedup a candidate must reach")] = None,
     input_shape: InputShapeOpt = None,
-    fast: Annotated[bool, typer.Option("--fast", help="kernel-level configs: no runtime session per candidate")] = False,
+    fast: Annotated[bool, typer.Option("--fast", help="kernel-level configs, no runtime session each")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Rank candidate compression configs by predicted latency."""
