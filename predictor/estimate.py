@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,14 +37,23 @@ class KernelEstimate:
     latency_ms: float
     interval_ms: tuple[float, float]
     source: str
-    key_hash: str
+    key: KernelKey
     nodes: tuple[str, ...] = ()
 
+    @property
+    def key_hash(self) -> str:
+        return self.key.key_hash
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["interval_ms"] = list(self.interval_ms)
-        data["nodes"] = list(self.nodes)
-        return data
+        return {
+            "name": self.name,
+            "op_type": self.op_type,
+            "latency_ms": self.latency_ms,
+            "interval_ms": list(self.interval_ms),
+            "source": self.source,
+            "key_hash": self.key_hash,
+            "nodes": list(self.nodes),
+        }
 
 
 @dataclass(frozen=True)
@@ -107,13 +116,16 @@ class DevicePredictor:
         self.overhead = dict(overhead or {})
         self.flat_axes = {op: set(axes) for op, axes in (flat_axes or {}).items()}
         self.fallback = tuple(fallback) if fallback is not None else None
+        # Looked up by the key itself (tuple hashing) before falling back to the canonical-JSON hash,
+        # which costs a JSON encoding and a sha256 per key: the hot path of ranking fresh configs.
+        self.by_key: dict[KernelKey, float] = {}
 
     @classmethod
     def load(cls, session: Session, device: Device) -> DevicePredictor:
         from predictor.regressors import RegressorSet
 
         regressors = RegressorSet.load(session, device)
-        return cls(
+        predictor = cls(
             device=device.name,
             table=lookup_table(session, device),
             regressors=regressors if regressors.op_types else None,
@@ -121,16 +133,24 @@ class DevicePredictor:
             flat_axes=flat_axes_of(session, device),
             fallback=fit_bandwidth_fallback(session, device),
         )
+        seen: set[str] = set()
+        for measurement in iter_measurements(session, device):
+            if measurement.key_hash not in seen:
+                seen.add(measurement.key_hash)
+                predictor.by_key[KernelKey.from_dict(measurement.key)] = predictor.table[measurement.key_hash]
+        return predictor
 
     @property
     def measurement_count(self) -> int:
         return len(self.table)
 
-    def _table_key(self, key: KernelKey) -> str:
-        """The hash to look up: a key on a proven-flat axis is looked up at the axis' base value."""
+    def _lookup(self, key: KernelKey) -> float | None:
+        """The measured median of a key; a key on a proven-flat axis is looked up at the axis' base value."""
         if key.sparsity and "sparsity" in self.flat_axes.get(key.op_type, ()):
-            return replace(key, sparsity=0.0, sparsity_pattern="dense").key_hash
-        return key.key_hash
+            key = replace(key, sparsity=0.0, sparsity_pattern="dense")
+        if self.by_key:  # holds every key of the table
+            return self.by_key.get(key)
+        return self.table.get(key.key_hash)
 
     def estimate(self, kernels: Sequence[Kernel]) -> Estimate:
         """Predict every kernel, sum them and add the device's overhead."""
@@ -142,7 +162,7 @@ class DevicePredictor:
         misses: dict[str, list[tuple[int, int]]] = {}
         for list_index, kernels in enumerate(kernel_lists):
             for index, kernel in enumerate(kernels):
-                measured = self.table.get(self._table_key(kernel.key))
+                measured = self._lookup(kernel.key)
                 if measured is not None:
                     results[list_index][index] = _kernel_estimate(
                         kernel, measured, measured * (1 - _TABLE_INTERVAL), measured * (1 + _TABLE_INTERVAL), "table")
@@ -240,6 +260,6 @@ def _kernel_estimate(kernel: Kernel, latency: float, low: float, high: float, so
         latency_ms=latency,
         interval_ms=(min(low, latency), max(high, latency)),
         source=source,
-        key_hash=kernel.key.key_hash,
+        key=kernel.key,
         nodes=kernel.nodes,
     )
