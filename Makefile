@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,8 +18,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/latpred demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -ra
+
+# Headless Chromium for the dashboard's browser tests (Debian packages; the tests skip, saying why, without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+		  echo "chromium could not be installed: the browser tests will skip" )
 
 lint: $(STAMP)
 	$(BIN)/ruff check predictor profiler service tests benchmarks

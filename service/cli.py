@@ -16,7 +16,7 @@ from predictor.estimate import DevicePredictor
 from predictor.graph import load_model, parse_input_shapes, set_input_shapes
 from predictor.kernels import Kernel
 from predictor.prepared import PreparedModel, rank_candidates
-from predictor.runtime import RuntimeSpec, describe_host
+from predictor.runtime import describe_host
 from predictor.store import (
     add_validation,
     count_measurements_by_op,
@@ -89,14 +89,6 @@ def _open() -> Store:
     return open_store(get_settings())
 
 
-def runtime_of(device: Any) -> RuntimeSpec:
-    return RuntimeSpec(
-        backend=device.backend,
-        execution_provider=device.execution_provider,
-        threads=device.threads,
-        runtime_version=device.runtime_version,
-    )
-
 
 def kernel_rows(kernels: list[Kernel]) -> list[list[Any]]:
     return [
@@ -152,15 +144,9 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Predict the model's latency on a device, per kernel and in total."""
-    onnx_model = load_model(model)
-    shapes = parse_input_shapes(input_shape or [])
     compression = load_config(config) if config else CompressionConfig()
-    store = _open()
-    with store.sessions() as session:
-        dev = get_device(session, device)
-        runtime = runtime_of(dev)
-        predictor = DevicePredictor.load(session, dev) if count_measurements_by_op(session, dev) else None
-    prepared = PreparedModel.create(onnx_model, runtime, shapes)
+    prepared, predictor = _prepare(model, device, input_shape)
+    runtime = prepared.runtime
     kernels = prepared.kernels(compression)
     if predictor is None:
         if not as_json:
@@ -320,17 +306,17 @@ def train(device: DeviceOpt, as_json: JsonOpt = False) -> None:
         emit_line("overhead: not enough end-to-end samples yet (profile some models)")
 
 
-def _prepare(model: Path, device: str, input_shape: list[str] | None) -> tuple[Any, PreparedModel, Any]:
+def _prepare(model: Path, device: str, input_shape: list[str] | None
+             ) -> tuple[PreparedModel, DevicePredictor | None]:
+    """The model prepared on the device's runtime, and the device's predictor (None: no table yet)."""
     onnx_model = load_model(model)
     shapes = parse_input_shapes(input_shape or [])
     store = _open()
     with store.sessions() as session:
         dev = get_device(session, device)
         predictor = DevicePredictor.load(session, dev) if count_measurements_by_op(session, dev) else None
-        runtime = runtime_of(dev)
-    if predictor is None:
-        raise NoMeasurementsError(f"no measurements for device {device}: run `latpred profile --device {device}`")
-    return dev, PreparedModel.create(onnx_model, runtime, shapes), predictor
+        runtime = dev.runtime
+    return PreparedModel.create(onnx_model, runtime, shapes), predictor
 
 
 @app.command()
@@ -373,7 +359,9 @@ def rank(
 ) -> None:
     """Rank candidate compression configs by predicted latency."""
     candidates = load_candidates(configs)
-    _, prepared, predictor = _prepare(model, device, input_shape)
+    prepared, predictor = _prepare(model, device, input_shape)
+    if predictor is None:
+        raise NoMeasurementsError(f"no measurements for device {device}: run `latpred profile --device {device}`")
     result = rank_candidates(predictor, prepared, candidates, target_speedup, fast=fast)
     if as_json:
         emit_json(result)
@@ -401,7 +389,7 @@ def validate(
         if not count_measurements_by_op(session, dev):
             raise NoMeasurementsError(f"no measurements for device {device}: run `latpred profile` first")
         predictor = DevicePredictor.load(session, dev)
-        runtime = runtime_of(dev)
+        runtime = dev.runtime
     backend = _local_backend(dev)
     from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 

@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from predictor.runtime import RuntimeSpec
+
 __all__ = [
     "Base",
     "Device",
@@ -100,6 +102,12 @@ class Device(Base):
 
     def __repr__(self) -> str:
         return f"Device(id={self.id!r}, name={self.name!r}, backend={self.backend!r})"
+
+    @property
+    def runtime(self) -> RuntimeSpec:
+        """The runtime half of the device: what kernels are extracted and measured with."""
+        return RuntimeSpec(backend=self.backend, execution_provider=self.execution_provider, threads=self.threads,
+                           runtime_version=self.runtime_version)
 
 
 class ProfilingRun(Base):

@@ -22,10 +22,10 @@ from predictor.estimate import DevicePredictor
 from predictor.graph import load_model
 from predictor.prepared import PreparedModel
 from predictor.runtime import RuntimeSpec
-from predictor.store import Device, get_device, get_stored_model
+from predictor.store import get_device, get_stored_model
 from service.context import Store
 
-__all__ = ["ModelNotFoundError", "PredictionCache", "runtime_of"]
+__all__ = ["ModelNotFoundError", "PredictionCache"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +40,6 @@ ShapesKey = tuple[tuple[str, tuple[int, ...]], ...]
 class ModelNotFoundError(LookupError):
     """No uploaded model with that id (or its file is gone)."""
 
-
-def runtime_of(device: Device) -> RuntimeSpec:
-    """The runtime half of a stored device."""
-    return RuntimeSpec(
-        backend=device.backend,
-        execution_provider=device.execution_provider,
-        threads=device.threads,
-        runtime_version=device.runtime_version,
-    )
 
 
 class _BuildOnceLru(Generic[K, V]):
@@ -162,7 +153,7 @@ class PredictionCache:
         with store.sessions() as session:
             device = get_device(session, device_name)
             predictor = DevicePredictor.load(session, device)
-            runtime = runtime_of(device)
+            runtime = device.runtime
         if predictor.measurement_count == 0:
             # Not cached: the first upload (from any process) must be seen at once.
             raise NoMeasurementsError(
