@@ -101,12 +101,12 @@ def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0) -> Iterat
                 yield WorkItem(label=label, build=_skeleton_builder(priors_dir / entry["file"]),
                                config=parse_config(raw), stage=stage, architecture=entry["architecture"])
     rng = random.Random(seed)
-    cnn_entries = [e for e in entries if "vit" not in e["architecture"]]
+    resizable = [e for e in entries if _resizable(load_skeleton(priors_dir / e["file"]))]
     counter = 0
     while True:
         counter += 1
         entry = rng.choice(entries)
-        size = rng.choice(_RANDOM_SIZES) if entry in cnn_entries and entry["architecture"] not in {"vgg11"} else None
+        size = rng.choice(_RANDOM_SIZES) if entry in resizable else None
         ratio = round(rng.uniform(0.1, 0.7), 2)
         raw: dict[str, Any] = {"default": {"prune_ratio": ratio, "bits": rng.choice([32, 32, 8])}}
         if rng.random() < 0.3:
@@ -114,6 +114,18 @@ def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0) -> Iterat
         label = f"{Path(entry['file']).stem}@{size or entry['image_size']}/random{counter}"
         yield WorkItem(label=label, build=_skeleton_builder(priors_dir / entry["file"], size, seed=counter),
                        config=parse_config(raw), stage="random", architecture=entry["architecture"])
+
+
+def _resizable(skeleton: dict[str, Any]) -> bool:
+    """True if the architecture runs at other input sizes: no reshape spells out spatial dims, no Flatten of a map."""
+    shapes = {name: entry.get("values") for name, entry in skeleton["initializers"].items()}
+    for node in skeleton["nodes"]:
+        if node["op"] == "Reshape" and len(node["inputs"]) > 1 and len(shapes.get(node["inputs"][1]) or []) >= 4:
+            return False
+        if node["op"] == "Flatten" and not any(n["op"].startswith("Global") and node["inputs"][0] in n["outputs"]
+                                               for n in skeleton["nodes"]):
+            return False
+    return True
 
 
 def model_plan(model: onnx.ModelProto, name: str, configs: list[tuple[str, CompressionConfig]]) -> list[WorkItem]:
