@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from predictor.errors import ConfigError
 
@@ -61,13 +61,20 @@ class CompressionConfig(BaseModel):
 
     default: LayerCompression = Field(default_factory=LayerCompression)
     layers: dict[str, LayerCompression] = Field(default_factory=dict)
+    # Resolution per node name: asked once per layer per question, on the hot path of ranking.
+    _resolved: dict[str, ResolvedCompression] = PrivateAttr(default_factory=dict)
 
     def resolve(self, node_name: str) -> ResolvedCompression:
+        cached = self._resolved.get(node_name)
+        if cached is not None:
+            return cached
         merged: dict[str, Any] = {}
         for part in [self.default, *(spec for pattern, spec in self.layers.items()
                                      if fnmatch.fnmatchcase(node_name, pattern))]:
             merged.update({k: v for k, v in part.model_dump().items() if v is not None})
-        return ResolvedCompression(**merged)
+        resolved = ResolvedCompression(**merged)
+        self._resolved[node_name] = resolved
+        return resolved
 
     def check_patterns(self, node_names: Iterable[str]) -> None:
         """Raise ConfigError for a layer pattern that matches no node of the model."""

@@ -6,7 +6,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from predictor.errors import (
     ConfigError,
@@ -67,6 +67,15 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"database unreachable: {_one_line(orig)}"}, status_code=503)
 
 
+async def _unstorable_value(request: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value from the request (a NUL character in text, a number out of the column's
+    # range): bad input, not a server fault. The driver's first line names the problem, never the SQL.
+    orig = getattr(exc, "orig", None) or exc
+    first_line = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return JSONResponse({"detail": f"the request holds a value the database cannot store: {_one_line(first_line)}"},
+                        status_code=422)
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     parts = [str(part) for part in loc if part != "body"]
     text = ""
@@ -92,10 +101,11 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers: LatpredError by subclass, database outages as 503, anything else as 500."""
+    """Register the handlers: library errors by subclass, outages 503, unstorable values 422, anything else 500."""
     app.add_exception_handler(LatpredError, _latpred_error)
     app.add_exception_handler(ModelNotFoundError, _model_not_found)
     app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(InterfaceError, _database_error)
+    app.add_exception_handler(DataError, _unstorable_value)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)

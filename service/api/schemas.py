@@ -12,6 +12,7 @@ __all__ = [
     "DeviceDetail",
     "DevicePublic",
     "DevicesPublic",
+    "ErrorPublic",
     "EstimatePublic",
     "HealthPublic",
     "JobPublic",
@@ -32,16 +33,31 @@ __all__ = [
     "RunCreate",
     "RunFinish",
     "RunPublic",
+    "ValidationErrorPublic",
 ]
 
 # Above this a "kernel latency" is a unit mix-up (seconds, microseconds) or garbage: 1e6 ms is 16 minutes.
 MAX_LATENCY_MS = 1e6
+# Far above any runtime's thread pool, and inside the 32-bit integer column on every database.
+MAX_THREADS = 1024
 # Percentiles come from a float summary of the same samples: allow rounding noise, not disorder.
 _ORDER_REL_TOLERANCE = 1e-6
 _DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$"
 _RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$"
 
 LatencyMs = Annotated[float, Field(gt=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
+
+
+class ErrorPublic(BaseModel):
+    """The body of every error answer: one readable line (see service.api.errors)."""
+
+    detail: str
+
+
+class ValidationErrorPublic(ErrorPublic):
+    """A 422: what is wrong and where, plus pydantic's structured list when the request failed validation."""
+
+    errors: list[dict[str, Any]] | None = Field(default=None, description="loc, msg and type of each error")
 
 
 class HealthPublic(BaseModel):
@@ -55,7 +71,7 @@ class DeviceBase(BaseModel):
     backend: str = Field(min_length=1, max_length=32, examples=["onnxruntime"])
     execution_provider: str = Field(min_length=1, max_length=128, examples=["CPUExecutionProvider"])
     runtime_version: str = Field(min_length=1, max_length=64, examples=["1.18.0"])
-    threads: int = Field(ge=0, description="intra-op threads; 0: the runtime's default")
+    threads: int = Field(ge=0, le=MAX_THREADS, description="intra-op threads; 0: the runtime's default")
     host: str = Field(default="", max_length=1024, description="hardware description")
 
 

@@ -29,6 +29,10 @@ router = APIRouter(prefix="/devices/{name}/measurements", tags=["measurements"],
 
 _KEY_FIELDS = frozenset(KernelKey(op_type="x", inputs=(), outputs=()).to_dict())
 _MAX_OP_TYPE_CHARS = 64
+# Bit-widths are 1..64; anything larger would overflow the integer column (a 500 instead of a 422).
+_MAX_BITS = 64
+# Offsets past a 32-bit integer overflow SQLite/PostgreSQL binds; no table is that long.
+_MAX_OFFSET = 2**31 - 1
 _CSV_COLUMNS = ("run_id", "key_hash", "op_type", "bits", "median_ms", "p10_ms", "p90_ms", "repeats",
                 "created_at", "key")
 
@@ -51,8 +55,8 @@ def _parse_key(index: int, data: Mapping[str, Any]) -> KernelKey:
         key_hash = key.key_hash
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _unprocessable(f"{where}: malformed kernel key ({type(exc).__name__}: {exc})") from exc
-    if key.bits < 1:
-        raise _unprocessable(f"{where}.bits must be >= 1, got {key.bits}")
+    if not 1 <= key.bits <= _MAX_BITS:
+        raise _unprocessable(f"{where}.bits must be within [1, {_MAX_BITS}], got {key.bits}")
     if not 0.0 <= key.sparsity <= 1.0:
         raise _unprocessable(f"{where}.sparsity must be within [0, 1], got {key.sparsity}")
     assert key_hash
@@ -116,9 +120,9 @@ def read_measurements(
     name: str,
     session: SessionDep,
     op_type: str | None = None,
-    bits: Annotated[int | None, Query(ge=1)] = None,
+    bits: Annotated[int | None, Query(ge=1, le=_MAX_BITS)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=_MAX_OFFSET)] = 0,
     format: Literal["json", "csv"] = "json",  # noqa: A002 - the query parameter's public name
 ) -> MeasurementsPublic | Response:
     """One page of the device's table in insertion order, optionally filtered by op type and bits."""
