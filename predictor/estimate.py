@@ -119,6 +119,8 @@ class DevicePredictor:
         # Looked up by the key itself (tuple hashing) before falling back to the canonical-JSON hash,
         # which costs a JSON encoding and a sha256 per key: the hot path of ranking fresh configs.
         self.by_key: dict[KernelKey, float] = {}
+        # The reference kernel's time in the device's baseline state, which the table is scaled to.
+        self.reference_ms: float | None = None
 
     @classmethod
     def load(cls, session: Session, device: Device) -> DevicePredictor:
@@ -133,6 +135,10 @@ class DevicePredictor:
             flat_axes=flat_axes_of(session, device),
             fallback=fit_bandwidth_fallback(session, device),
         )
+        references = [float(report.get(field)) for report in (run.report or {} for run in list_runs(session, device))
+                      for field in ("baseline_reference_ms", "reference_ms")
+                      if isinstance(report.get(field), (int, float)) and report.get(field) > 0]
+        predictor.reference_ms = min(references) if references else None
         seen: set[str] = set()
         for measurement in iter_measurements(session, device):
             if measurement.key_hash not in seen:

@@ -5,6 +5,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from onnx import numpy_helper
 from predictor.errors import InvalidModelError
 
 __all__ = [
+    "MAX_INPUT_DIM",
     "TensorInfo",
     "infer_tensor_infos",
     "load_model",
@@ -28,6 +30,9 @@ logger = logging.getLogger(__name__)
 Shape = tuple[int, ...]
 
 _SHAPE_ARG = re.compile(r"^([^=]+)=(\d+(?:[x,]\d+)*)$")
+# Largest dimension a caller may set: far beyond any real tensor, and products of a few stay inside int64
+# (protobuf refuses dims past int64; onnxruntime's size arithmetic overflows well before that).
+MAX_INPUT_DIM = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,12 @@ def set_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, list[int
         dims = inputs[value.name]
         if value.name in input_shapes:
             wanted = input_shapes[value.name]
+            for position, want in enumerate(wanted):
+                if isinstance(want, bool) or not isinstance(want, Integral) or not 1 <= want <= MAX_INPUT_DIM:
+                    raise InvalidModelError(
+                        f"--input-shape {value.name}: dim {position} must be an integer in [1, {MAX_INPUT_DIM}], "
+                        f"not {want!r}"
+                    )
             if len(wanted) != len(dims):
                 raise InvalidModelError(
                     f"--input-shape {value.name} has {len(wanted)} dims, the model's input has {len(dims)}"

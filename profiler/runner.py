@@ -25,7 +25,7 @@ from predictor.store import MeasurementIn
 from profiler.backends.base import PROFILING_PROTOCOL, Backend, KernelTiming, MeasureProtocol
 from profiler.plan import WorkItem
 
-__all__ = ["ProfileRunner", "RunReport", "Sink", "reference_model"]
+__all__ = ["ProfileRunner", "RunReport", "Sink", "measure_reference_ms", "reference_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ _FLAT_MIN_PAIRS = 8
 _FLAT_MEDIAN_DEVIATION = 0.10
 _FLAT_CLEARLY_FASTER = 0.10
 _DRIFT_THRESHOLD = 0.10
-_DRIFT_EVERY_S = 120.0
+_MAX_COMPENSATION = 3.0
+_QUICK_REFERENCE = MeasureProtocol(warmup_runs=3, min_repeats=15, max_repeats=60, max_seconds=0.3)
 _WEIGHT_OP_MARKERS = ("Conv", "Gemm", "MatMul")
 
 
@@ -43,6 +44,8 @@ class Sink(Protocol):
     def known_table(self) -> dict[str, float]: ...
 
     def done_items(self) -> set[str]: ...
+
+    def previous_references(self) -> list[float]: ...
 
     def start(self, run_id: str, budget_minutes: float | None) -> None: ...
 
@@ -65,6 +68,7 @@ class RunReport:
     flat_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
     drift: list[dict[str, float]] = field(default_factory=list)
     reference_ms: float | None = None
+    baseline_reference_ms: float | None = None
     end_to_end: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     budget_minutes: float | None = None
@@ -82,6 +86,7 @@ class RunReport:
             "flat_evidence": self.flat_evidence,
             "drift": self.drift,
             "reference_ms": self.reference_ms,
+            "baseline_reference_ms": self.baseline_reference_ms,
             "end_to_end": self.end_to_end,
             "elapsed_s": round(self.elapsed_s, 1),
             "budget_minutes": self.budget_minutes,
@@ -103,8 +108,9 @@ class RunReport:
                              f"over {int(evidence.get('pairs', 0))} pairs)")
         if self.drift:
             worst = max(self.drift, key=lambda d: abs(d["ratio"] - 1))
-            lines.append(f"  DRIFT: reference kernel changed by {(worst['ratio'] - 1) * 100:+.1f}% "
-                         f"at {worst['elapsed_s']:.0f}s ({len(self.drift)} checks over threshold)")
+            lines.append(f"  DRIFT: reference kernel changed by up to {(worst['ratio'] - 1) * 100:+.1f}% "
+                         f"(at {worst['elapsed_s']:.0f}s; {len(self.drift)} of {len(self.end_to_end)} models); "
+                         f"measurements compensated to the baseline {self.baseline_reference_ms or 0:.3f} ms")
         else:
             lines.append("  no drift: reference kernel stayed within "
                          f"{_DRIFT_THRESHOLD * 100:.0f}% of {self.reference_ms or 0:.3f} ms")
@@ -127,6 +133,11 @@ def reference_model() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def measure_reference_ms(backend: Backend) -> float:
+    """The reference kernel's time on this host now (a quick measurement, about a tenth of a second)."""
+    return backend.measure_model(reference_model(), _QUICK_REFERENCE).median_ms
 
 
 def _has_sparsity(item: WorkItem) -> bool:
@@ -182,7 +193,7 @@ class ProfileRunner:
     def run(self, items: Iterable[WorkItem], budget_minutes: float, run_id: str | None = None) -> RunReport:
         run_id = run_id or uuid.uuid4().hex
         report = RunReport(run_id=run_id, device=self.device, budget_minutes=budget_minutes)
-        start = self.clock()
+        start = self._started = self.clock()
         deadline = start + budget_minutes * 60.0
         table = self.sink.known_table()
         known = set(table)
@@ -191,7 +202,10 @@ class ProfileRunner:
         sparsity_pairs: dict[str, list[float]] = defaultdict(list)
         self._reference_ms()  # the first runs of a fresh process are slow: warm up before the baseline
         report.reference_ms = self._reference_ms()
-        last_drift_check = self.clock()
+        # Every measurement is scaled to the device's baseline state: the reference kernel's time in the
+        # quietest state any run of this device saw. A shared host that slows down by half for a
+        # minute then cannot write a slow minute into the table.
+        report.baseline_reference_ms = min([report.reference_ms, *self.sink.previous_references()])
         status = "finished"
         try:
             for item in items:
@@ -208,9 +222,6 @@ class ProfileRunner:
                 if item.is_sparsity and self._sparsity_settled(report):
                     report.items_skipped += 1
                     continue
-                if now - last_drift_check > _DRIFT_EVERY_S:
-                    self._check_drift(report, now - start)
-                    last_drift_check = self.clock()
                 rows = self._profile_item(item, report, known)
                 if rows is None:
                     continue
@@ -239,7 +250,6 @@ class ProfileRunner:
             raise
         finally:
             report.elapsed_s = self.clock() - start
-            self._check_drift(report, report.elapsed_s)
             self.sink.finish(run_id, status, report.to_dict())
         return report
 
@@ -247,33 +257,40 @@ class ProfileRunner:
                       record: bool = True) -> list[MeasurementIn] | None:
         try:
             model = apply_config(item.build(), item.config)
+            reference_now = self._reference_ms(quick=True)
             wall = self.backend.measure_model(model, self.protocol)
             timings = self.backend.measure_kernels(model, self.protocol, wall=wall)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base; one model must not end the run
             logger.warning("skipping %s: %s", item.label, " ".join(str(exc).split())[:300])
             report.items_failed.append(item.label)
             return None
-        rows = _rows_from_timings(timings)
+        factor = self._compensation(report, reference_now)
+        rows = [replace(row, median_ms=row.median_ms * factor, p10_ms=row.p10_ms * factor,
+                        p90_ms=row.p90_ms * factor) for row in _rows_from_timings(timings)]
         if not record:
             return rows
         report.end_to_end.append({
             "label": item.label,
-            "measured_ms": wall.median_ms,
+            "measured_ms": wall.median_ms * factor,
+            "compensation": round(factor, 4),
             "kernel_hashes": [t.kernel.key.key_hash for t in timings],
         })
         return rows
 
-    def _reference_ms(self) -> float:
+    def _compensation(self, report: RunReport, reference_now: float) -> float:
+        """Factor from the machine's state now to the device's baseline state (drift is recorded)."""
+        assert report.reference_ms is not None and report.baseline_reference_ms is not None
+        ratio = reference_now / report.reference_ms
+        if abs(ratio - 1.0) > _DRIFT_THRESHOLD:
+            logger.info("drift: reference kernel at %.0f%% of its start time (compensated)", ratio * 100)
+            report.drift.append({"elapsed_s": round(self.clock() - self._started, 1), "ratio": round(ratio, 4)})
+        return min(_MAX_COMPENSATION, max(1 / _MAX_COMPENSATION, report.baseline_reference_ms / reference_now))
+
+    def _reference_ms(self, quick: bool = False) -> float:
+        if quick:
+            return measure_reference_ms(self.backend)
         protocol = replace(self.protocol, min_repeats=max(self.protocol.min_repeats, 20))
         return self.backend.measure_model(reference_model(), protocol).median_ms
-
-    def _check_drift(self, report: RunReport, elapsed_s: float) -> None:
-        if report.reference_ms is None:
-            return
-        ratio = self._reference_ms() / report.reference_ms
-        if abs(ratio - 1.0) > _DRIFT_THRESHOLD:
-            logger.warning("drift: reference kernel at %.0f%% of its start time", ratio * 100)
-            report.drift.append({"elapsed_s": round(elapsed_s, 1), "ratio": round(ratio, 4)})
 
     @staticmethod
     def _collect_sparsity_pairs(rows: list[MeasurementIn], table: dict[str, float],

@@ -19,9 +19,20 @@ from predictor.store import (
     update_run_report,
 )
 
-__all__ = ["HttpSink", "StoreSink", "UploadError"]
+__all__ = ["HttpSink", "StoreSink", "UploadError", "reference_times"]
 
 logger = logging.getLogger(__name__)
+
+
+def reference_times(reports: list[dict[str, Any]]) -> list[float]:
+    """Reference-kernel times that earlier runs' reports recorded (their baselines and starts)."""
+    times = []
+    for report in reports:
+        for field in ("baseline_reference_ms", "reference_ms"):
+            value = report.get(field)
+            if isinstance(value, (int, float)) and value > 0:
+                times.append(float(value))
+    return times
 
 
 class UploadError(RuntimeError):
@@ -43,6 +54,11 @@ class StoreSink:
         with session_scope(self.sessions) as session:
             runs = list_runs(session, get_device(session, self.device_name))
             return {item for run in runs for item in (run.report or {}).get("items_done", [])}
+
+    def previous_references(self) -> list[float]:
+        with session_scope(self.sessions) as session:
+            runs = list_runs(session, get_device(session, self.device_name))
+            return reference_times([run.report or {} for run in runs])
 
     def start(self, run_id: str, budget_minutes: float | None) -> None:
         with session_scope(self.sessions) as session:
@@ -113,6 +129,10 @@ class HttpSink:
     def done_items(self) -> set[str]:
         device = self._request("GET", f"/api/devices/{self.device_name}")
         return {item for run in device.get("runs", []) for item in (run.get("report") or {}).get("items_done", [])}
+
+    def previous_references(self) -> list[float]:
+        device = self._request("GET", f"/api/devices/{self.device_name}")
+        return reference_times([run.get("report") or {} for run in device.get("runs", [])])
 
     def start(self, run_id: str, budget_minutes: float | None) -> None:
         self._request("POST", f"/api/devices/{self.device_name}/runs",

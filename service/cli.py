@@ -336,10 +336,13 @@ def measure(
     with store.sessions() as session:
         dev = get_device(session, device)
     backend = _local_backend(dev)
+    from profiler.runner import measure_reference_ms
+
+    reference_now = measure_reference_ms(backend)
     timing = backend.measure_model(apply_config(onnx_model, compression), GROUND_TRUTH_PROTOCOL)
     document = {"model": str(model), "device": device, "config": compression.model_dump(exclude_none=True),
                 "measured_ms": timing.median_ms, "p10_ms": timing.p10_ms, "p90_ms": timing.p90_ms,
-                "repeats": timing.repeats}
+                "repeats": timing.repeats, "reference_ms": reference_now}
     if as_json:
         emit_json(document)
         return
@@ -392,9 +395,10 @@ def validate(
         runtime = dev.runtime
     backend = _local_backend(dev)
     from profiler.backends.base import GROUND_TRUTH_PROTOCOL
+    from profiler.runner import measure_reference_ms
 
     result = validate_models(predictor, backend, runtime, [(m.stem, load_model(m)) for m in models], candidates,
-                             GROUND_TRUTH_PROTOCOL)
+                             GROUND_TRUTH_PROTOCOL, reference_ms=lambda: measure_reference_ms(backend))
     with session_scope(store.sessions) as session:
         dev = get_device(session, device)
         for row in result["rows"]:

@@ -14,12 +14,12 @@ from predictor.prepared import PreparedModel, rank_candidates
 from predictor.regressors import train_device_regressors
 from predictor.runtime import describe_host
 from predictor.store import add_validation, get_device, session_scope, upsert_device
-from predictor.validation import summarize_validation
+from predictor.validation import compensate, summarize_validation
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
 from profiler.plan import DEFAULT_PRIORS_DIR, model_plan
 from profiler.progress import progress_reporter
-from profiler.runner import ProfileRunner
+from profiler.runner import ProfileRunner, measure_reference_ms
 from profiler.sinks import StoreSink
 from profiler.skeleton import load_skeleton, materialize_skeleton
 from service.context import open_store
@@ -81,14 +81,19 @@ def run_demo(settings: Settings, budget_minutes: float, as_json: bool, emit_line
     ranking = rank_candidates(predictor, prepared, candidates)
     say("4/4 measuring every candidate for real on this machine")
     protocol = GROUND_TRUTH_PROTOCOL
-    measured_baseline = backend.measure_model(prepared.compressed(candidates[0][1]), protocol).median_ms
-    configs = dict(candidates)
+    measured: dict[str, float] = {}
+    for name, config in candidates:
+        reference_now = measure_reference_ms(backend)
+        raw = backend.measure_model(prepared.compressed(config), protocol).median_ms
+        # Scaled to the device's baseline state, as the table is: the host's load is not the model's cost.
+        measured[name] = compensate(raw, reference_now, predictor.reference_ms) or raw
     rows = []
     for entry in ranking["ranked"]:
-        measured = backend.measure_model(prepared.compressed(configs[entry["name"]]), protocol).median_ms
-        rows.append({**entry, "measured_ms": measured, "measured_speedup": measured_baseline / measured,
-                     "error": (entry["latency_ms"] - measured) / measured,
+        value = measured[entry["name"]]
+        rows.append({**entry, "measured_ms": value, "measured_speedup": measured["fp32"] / value,
+                     "error": (entry["latency_ms"] - value) / value,
                      "model": "sample_mobilenet_v2", "config": entry["name"], "predicted_ms": entry["latency_ms"]})
+
     with session_scope(store.sessions) as session:
         device = get_device(session, DEMO_DEVICE)
         for row in rows:

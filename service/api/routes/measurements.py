@@ -4,14 +4,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from predictor.features import features_matrix
 from predictor.kernels import KernelKey
 from predictor.store import Device, Measurement, MeasurementIn, add_measurements, get_device, iter_measurements
 from service.api.deps import CacheDep, ReadAccess, SessionDep, WriteAccess
@@ -50,17 +53,36 @@ def _parse_key(index: int, data: Mapping[str, Any]) -> KernelKey:
     op_type = data.get("op_type")
     if not isinstance(op_type, str) or not op_type or len(op_type) > _MAX_OP_TYPE_CHARS:
         raise _unprocessable(f"{where}.op_type must be a non-empty string of at most {_MAX_OP_TYPE_CHARS} chars")
+    if _has_non_finite(data):
+        raise _unprocessable(f"{where}: NaN or infinite number in the key")
     try:
         key = KernelKey.from_dict(data)
         key_hash = key.key_hash
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise _unprocessable(f"{where}: malformed kernel key ({type(exc).__name__}: {exc})") from exc
     if not 1 <= key.bits <= _MAX_BITS:
         raise _unprocessable(f"{where}.bits must be within [1, {_MAX_BITS}], got {key.bits}")
     if not 0.0 <= key.sparsity <= 1.0:
         raise _unprocessable(f"{where}.sparsity must be within [0, 1], got {key.sparsity}")
     assert key_hash
+    # A stored key must be usable by training, prediction and the dashboard: derive its features now.
+    try:
+        with np.errstate(all="ignore"):
+            features_matrix([key])
+    except Exception as exc:  # any failure here would otherwise surface later, as a 500 elsewhere
+        raise _unprocessable(f"{where}: not a usable kernel key ({type(exc).__name__}: {exc})") from exc
     return key
+
+
+def _has_non_finite(value: Any) -> bool:
+    """Whether a JSON value holds NaN or an infinity anywhere (Python's json parser accepts both)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(item) for item in value)
+    return False
 
 
 def _measurement_in(index: int, row: MeasurementCreate) -> MeasurementIn:
