@@ -104,6 +104,8 @@
           y: { type: "logarithmic", title: { display: true, text: "latency (ms)" } },
         },
         plugins: {
+          // Many op types: a compact legend at the side keeps the plot area usable.
+          legend: { position: datasets.length > 6 ? "right" : "top", labels: { boxWidth: 10, font: { size: 10 } } },
           tooltip: {
             callbacks: {
               label: function (context) {
