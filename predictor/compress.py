@@ -169,10 +169,12 @@ def quantize_int8(model: onnx.ModelProto, nodes: list[str] | None = None, seed: 
 
 
 class _DropQuantizerAdvice(logging.Filter):
-    """onnxruntime's quantizer advises pre-processing on the root logger; fold_for_quantization did it."""
+    """Quiet the quantizer's root-logger chatter: pre-processing advice (fold_for_quantization did it) and
+    per-channel notes on 1-D weights (BatchNorm scales that cannot fold), which it handles per tensor."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing" not in record.getMessage() and "pre-process" not in record.getMessage()
+        message = record.getMessage()
+        return "pre-process" not in message and "is out-of-range for weight" not in message
 
 
 @contextmanager
