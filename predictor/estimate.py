@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from predictor.features import kernel_features
 from predictor.kernels import Kernel, KernelKey
-from predictor.store import Device, iter_measurements, list_runs, lookup_table
+from predictor.store import Device, iter_measurements, list_runs
 
 __all__ = ["DevicePredictor", "Estimate", "KernelEstimate", "flat_axes_of"]
 
@@ -126,24 +126,29 @@ class DevicePredictor:
     def load(cls, session: Session, device: Device) -> DevicePredictor:
         from predictor.regressors import RegressorSet
 
+        # One read of the table: the lookup, the keys and the fallback all see the same snapshot even
+        # while an agent is uploading (median of medians where a key was measured in several runs).
+        medians: dict[str, list[float]] = {}
+        keys: dict[str, KernelKey] = {}
+        for measurement in iter_measurements(session, device):
+            medians.setdefault(measurement.key_hash, []).append(measurement.median_ms)
+            if measurement.key_hash not in keys:
+                keys[measurement.key_hash] = KernelKey.from_dict(measurement.key)
+        table = {key_hash: float(np.median(values)) for key_hash, values in medians.items()}
         regressors = RegressorSet.load(session, device)
         predictor = cls(
             device=device.name,
-            table=lookup_table(session, device),
+            table=table,
             regressors=regressors if regressors.op_types else None,
             overhead=device.overhead or {},
             flat_axes=flat_axes_of(session, device),
-            fallback=fit_bandwidth_fallback(session, device),
+            fallback=fit_bandwidth_fallback([(keys[h], table[h]) for h in table]),
         )
+        predictor.by_key = {keys[key_hash]: value for key_hash, value in table.items()}
         references = [float(report.get(field)) for report in (run.report or {} for run in list_runs(session, device))
                       for field in ("baseline_reference_ms", "reference_ms")
                       if isinstance(report.get(field), (int, float)) and report.get(field) > 0]
         predictor.reference_ms = min(references) if references else None
-        seen: set[str] = set()
-        for measurement in iter_measurements(session, device):
-            if measurement.key_hash not in seen:
-                seen.add(measurement.key_hash)
-                predictor.by_key[KernelKey.from_dict(measurement.key)] = predictor.table[measurement.key_hash]
         return predictor
 
     @property
@@ -237,9 +242,8 @@ def _fallback_features(key: KernelKey) -> tuple[float, float]:
     return float(values.get("bytes_moved", 0.0)), float(values.get("macs", 0.0))
 
 
-def fit_bandwidth_fallback(session: Session, device: Device) -> tuple[float, float, float] | None:
+def fit_bandwidth_fallback(rows: Sequence[tuple[KernelKey, float]]) -> tuple[float, float, float] | None:
     """latency = a + b x bytes + c x MACs, non-negative least squares over all of the device's kernels."""
-    rows = [(KernelKey.from_dict(m.key), m.median_ms) for m in iter_measurements(session, device)]
     if len(rows) < 3:
         return None
     features = np.array([[1.0, *_fallback_features(key)] for key, _ in rows])

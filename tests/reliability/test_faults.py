@@ -412,10 +412,6 @@ def test_raw_request_helper_reaches_the_app(settings: Settings) -> None:
 # --- (d) a batch that lands while a predictor is being loaded ---------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="predictor.estimate.DevicePredictor.load reads the table and then iterates "
-                   "the measurements in a second query; a batch committed in between is in the second but not the "
-                   "first, and `predictor.table[measurement.key_hash]` raises KeyError (predict answers 500). "
-                   "Seen 278 times in a 300 s soak with uploads to the predicted device.")
 def test_predict_while_a_batch_commits_during_the_predictor_load(client: TestClient, settings: Settings,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     uploaded = client.post("/api/models", files={"file": ("g.onnx", factories.gemm_model().SerializeToString())},
@@ -427,19 +423,20 @@ def test_predict_while_a_batch_commits_during_the_predictor_load(client: TestCli
 
     import predictor.estimate as estimate_module
 
-    real_lookup_table = estimate_module.lookup_table
+    real_iter_measurements = estimate_module.iter_measurements
     raced = {"done": False}
 
-    def lookup_then_another_agent_commits(session: Any, device: Any) -> Any:
-        table = real_lookup_table(session, device)
-        if not raced["done"]:
-            raced["done"] = True
-            late = client.post(f"/api/devices/{DEVICE}/measurements", headers=AUTH,
-                               json={"run_id": "late", "measurements": [measurement_row(gemm_key(999))]})
-            assert late.status_code == 200, late.text
-        return table
+    def read_while_another_agent_commits(session: Any, device: Any, *args: Any, **kwargs: Any) -> Any:
+        for index, row in enumerate(real_iter_measurements(session, device, *args, **kwargs)):
+            if index == 0 and not raced["done"]:
+                raced["done"] = True
+                late = client.post(f"/api/devices/{DEVICE}/measurements", headers=AUTH,
+                                   json={"run_id": "late", "measurements": [measurement_row(gemm_key(999))]})
+                assert late.status_code == 200, late.text
+            yield row
 
-    monkeypatch.setattr(estimate_module, "lookup_table", lookup_then_another_agent_commits)
+    # The predictor reads its table once; a batch committed meanwhile is in the next load, not a 500 now.
+    monkeypatch.setattr(estimate_module, "iter_measurements", read_while_another_agent_commits)
     response = client.post("/api/predict", json={"device": DEVICE, "model_id": uploaded.json()["id"]})
     assert raced["done"]
     assert response.status_code == 200, response.text
