@@ -120,9 +120,13 @@ class PredictionCache:
     """Prepared models and device predictors of this process (see the module docstring)."""
 
     def __init__(self, models_dir: Path, predictor_ttl_s: float = 300.0, max_models: int = 32,
-                 max_devices: int = 256) -> None:
+                 max_devices: int = 256, predictor_refresh_s: float = 5.0) -> None:
         self.models_dir = models_dir
         self.predictor_ttl_s = predictor_ttl_s
+        # New measurements make a device's predictor stale; it is reloaded at most this often, so agents
+        # uploading all the time do not make every prediction reload the whole table.
+        self.predictor_refresh_s = predictor_refresh_s
+        self._stale: set[str] = set()
         self._prepared: _BuildOnceLru[tuple[str, RuntimeSpec, ShapesKey | None], PreparedModel] = (
             _BuildOnceLru(max_models)
         )
@@ -139,8 +143,12 @@ class PredictionCache:
     def device_predictor(self, store: Store, device_name: str) -> tuple[RuntimeSpec, DevicePredictor]:
         """The device's runtime and predictor; raises UnknownDeviceError or NoMeasurementsError."""
         loaded = self._devices.get(device_name)
-        if loaded is not None and time.monotonic() - loaded.loaded_at <= self.predictor_ttl_s:
-            return loaded.runtime, loaded.predictor
+        if loaded is not None:
+            age = time.monotonic() - loaded.loaded_at
+            fresh = device_name not in self._stale or age < self.predictor_refresh_s
+            if fresh and age <= self.predictor_ttl_s:
+                return loaded.runtime, loaded.predictor
+        self._stale.discard(device_name)
         self._devices.pop(device_name)
         generation = self._generations.get(device_name, 0)
         loaded = self._devices.get_or_build(device_name, lambda: self._load_device(store, device_name))
@@ -162,6 +170,10 @@ class PredictionCache:
             )
         logger.info("loaded predictor of device %r (%d table entries)", device_name, predictor.measurement_count)
         return _LoadedDevice(runtime=runtime, predictor=predictor, loaded_at=time.monotonic())
+
+    def mark_stale(self, device_name: str) -> None:
+        """The device's table grew: reload its predictor once it is `predictor_refresh_s` old."""
+        self._stale.add(device_name)
 
     def invalidate_device(self, device_name: str) -> None:
         """Forget the device's predictor; the next question reloads it from the store."""

@@ -79,11 +79,17 @@ def test_repeated_predict_rebuilds_nothing(api: TestClient, device: str, uploade
         assert predict(api, device=device, model_id=uploaded["id"]).json()["latency_ms"] == first["latency_ms"]
     assert calls == {"prepare": 1, "load": 1}
 
-    # New measurements drop the device's predictor (not the prepared model): the next answer sees them.
+    # New measurements make the device's predictor stale (not the prepared model): within the refresh
+    # interval the cached one still answers; after it, the next answer sees them.
     kernel = uploaded["kernels"][0]
     slower = {**fake_measurement(kernel, 5.0)}
     api.post(f"/api/devices/{device}/measurements", json={"run_id": "run-2", "measurements": [slower]},
              headers=AUTH)
+    cache = api.app.state.prediction_cache  # type: ignore[attr-defined]
+    cache.predictor_refresh_s = 3600.0
+    assert predict(api, device=device, model_id=uploaded["id"]).json()["latency_ms"] == first["latency_ms"]
+    assert calls == {"prepare": 1, "load": 1}
+    cache.predictor_refresh_s = 0.0
     after = predict(api, device=device, model_id=uploaded["id"]).json()
     assert calls == {"prepare": 1, "load": 2}
     old = measured[kernel["key_hash"]]

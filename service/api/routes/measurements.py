@@ -112,7 +112,7 @@ def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep
         raise _unprocessable(str(exc)) from exc
     session.commit()
     if inserted:
-        cache.invalidate_device(name)
+        cache.mark_stale(name)
     return MeasurementsInserted(inserted=inserted, duplicates=len(rows) - inserted)
 
 
