@@ -30,8 +30,8 @@ __all__ = ["ProfileRunner", "RunReport", "Sink", "measure_reference_ms", "refere
 logger = logging.getLogger(__name__)
 
 _FLAT_MIN_PAIRS = 8
-_FLAT_MEDIAN_DEVIATION = 0.10
-_FLAT_CLEARLY_FASTER = 0.10
+_FLAT_MEDIAN_DEVIATION = 0.15
+_FLAT_CLEARLY_FASTER = 0.20
 _DRIFT_THRESHOLD = 0.10
 _MAX_COMPENSATION = 3.0
 _QUICK_REFERENCE = MeasureProtocol(warmup_runs=3, min_repeats=15, max_repeats=60, max_seconds=0.3)
