@@ -20,7 +20,6 @@ were never seen by the profiler, so their kernels come partly from regressors.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -35,6 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import zoo  # noqa: E402  (a script's own folder is on sys.path when it runs)
+
 from predictor.config import parse_config  # noqa: E402
 from predictor.estimate import DevicePredictor  # noqa: E402
 from predictor.prepared import PreparedModel  # noqa: E402
@@ -43,11 +44,6 @@ from predictor.validation import compensate, summarize_validation, validation_ro
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL  # noqa: E402
 from profiler.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from profiler.runner import measure_reference_ms  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("zoo", ROOT / "benchmarks" / "zoo.py")
-assert _spec is not None and _spec.loader is not None
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
 
 DEVICE = "bench-cpu-1t"
 VARIANTS = {

@@ -8,7 +8,6 @@ on architectures whose layers were never profiled as such.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,12 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from profiler.skeleton import model_to_skeleton  # noqa: E402
+import zoo  # noqa: E402  (a script's own folder is on sys.path when it runs)
 
-_spec = importlib.util.spec_from_file_location("zoo", ROOT / "benchmarks" / "zoo.py")
-assert _spec is not None and _spec.loader is not None
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
+from profiler.skeleton import model_to_skeleton  # noqa: E402
 
 # (architecture, image sizes) in profiling priority order: common CNN and ViT families first.
 PRIORS: list[tuple[str, list[int]]] = [

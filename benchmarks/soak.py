@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import logging
 import os
@@ -53,10 +52,7 @@ FIXED_CONFIGS: list[dict[str, Any] | None] = [None, {"default": {"bits": 8}}, {"
 ROWS_PER_UPLOAD = 20
 RANK_CANDIDATES = 5
 
-_spec = importlib.util.spec_from_file_location("zoo", ROOT / "benchmarks" / "zoo.py")
-assert _spec is not None and _spec.loader is not None
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
+import zoo  # noqa: E402  (a script's own folder is on sys.path when it runs)
 
 
 def free_port() -> int:
