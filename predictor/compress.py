@@ -1,7 +1,8 @@
 """Applying a compression config to a model for real: prune, sparsify, then int4 / int8 / fp16.
 
 This is the ground truth the predictor is held against (`latpred measure`) and the way the profiler
-builds compressed kernels, so both see exactly what onnxruntime's own tools produce.
+builds compressed kernels, so both see exactly what onnxruntime's own tools produce. Nothing here
+executes the model: int8 takes synthesized activation ranges instead of calibration runs.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,16 +23,16 @@ from predictor.errors import ConfigError, InvalidModelError
 from predictor.kernels import name_unnamed_nodes
 from predictor.pruning import prune_model
 
-__all__ = ["apply_config", "fold_for_quantization", "quantize_int8", "sparsify_weights"]
+__all__ = ["apply_config", "fold_for_quantization", "quantize_int8", "sparsify_weights", "synthesize_activation_ranges"]
 
 logger = logging.getLogger(__name__)
 
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 _QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-_CALIBRATION_SAMPLES = 2
+_INT8_EXTRA_OPTIONS = {"WeightSymmetric": True, "ActivationSymmetric": False}
 
 
-def apply_config(model: onnx.ModelProto, config: CompressionConfig, seed: int = 0) -> onnx.ModelProto:
+def apply_config(model: onnx.ModelProto, config: CompressionConfig) -> onnx.ModelProto:
     """Return the model compressed as the config says (shapes must be fixed)."""
     compressed = onnx.ModelProto()
     compressed.CopyFrom(model)
@@ -53,7 +55,7 @@ def apply_config(model: onnx.ModelProto, config: CompressionConfig, seed: int = 
     int8_nodes = [name for name, b in bits.items() if b == 8]
     if int8_nodes:
         everything = len(int8_nodes) == len(bits)
-        compressed = quantize_int8(compressed, None if everything else int8_nodes, seed=seed)
+        compressed = quantize_int8(compressed, None if everything else int8_nodes)
     fp16_nodes = {name for name, b in bits.items() if b == 16}
     if fp16_nodes:
         compressed = convert_fp16(compressed, fp16_nodes)
@@ -128,39 +130,40 @@ def fold_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
     return folded
 
 
-def quantize_int8(model: onnx.ModelProto, nodes: list[str] | None = None, seed: int = 0) -> onnx.ModelProto:
-    """Static QDQ int8 with per-channel weights, as onnxruntime's quantizer produces it.
+def quantize_int8(model: onnx.ModelProto, nodes: list[str] | None = None) -> onnx.ModelProto:
+    """Static QDQ int8 with per-channel weights, as onnxruntime's quantizer produces it, without running the model.
 
-    Activations uint8, weights int8 per channel, min-max calibration on random inputs (latency does
-    not depend on the calibration data). `nodes`: only these nodes (None: all).
+    Activations uint8, weights int8 per channel. onnxruntime's own QDQ quantizer does the rewrite, with
+    the arguments `quantize_static` gives it; only the activation ranges are synthesized instead of
+    calibrated (an uploaded model is never executed). Latency does not depend on scale values, and the
+    synthesized ranges keep the signs calibration would see (see `synthesize_activation_ranges`), which
+    is what decides onnxruntime's fusions. `nodes`: only these nodes (None: all).
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer, update_opset_version
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     folded = fold_for_quantization(model)
-    rng = np.random.default_rng(seed)
-    inputs = _input_arrays(folded, rng)
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter([inputs] * _CALIBRATION_SAMPLES)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._batches, None)
-
     folded_names = {node.name for node in folded.graph.node}
     selected = None if nodes is None else [name for name in nodes if name in folded_names]
     if selected == []:
         return folded
+    # The defaults quantize_static fills in when it is called with only these arguments.
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
     with tempfile.TemporaryDirectory(prefix="latpred-q8-") as tmp:
         source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(folded, source)
         try:
             with _quiet_root_logger():
-                quantize_static(
-                    str(source), str(target), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=selected,
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                inferred = load_model_with_shape_infer(source)
+                ranges = synthesize_activation_ranges(inferred, op_types)
+                quantizer = QDQQuantizer(
+                    update_opset_version(inferred, QuantType.QInt8), True, False, QuantType.QInt8,
+                    QuantType.QUInt8, ranges, selected or [], [], op_types, dict(_INT8_EXTRA_OPTIONS),
                 )
+                quantizer.quantize_model()
+                quantizer.model.save_model_to_file(str(target), False)
         except Exception as exc:  # the quantizer raises many unrelated types
             raise ConfigError(f"int8 quantization failed: {exc}") from exc
         quantized = onnx.load(str(target))
@@ -249,17 +252,94 @@ def convert_fp16(model: onnx.ModelProto, nodes: set[str]) -> onnx.ModelProto:
     return name_unnamed_nodes(converted)
 
 
-def _input_arrays(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndarray]:
+# Ranges instead of calibration. Latency does not depend on scale values, but onnxruntime's QDQ fusions
+# depend on zero points: a Relu/Clip output calibrated to [0, max] gets zero point 0, which lets the Relu
+# be dropped or fused, a Clip whose quantized range lies inside its bounds is removed. So a tensor that
+# calibration would always see non-negative gets [0, max], a Clip output its bounds, every other tensor a
+# symmetric range.
+_ACTIVATION_ABS_MAX = 4.0
+_UNIT_INTERVAL_OPS = {"Sigmoid", "HardSigmoid", "Softmax"}
+_NON_NEGATIVE_OPS = {"Relu", "Abs", "Exp", "Softplus", "Sqrt", "ReduceL2", "ReduceSumSquare"}
+# Outputs with the range of the first input: data movement, pooling, max/min/mean reductions.
+_RANGE_PRESERVING_OPS = {
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Transpose", "Flatten", "Squeeze",
+    "Unsqueeze", "Identity", "Resize", "Upsample", "Slice", "Split", "Gather", "GatherElements", "Expand", "Tile",
+    "Pad", "DepthToSpace", "SpaceToDepth", "ReduceMax", "ReduceMin", "ReduceMean", "Dropout",
+}
+# Outputs that are non-negative when every data input is.
+_MONOTONE_OPS = {"Add", "Mul", "Div", "Concat", "Max", "Min", "Sum", "Mean", "Where"}
+
+
+def synthesize_activation_ranges(model: onnx.ModelProto, op_types: list[str]) -> Any:
+    """The activation ranges min-max calibration would give, up to scale, without running the model.
+
+    `model` is shape-inferred; the tensors are those onnxruntime's calibrator collects (float, non-constant
+    inputs and outputs of nodes of `op_types`). Returns onnxruntime's TensorsData.
+    """
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    known = _propagate_ranges(model)
+    value_infos = {vi.name: vi for vi in model.graph.value_info}
+    value_infos.update({vi.name: vi for vi in model.graph.output})
+    value_infos.update({vi.name: vi for vi in model.graph.input})
     initializers = {init.name for init in model.graph.initializer}
-    arrays: dict[str, np.ndarray] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
+    dtypes = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
+    wanted = set(op_types)
+    ranges: dict[str, Any] = {}
+    for node in model.graph.node:
+        if node.op_type not in wanted:
             continue
-        shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
-        elem = value.type.tensor_type.elem_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
-        if np.issubdtype(dtype, np.floating):
-            arrays[value.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            arrays[value.name] = np.zeros(shape, dtype=dtype)
-    return arrays
+        for name in [*node.input, *node.output]:
+            info = value_infos.get(name)
+            if name in ranges or name in initializers or info is None or not info.type.HasField("tensor_type"):
+                continue
+            dtype = dtypes.get(info.type.tensor_type.elem_type)
+            if dtype is None:
+                continue
+            low, high = known.get(name, (-_ACTIVATION_ABS_MAX, _ACTIVATION_ABS_MAX))
+            ranges[name] = TensorData(lowest=np.array([low], dtype=dtype), highest=np.array([high], dtype=dtype))
+    return TensorsData(CalibrationMethod.MinMax, ranges)
+
+
+def _propagate_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    """(low, high) of the tensors whose range is not simply symmetric, in one pass in graph order."""
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    ranges: dict[str, tuple[float, float]] = {}
+
+    def non_negative(name: str) -> bool:
+        values = constants.get(name)
+        if values is not None:
+            return values.size > 0 and np.issubdtype(values.dtype, np.number) and bool(np.all(values >= 0))
+        return name in ranges and ranges[name][0] >= 0
+
+    def scalar_input(node: onnx.NodeProto, index: int) -> float | None:
+        values = constants.get(node.input[index]) if len(node.input) > index and node.input[index] else None
+        return float(values.reshape(-1)[0]) if values is not None and values.size == 1 else None
+
+    for node in model.graph.node:
+        op, inputs = node.op_type, [name for name in node.input if name]
+        produced: tuple[float, float] | None = None
+        if op in _UNIT_INTERVAL_OPS:
+            produced = (0.0, 1.0)
+        elif op in _NON_NEGATIVE_OPS:
+            produced = (0.0, _ACTIVATION_ABS_MAX)
+        elif op == "Clip":
+            attrs = {a.name: a.f for a in node.attribute}  # opset < 11 keeps the bounds in attributes
+            low, high = attrs.get("min", scalar_input(node, 1)), attrs.get("max", scalar_input(node, 2))
+            if inputs and non_negative(inputs[0]):
+                low = 0.0 if low is None else max(low, 0.0)
+            low = -_ACTIVATION_ABS_MAX if low is None else low
+            produced = (low, high if high is not None else max(low, 0.0) + _ACTIVATION_ABS_MAX)
+        elif op in _RANGE_PRESERVING_OPS:
+            if inputs and non_negative(inputs[0]):
+                produced = ranges.get(inputs[0], (0.0, _ACTIVATION_ABS_MAX))
+        elif op in _MONOTONE_OPS:
+            data = inputs[1:] if op == "Where" else inputs
+            if data and all(non_negative(name) for name in data):
+                produced = (0.0, _ACTIVATION_ABS_MAX)
+        if produced is not None:
+            ranges.update((output, produced) for output in node.output if output)
+    return ranges

@@ -98,12 +98,10 @@ def test_upload_and_predict_parse_the_model_never_execute_it(
     assert forbid_model_execution == []
 
 
-@pytest.mark.xfail(strict=True, reason="int8 static quantization calibrates by running the uploaded model on random "
-                   "inputs (predictor.compress.quantize_int8 -> onnxruntime quantize_static), for predict with "
-                   "bits 8 and whenever /api/rank learns a model's fast config path")
 @pytest.mark.parametrize("route", ["predict", "rank"])
 def test_int8_questions_do_not_execute_the_model(
         forbid_model_execution: list[str], measured_model: tuple[TestClient, dict[str, str]], route: str) -> None:
+    """int8 quantizes with synthesized activation ranges (predictor.compress), never by calibration runs."""
     client, question = measured_model
     int8 = {"default": {"bits": 8}}
     if route == "predict":
