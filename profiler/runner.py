@@ -73,6 +73,7 @@ class RunReport:
     elapsed_s: float = 0.0
     budget_minutes: float | None = None
     stopped_by: str = ""
+    clock: str = "wall"  # what runs were timed with: "thread_cpu" (one thread) or "wall"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,13 +92,15 @@ class RunReport:
             "elapsed_s": round(self.elapsed_s, 1),
             "budget_minutes": self.budget_minutes,
             "stopped_by": self.stopped_by,
+            "clock": self.clock,
         }
 
     def summary_lines(self) -> list[str]:
         """Human-readable report lines (what the CLI prints)."""
         lines = [f"run {self.run_id} on {self.device}: {len(self.items_done)} models profiled, "
                  f"{sum(self.measured_per_op.values())} new kernels in {self.elapsed_s / 60:.1f} min "
-                 f"({self.stopped_by or 'done'})"]
+                 f"({self.stopped_by or 'done'})",
+                 f"  runs timed by {'the thread CPU time' if self.clock == 'thread_cpu' else 'wall time'}"]
         for op_type, count in sorted(self.measured_per_op.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {op_type:28s} {count:6d} kernels")
         for op_type, axes in sorted(self.flat_axes.items()):
@@ -192,7 +195,8 @@ class ProfileRunner:
 
     def run(self, items: Iterable[WorkItem], budget_minutes: float, run_id: str | None = None) -> RunReport:
         run_id = run_id or uuid.uuid4().hex
-        report = RunReport(run_id=run_id, device=self.device, budget_minutes=budget_minutes)
+        report = RunReport(run_id=run_id, device=self.device, budget_minutes=budget_minutes,
+                           clock=getattr(self.backend, "clock_name", "wall"))
         start = self._started = self.clock()
         deadline = start + budget_minutes * 60.0
         table = self.sink.known_table()

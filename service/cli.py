@@ -342,12 +342,14 @@ def measure(
     timing = backend.measure_model(apply_config(onnx_model, compression), GROUND_TRUTH_PROTOCOL)
     document = {"model": str(model), "device": device, "config": compression.model_dump(exclude_none=True),
                 "measured_ms": timing.median_ms, "p10_ms": timing.p10_ms, "p90_ms": timing.p90_ms,
-                "repeats": timing.repeats, "reference_ms": reference_now}
+                "repeats": timing.repeats, "reference_ms": reference_now,
+                "clock": getattr(backend, "clock_name", "wall")}
     if as_json:
         emit_json(document)
         return
     emit_line(f"{model.name} on {device}: {timing.median_ms:.3f} ms median "
-              f"(p10 {timing.p10_ms:.3f}, p90 {timing.p90_ms:.3f}, {timing.repeats} runs)")
+              f"(p10 {timing.p10_ms:.3f}, p90 {timing.p90_ms:.3f}, {timing.repeats} runs, "
+              f"{document['clock'].replace('_', ' ')} time)")
 
 
 @app.command()
