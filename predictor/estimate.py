@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from predictor.features import kernel_features
+from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import Kernel, KernelKey
 from predictor.store import Device, iter_measurements, list_runs
 
@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 # noise, the in-model cost differs by more; the figure is the held-out spread seen in validation.
 _TABLE_INTERVAL = 0.05
 _FALLBACK_INTERVAL = 0.5
+_MEMO_ENTRIES = 200_000
+# A key's latency, interval and source, before they are wrapped into a KernelEstimate.
+_Value = tuple[float, float, float, str]
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,11 @@ class DevicePredictor:
         self.by_key: dict[KernelKey, float] = {}
         # The reference kernel's time in the device's baseline state, which the table is scaled to.
         self.reference_ms: float | None = None
+        # What each key and each kernel came to (see _memo): ranking asks about the same kernels over and
+        # over, so each is looked up, predicted and wrapped in a KernelEstimate once.
+        self._by_key_memo: dict[KernelKey, _Value] = {}
+        self._by_kernel_memo: dict[int, tuple[Kernel, KernelEstimate]] = {}
+        self._memo_basis: tuple[Any, ...] = ()
 
     @classmethod
     def load(cls, session: Session, device: Device) -> DevicePredictor:
@@ -145,10 +153,14 @@ class DevicePredictor:
             fallback=fit_bandwidth_fallback([(keys[h], table[h]) for h in table]),
         )
         predictor.by_key = {keys[key_hash]: value for key_hash, value in table.items()}
-        references = [float(report.get(field)) for report in (run.report or {} for run in list_runs(session, device))
+        reports = [run.report or {} for run in list_runs(session, device)]
+        references = [float(report.get(field)) for report in reports
                       for field in ("baseline_reference_ms", "reference_ms")
                       if isinstance(report.get(field), (int, float)) and report.get(field) > 0]
-        predictor.reference_ms = min(references) if references else None
+        # Runs timed by thread CPU time are not scaled to a baseline state (profiler.runner), so
+        # measurements held against such a table are not scaled either.
+        scaled = not any(report.get("clock") == "thread_cpu" for report in reports)
+        predictor.reference_ms = min(references) if references and scaled else None
         return predictor
 
     @property
@@ -168,41 +180,91 @@ class DevicePredictor:
         return self.estimate_many([kernels])[0]
 
     def estimate_many(self, kernel_lists: Sequence[Sequence[Kernel]]) -> list[Estimate]:
-        """Estimates for many kernel lists (candidate configs), with one regressor call per op type for all."""
-        results: list[list[KernelEstimate | None]] = [[None] * len(kernels) for kernels in kernel_lists]
-        misses: dict[str, list[tuple[int, int]]] = {}
+        """Estimates for many kernel lists (candidate configs), with one regressor call per op type for all.
+
+        Each distinct key is looked up (or predicted) once, however many lists name it, and kept for the
+        next call: a key's table value, regressor prediction and fallback never change for a loaded predictor.
+        """
+        by_key, by_kernel = self._memo()
+        results: list[list[KernelEstimate | None]] = []
+        # Keys neither in the memo nor in the table, with the places (list, index) that name them.
+        misses: dict[str, dict[KernelKey, list[tuple[int, int]]]] = {}
         for list_index, kernels in enumerate(kernel_lists):
-            for index, kernel in enumerate(kernels):
-                measured = self._lookup(kernel.key)
-                if measured is not None:
-                    results[list_index][index] = _kernel_estimate(
-                        kernel, measured, measured * (1 - _TABLE_INTERVAL), measured * (1 + _TABLE_INTERVAL), "table")
-                else:
-                    misses.setdefault(kernel.op_type, []).append((list_index, index))
-        fallback_ops: dict[str, set[int]] = {}
-        for op_type, places in misses.items():
-            keys = [kernel_lists[i][j].key for i, j in places]
+            row: list[KernelEstimate | None] = []
+            for kernel in kernels:
+                known = by_kernel.get(id(kernel))
+                if known is not None and known[0] is kernel:
+                    row.append(known[1])
+                    continue
+                key = kernel.key
+                value = by_key.get(key)
+                if value is None:
+                    measured = self._lookup(key)
+                    if measured is None:
+                        misses.setdefault(key.op_type, {}).setdefault(key, []).append((list_index, len(row)))
+                        row.append(None)
+                        continue
+                    value = (measured, measured * (1 - _TABLE_INTERVAL), measured * (1 + _TABLE_INTERVAL), "table")
+                    by_key[key] = value
+                row.append(self._remember(kernel, value, by_kernel))
+            results.append(row)
+        for op_type, places_by_key in misses.items():
+            keys = list(places_by_key)
             if self.regressors is not None and self.regressors.has(op_type):
                 median, low, high = self.regressors.predict(keys)
-                for position, (i, j) in enumerate(places):
-                    results[i][j] = _kernel_estimate(kernel_lists[i][j], float(median[position]),
-                                                     float(low[position]), float(high[position]), "regressor")
-                continue
-            for i, j in places:
-                value = self._fallback_ms(kernel_lists[i][j].key)
-                results[i][j] = _kernel_estimate(kernel_lists[i][j], value, value * (1 - _FALLBACK_INTERVAL),
-                                                 value * (1 + _FALLBACK_INTERVAL), "fallback")
-                fallback_ops.setdefault(op_type, set()).add(i)
+                values = [(float(m), float(lo), float(hi), "regressor") for m, lo, hi in zip(median, low, high,
+                                                                                            strict=True)]
+            else:
+                values = []
+                for fallback_ms in self._fallback_many(keys):
+                    values.append((fallback_ms, fallback_ms * (1 - _FALLBACK_INTERVAL),
+                                   fallback_ms * (1 + _FALLBACK_INTERVAL), "fallback"))
+            for key, value in zip(keys, values, strict=True):
+                by_key[key] = value
+                for i, j in places_by_key[key]:
+                    results[i][j] = self._remember(kernel_lists[i][j], value, by_kernel)
         estimates = []
-        for list_index, row in enumerate(results):
-            warnings = [f"no measurements or regressor for {op_type} on {self.device}: "
-                        f"{sum(1 for i, _ in misses[op_type] if i == list_index)} kernel(s) predicted by the "
-                        "bandwidth fallback"
-                        for op_type, lists in sorted(fallback_ops.items()) if list_index in lists]
-            for warning in warnings:
+        fallback_lists: dict[str, list[int]] = {}
+        for row in results:
+            complete = [e for e in row if e is not None]
+            counts: dict[str, int] = {}
+            for kernel_estimate in complete:
+                if kernel_estimate.source == "fallback":
+                    counts[kernel_estimate.op_type] = counts.get(kernel_estimate.op_type, 0) + 1
+            warnings = [f"no measurements or regressor for {op_type} on {self.device}: {count} kernel(s) predicted "
+                        "by the bandwidth fallback" for op_type, count in sorted(counts.items())]
+            for op_type, count in counts.items():
+                fallback_lists.setdefault(op_type, []).append(count)
+            estimates.append(self._total(complete, warnings))
+        if len(estimates) == 1:
+            for warning in estimates[0].warnings:
                 logger.warning(warning)
-            estimates.append(self._total([e for e in row if e is not None], warnings))
+        else:
+            # One log line per op type for the whole call, not one per kernel list (a rank of 100 candidates
+            # would write a thousand); each Estimate still carries its own warnings.
+            for op_type, counts_per_list in sorted(fallback_lists.items()):
+                logger.warning("no measurements or regressor for %s on %s: %d kernel(s) in %d of %d kernel lists "
+                               "predicted by the bandwidth fallback", op_type, self.device, sum(counts_per_list),
+                               len(counts_per_list), len(kernel_lists))
         return estimates
+
+    def _memo(self) -> tuple[dict[KernelKey, _Value], dict[int, tuple[Kernel, KernelEstimate]]]:
+        """The memos, emptied if what they were computed from was replaced (or grew too large)."""
+        basis = (id(self.table), len(self.table), id(self.by_key), len(self.by_key), id(self.regressors),
+                 self.fallback, id(self.flat_axes), id(self.overhead))
+        if basis != self._memo_basis or len(self._by_key_memo) > _MEMO_ENTRIES \
+                or len(self._by_kernel_memo) > _MEMO_ENTRIES:
+            self._by_key_memo, self._by_kernel_memo = {}, {}
+            self._memo_basis = basis
+        return self._by_key_memo, self._by_kernel_memo
+
+    @staticmethod
+    def _remember(kernel: Kernel, value: _Value,
+                  by_kernel: dict[int, tuple[Kernel, KernelEstimate]]) -> KernelEstimate:
+        estimate = _kernel_estimate(kernel, *value)
+        # Keyed by identity (no key hashing); the entry holds the kernel, so its id cannot be reused meanwhile.
+        by_kernel[id(kernel)] = (kernel, estimate)
+        return estimate
 
     def _total(self, estimates: list[KernelEstimate], warnings: list[str]) -> Estimate:
         per_run = float(self.overhead.get("per_run_ms", 0.0))
@@ -224,29 +286,36 @@ class DevicePredictor:
         )
 
     def _fallback_ms(self, key: KernelKey) -> float:
-        features = dict(zip(_FALLBACK_FEATURES, _fallback_features(key), strict=True))
-        if self.fallback is None:
-            # No data at all on this device: a memory-bound guess at 5 GB/s plus 5 us of dispatch.
-            return 0.005 + features["bytes"] / 5e6
-        intercept, per_byte, per_mac = self.fallback
-        return max(1e-4, intercept + per_byte * features["bytes"] + per_mac * features["macs"])
+        return self._fallback_many([key])[0]
+
+    def _fallback_many(self, keys: Sequence[KernelKey]) -> list[float]:
+        """The bandwidth fallback of each key (one feature matrix for all)."""
+        values = []
+        for bytes_moved, macs in _fallback_features_many(keys):
+            if self.fallback is None:
+                # No data at all on this device: a memory-bound guess at 5 GB/s plus 5 us of dispatch.
+                values.append(0.005 + bytes_moved / 5e6)
+                continue
+            intercept, per_byte, per_mac = self.fallback
+            values.append(max(1e-4, intercept + per_byte * bytes_moved + per_mac * macs))
+        return values
 
 
-_FALLBACK_FEATURES = ("bytes", "macs")
+_BYTES_COLUMN = FEATURE_NAMES.index("bytes_moved")
+_MACS_COLUMN = FEATURE_NAMES.index("macs")
 
 
-def _fallback_features(key: KernelKey) -> tuple[float, float]:
-    from predictor.features import FEATURE_NAMES
-
-    values = dict(zip(FEATURE_NAMES, kernel_features(key), strict=True))
-    return float(values.get("bytes_moved", 0.0)), float(values.get("macs", 0.0))
+def _fallback_features_many(keys: Sequence[KernelKey]) -> list[tuple[float, float]]:
+    """(bytes moved, MACs) of each key; rows of one matrix equal the rows computed one key at a time."""
+    matrix = features_matrix(keys)
+    return [(float(row[_BYTES_COLUMN]), float(row[_MACS_COLUMN])) for row in matrix]
 
 
 def fit_bandwidth_fallback(rows: Sequence[tuple[KernelKey, float]]) -> tuple[float, float, float] | None:
     """latency = a + b x bytes + c x MACs, non-negative least squares over all of the device's kernels."""
     if len(rows) < 3:
         return None
-    features = np.array([[1.0, *_fallback_features(key)] for key, _ in rows])
+    features = np.array([[1.0, *pair] for pair in _fallback_features_many([key for key, _ in rows])])
     target = np.array([latency for _, latency in rows])
     try:
         from scipy.optimize import nnls
