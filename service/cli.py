@@ -234,6 +234,8 @@ def profile(
     if for_model:
         candidates = load_candidates(configs) if configs else []
         model = set_input_shapes(load_model(for_model), parse_input_shapes(input_shape or []))
+        # The runtime must accept the model itself (not just its protobuf): say so now, not as a skipped item.
+        profiler_backend.extract_kernels(model)
         items: Any = model_plan(model, for_model.stem, candidates)
     else:
         items = default_plan()

@@ -86,11 +86,15 @@ def _with_op(op_type: str, domain: str = "") -> onnx.ModelProto:
     [("NotAnOp", ""), ("FancyAttention", "com.example.custom")],
     ids=["unknown-default-domain-op", "custom-domain-op"],
 )
-def test_ops_the_runtime_does_not_have_are_named(tmp_path: Path, home: Path, op_type: str, domain: str) -> None:
+@pytest.mark.parametrize("command", ["predict", "profile"])
+def test_ops_the_runtime_does_not_have_are_named(tmp_path: Path, home: Path, op_type: str, domain: str,
+                                                 command: str) -> None:
     path = tmp_path / f"{op_type}.onnx"
     path.write_bytes(_with_op(op_type, domain).SerializeToString())
-    result = run_cli("predict", str(path), "--device", DEVICE, home=home)
+    args = [str(path)] if command == "predict" else ["--for-model", str(path), "--budget-minutes", "0.1"]
+    result = run_cli(command, *args, "--device", DEVICE, home=home)
     assert_usage_error(result, op_type)
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize(
