@@ -92,7 +92,7 @@ class LatpredClient:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, transport=transport)
-        self._uploaded: dict[str, str] = {}
+        self._uploaded: dict[tuple[str, str], str] = {}
 
     def close(self) -> None:
         if self._owns_http:
@@ -158,23 +158,26 @@ class LatpredClient:
             form["input_shapes"] = shapes
         document = self._request("POST", "/api/models", files={"file": (filename, data, "application/octet-stream")},
                                  data=form)
-        self._uploaded[hashlib.sha256(data).hexdigest()] = document["id"]
+        self._uploaded[(hashlib.sha256(data).hexdigest(), shapes or "")] = document["id"]
         return document
 
     def _model_id_for(self, path_or_bytes: str | Path | bytes,
                       input_shapes: Mapping[str, Sequence[int]] | str | None) -> str:
         """The model's id, uploading it only if this client or the server has not seen the bytes."""
         data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in self._uploaded:
-            return self._uploaded[digest]
-        try:
-            self._uploaded[digest] = self.model(digest)["id"]
-        except LatpredClientError as exc:
-            if exc.status_code != 404:
-                raise
-            self.upload_model(path_or_bytes, input_shapes)
-        return self._uploaded[digest]
+        cache_key = (hashlib.sha256(data).hexdigest(), _shapes_field(input_shapes) or "")
+        if cache_key in self._uploaded:
+            return self._uploaded[cache_key]
+        if not cache_key[1]:
+            # Without input shapes the id is the bytes' sha256: ask before sending the bytes.
+            try:
+                self._uploaded[cache_key] = self.model(cache_key[0])["id"]
+                return self._uploaded[cache_key]
+            except LatpredClientError as exc:
+                if exc.status_code != 404:
+                    raise
+        self.upload_model(path_or_bytes, input_shapes)
+        return self._uploaded[cache_key]
 
     def predict(self, model_id: str, device: str, config: Mapping[str, Any] | None = None,
                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Receiving model uploads: a size limit enforced while the body streams in, and atomic file writes."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -14,6 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from predictor.graph import parse_input_shapes
+from predictor.prepared import model_id_of
 
 __all__ = [
     "UploadTooLargeError",
@@ -21,6 +24,7 @@ __all__ = [
     "display_name",
     "parse_input_shapes_field",
     "read_model_upload",
+    "upload_id",
     "write_atomically",
 ]
 
@@ -108,6 +112,17 @@ def parse_input_shapes_field(text: str | None) -> dict[str, list[int]]:
         return {}
     specs = [spec for spec in _SHAPE_SPEC_SEPARATOR.split(text.strip()) if spec]
     return parse_input_shapes(specs)
+
+
+def upload_id(data: bytes, shapes: dict[str, list[int]]) -> str:
+    """A model's id: sha256 of its bytes; with input shapes fixed at upload, of the bytes and the shapes.
+
+    The same bytes uploaded with other input shapes are another model (other kernels), not the first one.
+    """
+    if not shapes:
+        return model_id_of(data)
+    canonical = json.dumps(sorted((name, list(dims)) for name, dims in shapes.items()), separators=(",", ":"))
+    return hashlib.sha256(data + b"\n" + canonical.encode()).hexdigest()
 
 
 def display_name(filename: str) -> str:

@@ -81,6 +81,20 @@ def test_symbolic_inputs_need_input_shapes(api: TestClient) -> None:
     assert "expected NAME=DxDxD" in bad_syntax.json()["detail"]
 
 
+def test_same_bytes_with_other_input_shapes_are_another_model(api: TestClient) -> None:
+    data = factories.symbolic_batch_model().SerializeToString()
+    first = upload(api, data, input_shapes="input=4x16")
+    other = upload(api, data, input_shapes="input=8x16")
+    again = upload(api, data, input_shapes="input=4x16")
+    assert (first.status_code, other.status_code, again.status_code) == (201, 201, 200)
+    assert first.json()["id"] != other.json()["id"] == upload(api, data, input_shapes="input=8x16").json()["id"]
+    assert again.json()["id"] == first.json()["id"]
+    assert api.get(f"/api/models/{other.json()['id']}").json()["inputs"] == {"input": [8, 16]}
+    assert api.get(f"/api/models/{first.json()['id']}").json()["inputs"] == {"input": [4, 16]}
+    fixed = factories.gemm_model(k=8).SerializeToString()
+    assert upload(api, fixed).json()["id"] == hashlib.sha256(fixed).hexdigest()
+
+
 def test_upload_over_the_limit_is_413(store_url: str, tmp_path: Path, residual_bytes: bytes) -> None:
     settings = Settings(database_url=store_url, home=tmp_path, api_tokens=TOKEN, max_upload_mb=0.001)
     assert len(residual_bytes) > 0.001 * 1024 * 1024

@@ -9,7 +9,6 @@ from starlette.concurrency import run_in_threadpool
 
 from predictor.graph import load_model, model_inputs, set_input_shapes
 from predictor.kernels import extract_kernels
-from predictor.prepared import model_id_of
 from predictor.runtime import local_runtime
 from predictor.store import get_stored_model, save_stored_model
 from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
@@ -22,6 +21,7 @@ from service.api.uploads import (
     display_name,
     parse_input_shapes_field,
     read_model_upload,
+    upload_id,
     write_atomically,
 )
 from service.context import Store
@@ -95,14 +95,14 @@ def _store_model(
                         422: {"description": "not a loadable ONNX model"}})
 async def upload_model(request: Request, response: Response, settings: SettingsDep, store: StoreDep,
                        cache: CacheDep) -> ModelPublic:
-    """Upload an ONNX file (multipart field `file`); its id is the sha256 of the bytes."""
+    """Upload an ONNX file (multipart field `file`); its id is the sha256 of the bytes (and of `input_shapes`)."""
     try:
         upload = await read_model_upload(request, settings.max_upload_mb)
     except UploadTooLargeError as exc:
         raise HTTPException(status_code=status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc)) from exc
     except BadUploadError as exc:
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
-    model_id = model_id_of(upload.data)
+    model_id = upload_id(upload.data, parse_input_shapes_field(upload.input_shapes))
     public, created = await run_in_threadpool(_store_model, store, cache, upload, model_id)
     if not created:
         response.status_code = status.HTTP_200_OK
