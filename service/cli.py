@@ -213,6 +213,8 @@ def profile(
     device: DeviceOpt,
     backend: Annotated[str, typer.Option(help="onnxruntime or tensorrt")] = "onnxruntime",
     threads: Annotated[int, typer.Option(min=1, help="intra-op threads, fixed for the device")] = 1,
+    execution_provider: Annotated[str, typer.Option(
+        help="onnxruntime execution provider, e.g. CUDAExecutionProvider")] = "CPUExecutionProvider",
     budget_minutes: Annotated[float, typer.Option(min=0.01, help="time budget for this run")] = 30.0,
     for_model: Annotated[Path | None, typer.Option(help="profile exactly what this model needs")] = None,
     configs: Annotated[Path | None, typer.Option(help="candidate configs for --for-model")] = None,
@@ -229,7 +231,7 @@ def profile(
 
     if configs and not for_model:
         fail("--configs needs --for-model")
-    profiler_backend = make_backend(backend, threads)
+    profiler_backend = make_backend(backend, threads, execution_provider)
     runtime = profiler_backend.runtime()
     if for_model:
         candidates = load_candidates(configs) if configs else []
@@ -258,7 +260,7 @@ def profile(
         emit_line(line)
 
 
-def make_backend(name: str, threads: int) -> Any:
+def make_backend(name: str, threads: int, execution_provider: str = "CPUExecutionProvider") -> Any:
     """The profiler backend of that name on this host (BackendUnavailableError says why not)."""
     from profiler.backends.base import BackendUnavailableError
 
@@ -266,7 +268,9 @@ def make_backend(name: str, threads: int) -> Any:
         if name == "onnxruntime":
             from profiler.backends.onnxruntime import OnnxRuntimeBackend
 
-            return OnnxRuntimeBackend(threads=threads)
+            return OnnxRuntimeBackend(threads=threads, execution_provider=execution_provider)
+        if execution_provider != "CPUExecutionProvider":
+            fail(f"--execution-provider is an onnxruntime option; the {name} backend has none")
         if name == "tensorrt":
             from profiler.backends.tensorrt import TensorRTBackend
 

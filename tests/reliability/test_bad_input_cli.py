@@ -137,3 +137,10 @@ def test_rank_configs_out_of_range(tmp_path: Path, model_file: Path, home: Path,
     result = run_cli("rank", str(model_file), "--device", DEVICE, "--configs", str(path), home=home)
     assert_usage_error(result, fragment)
     assert result.stdout == ""
+
+
+def test_execution_provider_missing_here_is_named(home: Path) -> None:
+    result = run_cli("profile", "--device", "gpu", "--execution-provider", "CUDAExecutionProvider",
+                     "--budget-minutes", "0.1", home=home)
+    assert_usage_error(result, "CUDAExecutionProvider is not available here")
+    assert result.stdout == ""
