@@ -22,6 +22,7 @@ from predictor.config import CompressionConfig
 from predictor.errors import ConfigError, InvalidModelError
 from predictor.kernels import name_unnamed_nodes
 from predictor.pruning import prune_model
+from predictor.runtime import RuntimeSpec, optimize_model
 
 __all__ = ["apply_config", "fold_for_quantization", "quantize_int8", "sparsify_weights", "synthesize_activation_ranges"]
 
@@ -111,21 +112,13 @@ def _two_four(weight: np.ndarray, transposed: bool) -> np.ndarray:
 def fold_for_quantization(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold BatchNorm into convs and constants into initializers (onnxruntime's basic level).
 
-    This is the pre-processing onnxruntime's quantization docs ask for; Conv names are kept.
+    This is the pre-processing onnxruntime's quantization docs ask for; Conv names are kept. It runs under
+    the enclosing optimizer limits, as optimize_model does.
     """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.log_severity_level = 3
-    with tempfile.TemporaryDirectory(prefix="latpred-fold-") as tmp:
-        path = Path(tmp) / "folded.onnx"
-        options.optimized_model_filepath = str(path)
-        try:
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime's pybind errors
-            raise InvalidModelError(f"cannot prepare the model for quantization: {exc}") from exc
-        folded = onnx.load(str(path))
+    try:
+        folded = optimize_model(model, RuntimeSpec(), level="basic")
+    except InvalidModelError as exc:
+        raise InvalidModelError(f"cannot prepare the model for quantization: {exc}") from exc
     folded.ir_version = min(folded.ir_version, model.ir_version or folded.ir_version)
     return folded
 

@@ -2,18 +2,25 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import platform
 import re
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import onnx
 
 from predictor.errors import InvalidModelError
 
-__all__ = ["RuntimeSpec", "describe_host", "local_runtime", "optimize_model"]
+__all__ = ["OptimizerLimits", "RuntimeSpec", "describe_host", "local_runtime", "optimize_model", "optimizer_limits"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,24 +94,256 @@ def translate_runtime_error(exc: Exception) -> InvalidModelError:
     return InvalidModelError(f"the runtime cannot load this model: {last[:300]}")
 
 
-def optimize_model(model: onnx.ModelProto, runtime: RuntimeSpec) -> onnx.ModelProto:
+_OPTIMIZATION_LEVELS = {"basic": "ORT_ENABLE_BASIC", "all": "ORT_ENABLE_ALL"}
+
+
+def optimize_model(
+    model: onnx.ModelProto, runtime: RuntimeSpec, level: str = "all", limits: OptimizerLimits | None = None,
+) -> onnx.ModelProto:
     """Run onnxruntime's graph optimizer for this runtime and return the graph it will execute.
 
     The optimizer decides fusion (Conv+BN+Relu, MatMul+Add, Gelu, attention), int8 QDQ folding and
     layout (NCHWc blocks, NHWC transposes); reading its output keeps latpred in step with the runtime.
+    `level` "basic" stops at constant folding and BatchNorm fusion. With `limits` (or those of the
+    enclosing `optimizer_limits` block, which the service sets for every request) the optimizer runs in
+    a worker process, killed at the time limit; without, here (CLI and profiler, on the user's own models).
     """
-    import onnxruntime as ort
-
     if runtime.backend != "onnxruntime":
         raise InvalidModelError(f"kernel extraction for backend {runtime.backend!r} needs its own extractor")
+    if level not in _OPTIMIZATION_LEVELS:
+        raise ValueError(f"unknown optimization level {level!r}")
+    limits = limits or _current_limits.get()
+    data = model.SerializeToString()
+    optimized = _optimize_bytes(data, runtime, level) if limits is None else _workers().optimize(
+        data, runtime, level, limits)
+    return onnx.load_model_from_string(optimized)
+
+
+def _optimize_bytes(data: bytes, runtime: RuntimeSpec, level: str) -> bytes:
+    """The optimized model's bytes, in this process; InvalidModelError if the runtime cannot load it."""
+    import onnxruntime as ort
+
     options = _session_options(runtime)
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION_LEVELS[level])
     with tempfile.TemporaryDirectory(prefix="latpred-opt-") as tmp:
         optimized_path = Path(tmp) / "optimized.onnx"
         options.optimized_model_filepath = str(optimized_path)
         try:
-            ort.InferenceSession(
-                model.SerializeToString(), options, providers=[runtime.execution_provider]
-            )
+            ort.InferenceSession(data, options, providers=[runtime.execution_provider])
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise translate_runtime_error(exc) from exc
-        return onnx.load(str(optimized_path))
+        return optimized_path.read_bytes()
+
+
+# ---------------------------------------------------------------- limits: the optimizer in a worker process
+# An uploaded model is untrusted input to onnxruntime's optimizer (graph transformers can take very long or
+# allocate a lot on crafted graphs). Under limits the optimizer runs in a spawned worker: killed at the time
+# limit, its address space capped (RLIMIT_AS). Workers are started once and reused (no interpreter and
+# onnxruntime import per call), one per concurrent call up to _MAX_WORKERS; a killed one is replaced on demand.
+
+
+@dataclass(frozen=True)
+class OptimizerLimits:
+    """Bounds on one optimizer run: wall-clock seconds and, optionally, memory in MB beyond the idle worker's."""
+
+    timeout_s: float
+    memory_mb: float | None = None
+
+
+_current_limits: ContextVar[OptimizerLimits | None] = ContextVar("latpred_optimizer_limits", default=None)
+
+
+@contextmanager
+def optimizer_limits(limits: OptimizerLimits | None) -> Iterator[None]:
+    """Within this block (and threads started from its context) optimize_model runs under these limits."""
+    token = _current_limits.set(limits)
+    try:
+        yield
+    finally:
+        _current_limits.reset(token)
+
+
+_MAX_WORKERS = max(1, min(4, os.cpu_count() or 1))
+_WORKER_START_TIMEOUT_S = 120.0
+
+
+class _Worker:
+    """One spawned process running `_serve_optimizer`, and the parent's end of its pipe."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")  # never fork a threaded server
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=_serve_optimizer, args=(child_end,), name="latpred-optimizer",
+                                       daemon=True)
+        self.process.start()
+        child_end.close()
+        if not self.connection.poll(_WORKER_START_TIMEOUT_S):
+            self.kill()
+            raise RuntimeError(f"the optimizer worker did not start within {_WORKER_START_TIMEOUT_S:g} s")
+        self.connection.recv()  # "ready": onnxruntime is imported
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=10)
+        self.connection.close()
+
+
+class _WorkerPool:
+    def __init__(self) -> None:
+        self._idle: list[_Worker] = []
+        self._started = 0
+        self._available = threading.Condition()
+
+    def optimize(self, data: bytes, runtime: RuntimeSpec, level: str, limits: OptimizerLimits) -> bytes:
+        too_slow = f"the runtime's optimizer ran past the time limit of {limits.timeout_s:g} s on this model"
+        worker = self._checkout()
+        healthy = False
+        try:
+            # Only the optimizer's own time counts, not the wait for a free worker or its start.
+            started = time.monotonic()
+            worker.connection.send((data, runtime.to_dict(), level, limits.memory_mb))
+            if not worker.connection.poll(limits.timeout_s):
+                raise InvalidModelError(too_slow)
+            try:
+                outcome, payload, worn = worker.connection.recv()
+            except EOFError:
+                worker.process.join(timeout=10)
+                code = worker.process.exitcode
+                raise InvalidModelError(f"the runtime's optimizer crashed on this model (exit code {code})") from None
+            healthy = not worn
+        finally:
+            self._checkin(worker, healthy)
+        if time.monotonic() - started > limits.timeout_s:  # poll waits whole milliseconds at least
+            raise InvalidModelError(too_slow)
+        if outcome == "invalid":
+            raise InvalidModelError(payload)
+        if outcome == "error":
+            raise RuntimeError(f"the optimizer worker failed: {payload}")
+        return bytes(payload)
+
+    def _checkout(self) -> _Worker:
+        with self._available:
+            while not self._idle and self._started >= _MAX_WORKERS:
+                self._available.wait()
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.process.is_alive():
+                    return worker
+                self._started -= 1  # died while idle (killed from outside): start another
+                worker.connection.close()
+            self._started += 1
+        try:
+            return _Worker()
+        except BaseException:
+            with self._available:
+                self._started -= 1
+                self._available.notify()
+            raise
+
+    def _checkin(self, worker: _Worker, healthy: bool) -> None:
+        if not healthy:
+            worker.kill()
+        with self._available:
+            if healthy:
+                self._idle.append(worker)
+            else:
+                self._started -= 1
+            self._available.notify()
+
+
+    def forget(self) -> None:
+        """In a forked child: drop this process's copies of the parent's pipes, never its workers."""
+        for worker in self._idle:
+            worker.connection.close()
+        self._idle.clear()
+
+
+_pool: _WorkerPool | None = None
+_pool_lock = threading.Lock()
+
+
+def _workers() -> _WorkerPool:
+    """This process's pool of optimizer workers, started on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = _WorkerPool()
+        return _pool
+
+
+def _forget_parent_workers() -> None:
+    # A forked child (a server forking its workers after start-up) starts its own pool: the parent's workers
+    # answer the parent, and its locks may have been held by another thread at the fork.
+    global _pool, _pool_lock
+    if _pool is not None:
+        _pool.forget()
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parent_workers)
+
+
+def _serve_optimizer(connection: Connection) -> None:
+    """The worker's loop: optimize each model sent; answer ("ok", bytes) / ("invalid", message) / ("error", message),
+    and whether the worker is worn out (has grown by half its memory limit): the parent then replaces it."""
+    import onnxruntime  # noqa: F401  (imported once, before the first job)
+
+    idle_bytes = _address_space_bytes()
+    connection.send("ready")
+    while True:
+        try:
+            data, runtime_fields, level, memory_mb = connection.recv()
+        except EOFError:  # the parent went away
+            return
+        try:
+            with _address_space_limit(idle_bytes, memory_mb):
+                answer: tuple[str, object] = ("ok", _optimize_bytes(data, RuntimeSpec(**runtime_fields), level))
+        except InvalidModelError as exc:
+            answer = ("invalid", str(exc))
+        except MemoryError:
+            answer = ("invalid", f"the runtime's optimizer ran past the memory limit of {memory_mb:g} MB on this "
+                                 "model")
+        except Exception as exc:  # reported to the parent, which raises it there
+            answer = ("error", f"{type(exc).__name__}: {exc}")
+        del data
+        # A worker whose heap kept much of what a job allocated would leave the next job less than its limit.
+        now_bytes = _address_space_bytes()
+        worn = bool(memory_mb and idle_bytes and now_bytes and now_bytes - idle_bytes > memory_mb * 2**20 / 2)
+        connection.send((*answer, worn))
+
+
+_BAD_ALLOC = ("bad_alloc", "bad allocation", "failed to allocate")
+
+
+@contextmanager
+def _address_space_limit(idle_bytes: int | None, memory_mb: float | None) -> Iterator[None]:
+    """Cap this process's address space at its idle size plus `memory_mb` for the block (Linux)."""
+    if memory_mb is None:
+        yield
+        return
+    if idle_bytes is None:
+        logger.warning("no /proc/self/status: the optimizer runs without a memory limit")
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = idle_bytes + int(memory_mb * 2**20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    try:
+        yield
+    except InvalidModelError as exc:
+        # onnxruntime reports a failed allocation as a load error; say which limit it hit.
+        if any(marker in str(exc).lower() for marker in _BAD_ALLOC):
+            raise MemoryError(str(exc)) from exc
+        raise
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _address_space_bytes() -> int | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmSize:")), None)

@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from predictor.errors import StoreError
+from predictor.runtime import OptimizerLimits, optimizer_limits
 from service.api import api_router
 from service.api.database import StoreConnector
 from service.api.errors import install_error_handlers
@@ -21,6 +23,22 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_PREDICTOR_TTL_S = 300.0
+
+
+class OptimizerLimitsMiddleware:
+    """Every request runs the runtime's optimizer under the settings' limits, in a worker process.
+
+    Uploaded models are untrusted: parsing them runs onnxruntime's optimizer (upload, predict, rank), so
+    the limits are set here once for all routes; the thread pool's calls inherit them with the context.
+    """
+
+    def __init__(self, app: ASGIApp, limits: OptimizerLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with optimizer_limits(self.limits):
+            await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAULT_PREDICTOR_TTL_S) -> FastAPI:
@@ -59,6 +77,7 @@ def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAUL
         openapi_url="/api/openapi.json",
     )
     install_error_handlers(app)
+    app.add_middleware(OptimizerLimitsMiddleware, limits=settings.optimizer_limits)
     app.include_router(api_router, prefix="/api")
     install_dashboard(app)
     return app

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from predictor.runtime import OptimizerLimits
+
 __all__ = ["Settings", "get_settings"]
 
 
@@ -20,7 +22,15 @@ class Settings(BaseSettings):
     api_tokens: str = Field(default="", description="comma-separated bearer tokens that may write")
     read_token_required: bool = Field(default=False, description="require a token for reads too")
     max_upload_mb: float = Field(default=200.0, gt=0)
-    optimize_timeout_s: float = Field(default=120.0, gt=0, description="limit on the runtime optimizer per model")
+    optimize_timeout_s: float = Field(default=120.0, gt=0,
+                                      description="wall-clock limit on one run of the runtime's optimizer")
+    optimize_memory_mb: float = Field(default=4096.0, gt=0,
+                                      description="memory one run of the runtime's optimizer may add")
+
+    @property
+    def optimizer_limits(self) -> OptimizerLimits:
+        """The limits every optimizer run on an uploaded model gets (in a worker process)."""
+        return OptimizerLimits(timeout_s=self.optimize_timeout_s, memory_mb=self.optimize_memory_mb)
 
     @property
     def resolved_database_url(self) -> str:
