@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,19 @@ class ResolvedCompression:
                 and self.sparsity_pattern != "2:4")
 
 
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _set_fields_of(spec: LayerCompression) -> dict[str, Any]:
+    return {k: v for k, v in spec.model_dump().items() if v is not None}
+
+
+@lru_cache(maxsize=4096)
+def _resolution(fields: tuple[tuple[str, Any], ...]) -> ResolvedCompression:
+    """One shared (immutable) resolution per distinct set of fields."""
+    return ResolvedCompression(**dict(fields))
+
+
 class CompressionConfig(BaseModel):
     """`{"default": {...}, "layers": {"<node name or glob>": {...}}}`; later matching layer entries win."""
 
@@ -63,23 +77,46 @@ class CompressionConfig(BaseModel):
     layers: dict[str, LayerCompression] = Field(default_factory=dict)
     # Resolution per node name: asked once per layer per question, on the hot path of ranking.
     _resolved: dict[str, ResolvedCompression] = PrivateAttr(default_factory=dict)
+    # The set fields of the default and of each layer entry, read once (model_dump per node was the cost).
+    _parts: list[tuple[dict[str, Any], list[tuple[str, bool, dict[str, Any]]]]] = PrivateAttr(default_factory=list)
 
     def resolve(self, node_name: str) -> ResolvedCompression:
-        cached = self._resolved.get(node_name)
-        if cached is not None:
-            return cached
-        merged: dict[str, Any] = {}
-        for part in [self.default, *(spec for pattern, spec in self.layers.items()
-                                     if fnmatch.fnmatchcase(node_name, pattern))]:
-            merged.update({k: v for k, v in part.model_dump().items() if v is not None})
-        resolved = ResolvedCompression(**merged)
-        self._resolved[node_name] = resolved
-        return resolved
+        """The compression `node_name` gets: the default, overridden by every matching layer entry in order."""
+        return self.resolver()(node_name)
+
+    def resolver(self) -> Callable[[str], ResolvedCompression]:
+        """`resolve` as a plain function, for resolving many names (no model attribute access per call)."""
+        resolved = self._resolved
+        default_fields, layer_fields = self._set_fields()
+
+        def resolve(node_name: str) -> ResolvedCompression:
+            cached = resolved.get(node_name)
+            if cached is not None:
+                return cached
+            merged = default_fields
+            for pattern, literal, fields in layer_fields:
+                if (node_name == pattern) if literal else fnmatch.fnmatchcase(node_name, pattern):
+                    merged = {**merged, **fields}
+            result = resolved[node_name] = _resolution(tuple(merged.items()))
+            return result
+
+        return resolve
+
+    def _set_fields(self) -> tuple[dict[str, Any], list[tuple[str, bool, dict[str, Any]]]]:
+        if not self._parts:
+            layer_fields = [(pattern, not _GLOB_CHARS.intersection(pattern), _set_fields_of(spec))
+                            for pattern, spec in self.layers.items()]
+            self._parts.append((_set_fields_of(self.default), layer_fields))
+        return self._parts[0]
 
     def check_patterns(self, node_names: Iterable[str]) -> None:
         """Raise ConfigError for a layer pattern that matches no node of the model."""
-        names = list(node_names)
+        if not self.layers:
+            return
+        names = node_names if isinstance(node_names, (set, frozenset)) else list(node_names)
         for pattern in self.layers:
+            if not _GLOB_CHARS.intersection(pattern) and pattern in names:
+                continue
             if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 raise ConfigError(f"config layer pattern {pattern!r} matches no node of the model")
 
