@@ -333,9 +333,13 @@ def kernel_features(key: KernelKey) -> list[float]:
     return [float(value) for value in features_matrix([key])[0]]
 
 
-def features_matrix(keys: Iterable[KernelKey]) -> np.ndarray:
-    """Feature matrix (n_keys x len(FEATURE_NAMES), float64) of several kernel keys."""
-    rows = [_raw_tuple(key) for key in keys]
+def features_matrix(keys: Iterable[KernelKey], cached: bool = True) -> np.ndarray:
+    """Feature matrix (n_keys x len(FEATURE_NAMES), float64) of several kernel keys.
+
+    `cached=False` for keys whose results the caller keeps itself (the estimate memo): they would only
+    push other keys out of the cache.
+    """
+    rows = [_raw_tuple(key) for key in keys] if cached else [_raw_features(key) for key in keys]
     if not rows:
         return np.zeros((0, _N_FEATURES), dtype=np.float64)
     return _derive(np.array(rows, dtype=np.float64))
