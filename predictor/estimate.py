@@ -18,7 +18,7 @@ from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import Kernel, KernelKey
 from predictor.store import Device, iter_measurements, list_runs
 
-__all__ = ["DevicePredictor", "Estimate", "KernelEstimate", "flat_axes_of"]
+__all__ = ["DevicePredictor", "Estimate", "EstimateSummary", "KernelEstimate", "flat_axes_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 _TABLE_INTERVAL = 0.05
 _FALLBACK_INTERVAL = 0.5
 _MEMO_ENTRIES = 200_000
-# A key's latency, interval and source, before they are wrapped into a KernelEstimate.
+# A kernel's latency, interval (low, high) and source, as its KernelEstimate states them.
 _Value = tuple[float, float, float, str]
 
 
@@ -91,6 +91,19 @@ class Estimate:
         }
 
 
+@dataclass(frozen=True)
+class EstimateSummary:
+    """An Estimate without the per-kernel breakdown (what ranking many candidates needs); same figures."""
+
+    device: str
+    latency_ms: float
+    interval_ms: tuple[float, float]
+    table_hit_rate: float
+    overhead_ms: float
+    sources: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+
+
 def flat_axes_of(session: Session, device: Device) -> dict[str, list[str]]:
     """Axes that proved flat per op type in the device's profiling runs (latest report wins)."""
     flat: dict[str, list[str]] = {}
@@ -124,10 +137,9 @@ class DevicePredictor:
         self.by_key: dict[KernelKey, float] = {}
         # The reference kernel's time in the device's baseline state, which the table is scaled to.
         self.reference_ms: float | None = None
-        # What each key and each kernel came to (see _memo): ranking asks about the same kernels over and
-        # over, so each is looked up, predicted and wrapped in a KernelEstimate once.
+        # What each key came to (see _memo): ranking asks about the same kernels over and over, so each key
+        # is looked up or predicted once.
         self._by_key_memo: dict[KernelKey, _Value] = {}
-        self._by_kernel_memo: dict[int, tuple[Kernel, KernelEstimate]] = {}
         self._memo_basis: tuple[Any, ...] = ()
 
     @classmethod
@@ -180,118 +192,123 @@ class DevicePredictor:
         return self.estimate_many([kernels])[0]
 
     def estimate_many(self, kernel_lists: Sequence[Sequence[Kernel]]) -> list[Estimate]:
-        """Estimates for many kernel lists (candidate configs), with one regressor call per op type for all.
+        """Estimates for many kernel lists (candidate configs), with one regressor call per op type for all."""
+        rows = self._values_many([[kernel.key for kernel in kernels] for kernels in kernel_lists])
+        estimates = []
+        for kernels, (values, totals) in zip(kernel_lists, rows, strict=True):
+            kernel_estimates = [
+                KernelEstimate(name=kernel.name, op_type=kernel.op_type, latency_ms=value[0],
+                               interval_ms=(value[1], value[2]), source=value[3], key=kernel.key, nodes=kernel.nodes)
+                for kernel, value in zip(kernels, values, strict=True)
+            ]
+            estimates.append(Estimate(device=self.device, latency_ms=totals.latency_ms, interval_ms=totals.interval_ms,
+                                      table_hit_rate=totals.table_hit_rate, overhead_ms=totals.overhead_ms,
+                                      kernels=kernel_estimates, warnings=totals.warnings))
+        return estimates
 
-        Each distinct key is looked up (or predicted) once, however many lists name it, and kept for the
-        next call: a key's table value, regressor prediction and fallback never change for a loaded predictor.
+    def summarize_many(self, key_lists: Sequence[Sequence[KernelKey]]) -> list[EstimateSummary]:
+        """`estimate_many`'s figures for lists of kernel keys, without building the per-kernel breakdown."""
+        return [totals for _, totals in self._values_many(key_lists)]
+
+    def _values_many(self, key_lists: Sequence[Sequence[KernelKey]]) -> list[tuple[list[_Value], EstimateSummary]]:
+        """Each kernel's value and each list's totals; each distinct key is looked up or predicted once.
+
+        Values are kept for the next call: a key's table value, regressor prediction and fallback never
+        change for a loaded predictor (whose table, regressors and overhead are a snapshot).
         """
-        by_key, by_kernel = self._memo()
-        results: list[list[KernelEstimate | None]] = []
+        memo = self._memo()
+        rows: list[list[_Value]] = []
         # Keys neither in the memo nor in the table, with the places (list, index) that name them.
         misses: dict[str, dict[KernelKey, list[tuple[int, int]]]] = {}
-        for list_index, kernels in enumerate(kernel_lists):
-            row: list[KernelEstimate | None] = []
-            for kernel in kernels:
-                known = by_kernel.get(id(kernel))
-                if known is not None and known[0] is kernel:
-                    row.append(known[1])
-                    continue
-                key = kernel.key
-                value = by_key.get(key)
+        for list_index, keys in enumerate(key_lists):
+            row: list[_Value] = []
+            for key in keys:
+                value = memo.get(key)
                 if value is None:
                     measured = self._lookup(key)
                     if measured is None:
                         misses.setdefault(key.op_type, {}).setdefault(key, []).append((list_index, len(row)))
-                        row.append(None)
+                        row.append(_PENDING)
                         continue
-                    value = (measured, measured * (1 - _TABLE_INTERVAL), measured * (1 + _TABLE_INTERVAL), "table")
-                    by_key[key] = value
-                row.append(self._remember(kernel, value, by_kernel))
-            results.append(row)
+                    value = _value(measured, measured * (1 - _TABLE_INTERVAL), measured * (1 + _TABLE_INTERVAL),
+                                   "table")
+                    if len(memo) < _MEMO_ENTRIES:
+                        memo[key] = value
+                row.append(value)
+            rows.append(row)
         for op_type, places_by_key in misses.items():
             keys = list(places_by_key)
             if self.regressors is not None and self.regressors.has(op_type):
-                median, low, high = self.regressors.predict(keys)
-                values = [(float(m), float(lo), float(hi), "regressor") for m, lo, hi in zip(median, low, high,
-                                                                                            strict=True)]
+                # Keys are distinct already: one feature matrix and one call of each booster for the op type.
+                median, low, high = self.regressors[op_type].predict_features(features_matrix(keys, cached=False))
+                values = [_value(float(m), float(lo), float(hi), "regressor")
+                          for m, lo, hi in zip(median, low, high, strict=True)]
             else:
-                values = []
-                for fallback_ms in self._fallback_many(keys):
-                    values.append((fallback_ms, fallback_ms * (1 - _FALLBACK_INTERVAL),
-                                   fallback_ms * (1 + _FALLBACK_INTERVAL), "fallback"))
+                values = [_value(ms, ms * (1 - _FALLBACK_INTERVAL), ms * (1 + _FALLBACK_INTERVAL), "fallback")
+                          for ms in self._fallback_many(keys)]
             for key, value in zip(keys, values, strict=True):
-                by_key[key] = value
+                if len(memo) < _MEMO_ENTRIES:
+                    memo[key] = value
                 for i, j in places_by_key[key]:
-                    results[i][j] = self._remember(kernel_lists[i][j], value, by_kernel)
-        estimates = []
+                    rows[i][j] = value
+        results = []
         fallback_lists: dict[str, list[int]] = {}
-        for row in results:
-            complete = [e for e in row if e is not None]
-            counts: dict[str, int] = {}
-            for kernel_estimate in complete:
-                if kernel_estimate.source == "fallback":
-                    counts[kernel_estimate.op_type] = counts.get(kernel_estimate.op_type, 0) + 1
-            warnings = [f"no measurements or regressor for {op_type} on {self.device}: {count} kernel(s) predicted "
-                        "by the bandwidth fallback" for op_type, count in sorted(counts.items())]
-            for op_type, count in counts.items():
+        for keys, row in zip(key_lists, rows, strict=True):
+            fallbacks: dict[str, int] = {}
+            for key, value in zip(keys, row, strict=True):
+                if value[3] == "fallback":
+                    fallbacks[key.op_type] = fallbacks.get(key.op_type, 0) + 1
+            for op_type, count in fallbacks.items():
                 fallback_lists.setdefault(op_type, []).append(count)
-            estimates.append(self._total(complete, warnings))
-        if len(estimates) == 1:
-            for warning in estimates[0].warnings:
+            warnings = [f"no measurements or regressor for {op_type} on {self.device}: {count} kernel(s) predicted "
+                        "by the bandwidth fallback" for op_type, count in sorted(fallbacks.items())]
+            results.append((row, self._total(row, warnings)))
+        if len(results) == 1:
+            for warning in results[0][1].warnings:
                 logger.warning(warning)
         else:
             # One log line per op type for the whole call, not one per kernel list (a rank of 100 candidates
-            # would write a thousand); each Estimate still carries its own warnings.
-            for op_type, counts_per_list in sorted(fallback_lists.items()):
+            # would write a thousand); each estimate still carries its own warnings.
+            for op_type, counts in sorted(fallback_lists.items()):
                 logger.warning("no measurements or regressor for %s on %s: %d kernel(s) in %d of %d kernel lists "
-                               "predicted by the bandwidth fallback", op_type, self.device, sum(counts_per_list),
-                               len(counts_per_list), len(kernel_lists))
-        return estimates
+                               "predicted by the bandwidth fallback", op_type, self.device, sum(counts), len(counts),
+                               len(results))
+        return results
 
-    def _memo(self) -> tuple[dict[KernelKey, _Value], dict[int, tuple[Kernel, KernelEstimate]]]:
-        """The memos, emptied if what they were computed from was replaced (or grew too large)."""
+    def _memo(self) -> dict[KernelKey, _Value]:
+        """The memo, emptied if what it was computed from was replaced."""
         basis = (id(self.table), len(self.table), id(self.by_key), len(self.by_key), id(self.regressors),
-                 self.fallback, id(self.flat_axes), id(self.overhead))
-        if basis != self._memo_basis or len(self._by_key_memo) > _MEMO_ENTRIES \
-                or len(self._by_kernel_memo) > _MEMO_ENTRIES:
-            self._by_key_memo, self._by_kernel_memo = {}, {}
+                 self.fallback, id(self.flat_axes))
+        if basis != self._memo_basis:
+            self._by_key_memo = {}
             self._memo_basis = basis
-        return self._by_key_memo, self._by_kernel_memo
+        return self._by_key_memo
 
-    @staticmethod
-    def _remember(kernel: Kernel, value: _Value,
-                  by_kernel: dict[int, tuple[Kernel, KernelEstimate]]) -> KernelEstimate:
-        estimate = _kernel_estimate(kernel, *value)
-        # Keyed by identity (no key hashing); the entry holds the kernel, so its id cannot be reused meanwhile.
-        by_kernel[id(kernel)] = (kernel, estimate)
-        return estimate
-
-    def _total(self, estimates: list[KernelEstimate], warnings: list[str]) -> Estimate:
+    def _total(self, values: list[_Value], warnings: list[str]) -> EstimateSummary:
         per_run = float(self.overhead.get("per_run_ms", 0.0))
         per_kernel = float(self.overhead.get("per_kernel_ms", 0.0))
         scale = float(self.overhead.get("kernel_scale", 1.0))
-        overhead_ms = per_run + per_kernel * len(estimates)
-        total = scale * sum(e.latency_ms for e in estimates) + overhead_ms
-        low = scale * sum(e.interval_ms[0] for e in estimates) + overhead_ms
-        high = scale * sum(e.interval_ms[1] for e in estimates) + overhead_ms
-        hits = sum(1 for e in estimates if e.source == "table")
-        return Estimate(
+        overhead_ms = per_run + per_kernel * len(values)
+        total = scale * sum(v[0] for v in values) + overhead_ms
+        low = scale * sum(v[1] for v in values) + overhead_ms
+        high = scale * sum(v[2] for v in values) + overhead_ms
+        sources: dict[str, int] = {}
+        for value in values:
+            sources[value[3]] = sources.get(value[3], 0) + 1
+        return EstimateSummary(
             device=self.device,
             latency_ms=total,
             interval_ms=(low, high),
-            table_hit_rate=hits / len(estimates) if estimates else 0.0,
+            table_hit_rate=sources.get("table", 0) / len(values) if values else 0.0,
             overhead_ms=overhead_ms,
-            kernels=estimates,
+            sources=sources,
             warnings=warnings,
         )
 
-    def _fallback_ms(self, key: KernelKey) -> float:
-        return self._fallback_many([key])[0]
-
     def _fallback_many(self, keys: Sequence[KernelKey]) -> list[float]:
-        """The bandwidth fallback of each key (one feature matrix for all)."""
+        """The bandwidth fallback of each key (one feature matrix for all; the estimate memo keeps them)."""
         values = []
-        for bytes_moved, macs in _fallback_features_many(keys):
+        for bytes_moved, macs in _fallback_features_many(keys, cached=False):
             if self.fallback is None:
                 # No data at all on this device: a memory-bound guess at 5 GB/s plus 5 us of dispatch.
                 values.append(0.005 + bytes_moved / 5e6)
@@ -305,9 +322,9 @@ _BYTES_COLUMN = FEATURE_NAMES.index("bytes_moved")
 _MACS_COLUMN = FEATURE_NAMES.index("macs")
 
 
-def _fallback_features_many(keys: Sequence[KernelKey]) -> list[tuple[float, float]]:
+def _fallback_features_many(keys: Sequence[KernelKey], cached: bool = True) -> list[tuple[float, float]]:
     """(bytes moved, MACs) of each key; rows of one matrix equal the rows computed one key at a time."""
-    matrix = features_matrix(keys)
+    matrix = features_matrix(keys, cached=cached)
     return [(float(row[_BYTES_COLUMN]), float(row[_MACS_COLUMN])) for row in matrix]
 
 
@@ -331,14 +348,10 @@ def fit_bandwidth_fallback(rows: Sequence[tuple[KernelKey, float]]) -> tuple[flo
     return intercept, per_byte, per_mac
 
 
-def _kernel_estimate(kernel: Kernel, latency: float, low: float, high: float, source: str) -> KernelEstimate:
+_PENDING: _Value = (0.0, 0.0, 0.0, "")
+
+
+def _value(latency: float, low: float, high: float, source: str) -> _Value:
+    """A kernel's value as its estimate states it: latency at least 1 ns, the interval around it."""
     latency = max(latency, 1e-6)
-    return KernelEstimate(
-        name=kernel.name,
-        op_type=kernel.op_type,
-        latency_ms=latency,
-        interval_ms=(min(low, latency), max(high, latency)),
-        source=source,
-        key=kernel.key,
-        nodes=kernel.nodes,
-    )
+    return latency, min(low, latency), max(high, latency), source
