@@ -11,16 +11,19 @@ pruned channel counts call for), with the pruned channel counts written into the
 """
 from __future__ import annotations
 
+import itertools
 import logging
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 import onnx
 
 from predictor.compress import apply_config
-from predictor.config import CompressionConfig, parse_config
+from predictor.config import CompressionConfig, ResolvedCompression, parse_config
 from predictor.graph import infer_tensor_infos
-from predictor.kernels import Kernel, kernels_from_optimized
+from predictor.kernels import Kernel, KernelKey, kernels_from_optimized
 from predictor.pruning import ChannelGroups, analyze_channel_groups, kept_channels
 from predictor.runtime import RuntimeSpec, optimize_model
 
@@ -103,12 +106,29 @@ def _blocked(form: list[_TaggedKernel]) -> bool:
 
 def _kept_for(config: CompressionConfig, group_of_node: dict[str, int], group_sizes: dict[int, int]) -> dict[int, int]:
     """Channels each prunable group keeps under a config (decided by the group's first producer)."""
-    kept: dict[int, int] = {}
+    return _kept_from(config.resolver(), _first_producers(group_of_node), group_sizes)
+
+
+def _first_producers(group_of_node: dict[str, int]) -> list[tuple[int, str]]:
+    """(group, the node whose config decides it), in the order groups are first produced."""
+    first: dict[int, str] = {}
     for node_name, root in group_of_node.items():
-        if root not in kept:
-            resolved = config.resolve(node_name)
-            kept[root] = kept_channels(group_sizes[root], resolved.prune_ratio, resolved.round_to)
+        first.setdefault(root, node_name)
+    return list(first.items())
+
+
+def _kept_from(resolve: Callable[[str], ResolvedCompression], producers: list[tuple[int, str]],
+               group_sizes: dict[int, int]) -> dict[int, int]:
+    kept: dict[int, int] = {}
+    for root, node_name in producers:
+        resolved = resolve(node_name)
+        kept[root] = _kept_channels(group_sizes[root], resolved.prune_ratio, resolved.round_to)
     return kept
+
+
+@lru_cache(maxsize=65536)
+def _kept_channels(channels: int, ratio: float, round_to: int) -> int:
+    return kept_channels(channels, ratio, round_to)
 
 
 class FastConfigPath:
@@ -122,9 +142,19 @@ class FastConfigPath:
         self.variants = variants
         self.block = block
         self.layouts = layouts
-        self._memo: dict[tuple[Any, ...], Kernel] = {}
         self._unit_tags: dict[str, list[Segments]] = {}
-        self._layout_signatures: dict[tuple[int, str], tuple[int, ...]] = {}
+        # Everything below is derived once and reused by every config: a fresh config costs a few dict
+        # lookups and tuple builds per layer. Memo keys and values hold only ints, floats, strings and
+        # keys, so a long-lived memo adds little for the garbage collector to traverse.
+        self._by_bits = {int(label): variant for label, variant in variants.items() if label.isdigit()}
+        self._producers = _first_producers(group_of_node)
+        self._unit_probes: dict[str, list[tuple[int, tuple[int, ...], tuple[bool, ...], bool]]] = {}
+        self._unit_roots: dict[str, tuple[int, ...]] = {}
+        self._unit_dims: dict[str, tuple[tuple[int, tuple[tuple[int, int], ...]], ...]] = {}
+        self._form_plans: dict[int, tuple[tuple[_RewritePlan, ...], bool]] = {}
+        self._layout_memo: dict[tuple[Any, ...], int] = {}
+        self._memo: dict[tuple[Any, ...], KernelKey] = {}
+        self._plan_ids = itertools.count()  # unique even when threads build plans at once
 
     @classmethod
     def learn(cls, model: onnx.ModelProto, runtime: RuntimeSpec) -> FastConfigPath:
@@ -164,57 +194,117 @@ class FastConfigPath:
 
     def kernels(self, config: CompressionConfig) -> list[Kernel]:
         """The kernels the runtime would execute for the model compressed by `config`."""
-        kept = _kept_for(config, self.group_of_node, self.group_sizes)
-        result: list[Kernel] = []
-        base = self.variants["32"]
+        plans: list[_RewritePlan] = []
+        keys = self._walk(config, plans)
+        return [plan.kernel_with(key) for plan, key in zip(plans, keys, strict=True)]
+
+    def keys(self, config: CompressionConfig) -> list[KernelKey]:
+        """The keys of `kernels(config)`, in order: all that estimating a latency needs (no Kernel objects)."""
+        return self._walk(config, None)
+
+    def _walk(self, config: CompressionConfig, plans_out: list[_RewritePlan] | None) -> list[KernelKey]:
+        resolve = config.resolver()
+        kept = _kept_from(resolve, self._producers, self.group_sizes)
+        keys: list[KernelKey] = []
+        memo = self._memo
         previous_blocked, previous_layout = False, 0
-        for unit in base.order:
-            resolved = config.resolve(unit)
+        for unit in self.variants["32"].order:
+            resolved = resolve(unit)
             form, previous_layout = self._form_for(unit, resolved.bits, kept, previous_blocked, previous_layout)
-            previous_blocked = _blocked(form)
-            for tagged in form:
-                roots = tuple(kept.get(root, -1) for root in tagged.roots)
-                memo_key = (id(tagged), roots, resolved.sparsity, resolved.sparsity_pattern)
-                kernel = self._memo.get(memo_key)
-                if kernel is None:
-                    kernel = _rewrite(tagged, kept, resolved.sparsity, resolved.sparsity_pattern)
-                    if len(self._memo) < _MEMO_ENTRIES:
-                        self._memo[memo_key] = kernel
-                result.append(kernel)
-        return result
+            plans, previous_blocked = self._plans_of(form)
+            if plans_out is not None:
+                plans_out.extend(plans)
+            sparsity, pattern = resolved.sparsity, resolved.sparsity_pattern
+            for plan in plans:
+                key = plan.fixed
+                if key is None:
+                    # A kernel's key depends only on the kept channels of the groups it names and, if it has
+                    # weights, on the sparsity asked for: the same situation in any config gives the same key.
+                    memo_key = (plan.index, tuple([kept.get(root, -1) for root in plan.roots]),
+                                *((sparsity, pattern) if plan.sparse else ()))
+                    key = memo.get(memo_key)
+                    if key is None:
+                        key = plan.rewrite(kept, sparsity, pattern)
+                        if len(memo) < _MEMO_ENTRIES:
+                            memo[memo_key] = key
+                keys.append(key)
+        return keys
+
+    def _plans_of(self, form: list[_TaggedKernel]) -> tuple[tuple[_RewritePlan, ...], bool]:
+        """The rewrite plans of a layer's kernels, and whether the layer runs in the blocked layout."""
+        found = self._form_plans.get(id(form))
+        if found is None:
+            plans = tuple(_RewritePlan(tagged, index=next(self._plan_ids)) for tagged in form)
+            found = self._form_plans.setdefault(id(form), (plans, _blocked(form)))
+        return found
 
     def _form_for(self, unit: str, bits: int, kept: dict[int, int], previous_blocked: bool,
                   previous_layout: int) -> tuple[list[_TaggedKernel], int]:
-        variant = self.variants.get(str(bits))
+        variant = self._by_bits.get(bits)
         if bits != 32 and variant is not None and unit in variant.units:
             return variant.units[unit], previous_layout
         if not self.block:
             return self.variants["32"].units[unit], 0
+        # The choice hangs only on the kept channels of the groups the layer's signature names.
+        roots = self._unit_roots.get(unit)
+        if roots is None:
+            roots = self._unit_roots.setdefault(unit, tuple(sorted(
+                {root for tag in self._tags_of(unit) for root, _ in tag if root >= 0})))
+        memo_key = (unit, tuple([kept.get(root, -1) for root in roots]), previous_blocked, previous_layout)
+        chosen = self._layout_memo.get(memo_key)
+        if chosen is None:
+            chosen = self._choose_layout(unit, kept, previous_blocked, previous_layout)
+            if len(self._layout_memo) < _MEMO_ENTRIES:
+                self._layout_memo[memo_key] = chosen
+        return self.layouts[chosen].units[unit], chosen
+
+    def _choose_layout(self, unit: str, kept: dict[int, int], previous_blocked: bool, previous_layout: int) -> int:
         # The runtime's layout choice for a layer hangs on its channel counts and on the layout its input
         # arrives in; the probe whose situation was most alike for this layer shows the choice (ties go
         # to the probe the previous layer followed, whose neighbourhood is most like this one's).
         wanted = self._signature(unit, kept)
-        ranked = []
-        for index, layout in enumerate(self.layouts):
-            if unit not in layout.units:
-                continue
-            have = self._layout_signatures.setdefault((index, unit), self._signature(unit, layout.kept))
-            flags = 2 * sum((a % self.block == 0) != (b % self.block == 0) for a, b in zip(wanted, have, strict=True))
-            flags += layout.previous_blocked.get(unit, False) != previous_blocked
-            # Among equally alike probes, the one with the nearest channel counts.
-            nearest = sum(abs(a - b) / max(a, b, 1) for a, b in zip(wanted, have, strict=True))
-            ranked.append((flags, nearest, index != previous_layout, index))
-        chosen = min(ranked)[-1]
-        return self.layouts[chosen].units[unit], chosen
+        block = self.block
+        wanted_aligned = [a % block == 0 for a in wanted]
+        probes = self._probes_of(unit)
+        flags = [2 * sum(a != b for a, b in zip(wanted_aligned, have_aligned, strict=True))
+                 + (probe_previous_blocked != previous_blocked)
+                 for _, _, have_aligned, probe_previous_blocked in probes]
+        fewest = min(flags)
+        # Among equally alike probes (only those can win), the one with the nearest channel counts.
+        ranked = [(fewest, sum(abs(a - b) / max(a, b, 1) for a, b in zip(wanted, have, strict=True)),
+                   index != previous_layout, index)
+                  for (index, have, _, _), flag in zip(probes, flags, strict=True) if flag == fewest]
+        return int(min(ranked)[-1])
+
+    def _probes_of(self, unit: str) -> list[tuple[int, tuple[int, ...], tuple[bool, ...], bool]]:
+        """Per probe that has the layer: its index, the layer's channel counts there, their alignment to the
+        block, and whether the layer before it ran blocked."""
+        probes = self._unit_probes.get(unit)
+        if probes is None:
+            probes = []
+            for index, layout in enumerate(self.layouts):
+                if unit not in layout.units:
+                    continue
+                have = self._signature(unit, layout.kept)
+                probes.append((index, have, tuple(b % self.block == 0 for b in have),
+                               layout.previous_blocked.get(unit, False)))
+            self._unit_probes[unit] = probes
+        return probes
 
     def _signature(self, unit: str, kept: dict[int, int]) -> tuple[int, ...]:
         """The channel counts a layer sees under `kept`."""
+        dims = self._unit_dims.get(unit)
+        if dims is None:
+            dims = self._unit_dims.setdefault(unit, tuple(_dim_plan(tag) for tag in self._tags_of(unit)))
+        return tuple([_dim_under(fixed, parts, kept) for fixed, parts in dims])
+
+    def _tags_of(self, unit: str) -> list[Segments]:
         tags = self._unit_tags.get(unit)
         if tags is None:
             tags = [tag for tagged in self.variants["32"].units[unit] for shape in (*tagged.inputs, *tagged.outputs)
                     for tag in shape or () if tag is not None]
             self._unit_tags[unit] = tags
-        return tuple(_new_dim(0, tag, kept) for tag in tags)
+        return tags
 
 
 def _group_size(groups: ChannelGroups, root: int) -> int:
@@ -294,9 +384,9 @@ def _sentinel_shapes(model: onnx.ModelProto, group_of_node: dict[str, int]
             continue
         value = sentinel(mapped)
         channel_sentinel[tensor] = value
-        shape = list(info.shape)
-        shape[axis] = value
-        overrides[tensor] = tuple(shape)
+        dims = list(info.shape)
+        dims[axis] = value
+        overrides[tensor] = tuple(dims)
     producer = {o: node for node in model.graph.node for o in node.output if o}
     for node in model.graph.node:
         if node.op_type not in _WEIGHT_OPS or len(node.input) < 2:
@@ -305,7 +395,8 @@ def _sentinel_shapes(model: onnx.ModelProto, group_of_node: dict[str, int]
         source = producer.get(node.input[1])
         if source is not None and source.op_type == "DequantizeLinear":
             weight_names.append(source.input[0])
-        shape = infos.get(node.input[1]).shape if infos.get(node.input[1]) else None
+        weight_info = infos.get(node.input[1])
+        shape = weight_info.shape if weight_info is not None else None
         if shape is None:
             continue
         out_value = channel_sentinel.get(node.output[0])
@@ -352,18 +443,6 @@ def _tags(shape: tuple[int, ...] | None, registry: dict[int, Segments]) -> DimTa
     return tags if any(t is not None for t in tags) else None
 
 
-def _new_dim(value: int, tag: Segments | None, kept: dict[int, int]) -> int:
-    if tag is None:
-        return value
-    return sum(kept.get(root, size) if root >= 0 else size for root, size in tag)
-
-
-def _new_shape(shape: tuple[int, ...] | None, tags: DimTags | None, kept: dict[int, int]) -> tuple[int, ...] | None:
-    if shape is None or tags is None or len(tags) != len(shape):
-        return shape
-    return tuple(_new_dim(value, tag, kept) for value, tag in zip(shape, tags, strict=True))
-
-
 def _block_of(key: Any) -> int:
     return 16 if key.op_type.startswith("Nchwc") and key.weight and key.weight[0] % 16 == 0 else 8
 
@@ -389,31 +468,117 @@ def _two_four_share(weight: tuple[int, ...], key: Any) -> tuple[float, str]:
     return share, "2:4" if usable == columns else "unstructured"
 
 
-def _rewrite(tagged: _TaggedKernel, kept: dict[int, int], sparsity: float, pattern: str) -> Kernel:
-    key = tagged.kernel.key
-    weight = _new_shape(key.weight, tagged.weight, kept)
-    attrs = dict(key.attrs)
-    outputs = tuple(_new_shape(s, t, kept) for s, t in zip(key.outputs, tagged.outputs, strict=True))
-    if "channels" in attrs and outputs and outputs[0] is not None and len(outputs[0]) == 4:
-        attrs["channels"] = outputs[0][1]  # layout reorders name the channel count they copy
-    if key.weight is not None and weight is not None and len(weight) == 4 and key.weight[1] == 1 \
-            and attrs.get("group", 1) not in (1, None) and attrs.get("group") in (key.weight[0], _padded(key)):
-        # Depthwise: one group per kept channel (the blocked layout pads the count to its block).
-        attrs["group"] = weight[0] if attrs.get("group") == key.weight[0] else _round_up(weight[0], _block_of(key))
-    new_sparsity, new_pattern = key.sparsity, key.sparsity_pattern
-    if weight is not None and key.op_type not in {"MatMulNBits"}:
-        if pattern == "2:4":
-            new_sparsity, new_pattern = _two_four_share(weight, key)
-        elif sparsity > 0:
-            new_sparsity, new_pattern = round(round(sparsity / 0.05) * 0.05, 2), "unstructured"
-    # Values are already canonical (ints, tuples), so the key is built directly, not through JSON.
-    new_key = replace(
-        key,
-        inputs=tuple(_new_shape(s, t, kept) for s, t in zip(key.inputs, tagged.inputs, strict=True)),
-        outputs=outputs,
-        weight=weight,
-        attrs=tuple(sorted(attrs.items())) if attrs != dict(key.attrs) else key.attrs,
-        sparsity=new_sparsity,
-        sparsity_pattern=new_pattern if new_sparsity else "dense",
-    )
-    return replace(tagged.kernel, key=new_key)
+def _dim_plan(tag: Segments) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """A tagged dimension as (channels of its unprunable segments, its (group, channels) segments)."""
+    return sum(size for root, size in tag if root < 0), tuple((root, size) for root, size in tag if root >= 0)
+
+
+def _dim_under(fixed: int, parts: tuple[tuple[int, int], ...], kept: dict[int, int]) -> int:
+    """A tagged dimension under `kept`: the sum of its segments' channels, kept ones where pruned."""
+    for root, size in parts:
+        fixed += kept.get(root, size)
+    return fixed
+
+
+# (dimension index, channels of unprunable segments, (group, channels) of prunable segments)
+_DimPlan = tuple[int, int, tuple[tuple[int, int], ...]]
+
+
+def _shape_plan(shape: tuple[int, ...] | None, tags: DimTags | None) -> tuple[_DimPlan, ...] | None:
+    """The dimensions of a shape that follow kept channels (None: the shape never changes)."""
+    if shape is None or tags is None or len(tags) != len(shape):
+        return None
+    plan = tuple((index, *_dim_plan(tag)) for index, tag in enumerate(tags) if tag is not None)
+    return plan or None
+
+
+def _apply_plan(shape: tuple[int, ...] | None, plan: tuple[_DimPlan, ...] | None,
+                kept: dict[int, int]) -> tuple[int, ...] | None:
+    """The shape under `kept`: each tagged dimension is the sum of its segments' (kept) channels."""
+    if plan is None or shape is None:
+        return shape
+    dims = list(shape)
+    for index, fixed, parts in plan:
+        for root, size in parts:
+            fixed += kept.get(root, size)
+        dims[index] = fixed
+    return tuple(dims)
+
+
+_KEY_FIELDS = [f.name for f in fields(KernelKey)]
+_INPUTS, _OUTPUTS, _WEIGHT, _ATTRS, _SPARSITY, _PATTERN = (
+    _KEY_FIELDS.index(name) for name in ("inputs", "outputs", "weight", "attrs", "sparsity", "sparsity_pattern"))
+
+
+@lru_cache(maxsize=1024)
+def _rounded_sparsity(sparsity: float) -> float:
+    return round(round(sparsity / 0.05) * 0.05, 2)
+
+
+class _RewritePlan:
+    """One learned kernel rewritten for kept channels and sparsity; what does not depend on them is read once.
+
+    A layer's new key: shapes with the pruned channel counts written in, a layout reorder's `channels`
+    and a depthwise conv's `group` following its kept channels, and the sparsity the config asks for (2:4
+    as predictor.compress applies it: zeros only in whole groups of 4).
+    """
+
+    __slots__ = ("channels_attr", "fixed", "group_block", "index", "inputs", "kernel_fields", "key", "key_fields",
+                 "outputs", "roots", "sparse", "weight")
+
+    def __init__(self, tagged: _TaggedKernel, index: int) -> None:
+        key = tagged.kernel.key
+        self.index = index
+        self.key = key
+        self.roots = tuple(root for root in tagged.roots if root >= 0)  # the groups whose kept channels count
+        self.inputs = tuple(_shape_plan(s, t) for s, t in zip(key.inputs, tagged.inputs, strict=True))
+        self.outputs = tuple(_shape_plan(s, t) for s, t in zip(key.outputs, tagged.outputs, strict=True))
+        self.weight = _shape_plan(key.weight, tagged.weight)
+        attrs = dict(key.attrs)
+        # Layout reorders name the channel count they copy.
+        self.channels_attr = "channels" in attrs and bool(key.outputs) and key.outputs[0] is not None \
+            and len(key.outputs[0]) == 4
+        # Depthwise: one group per kept channel (0), or the kept channels padded to the block.
+        self.group_block: int | None = None
+        if key.weight is not None and len(key.weight) == 4 and key.weight[1] == 1 \
+                and attrs.get("group", 1) not in (1, None) and attrs.get("group") in (key.weight[0], _padded(key)):
+            self.group_block = 0 if attrs.get("group") == key.weight[0] else _block_of(key)
+        self.sparse = key.weight is not None and key.op_type != "MatMulNBits"
+        # Every field in declaration order: what is not rewritten is carried over as it is.
+        self.key_fields = [getattr(key, name) for name in _KEY_FIELDS]
+        self.kernel_fields = {f.name: getattr(tagged.kernel, f.name) for f in fields(tagged.kernel)}
+        # A kernel that names no channel group and has no weights to sparsify keeps its key in every config.
+        self.fixed: KernelKey | None = None if self.roots or self.sparse else self.rewrite({}, 0.0, "unstructured")
+
+    def kernel_with(self, key: KernelKey) -> Kernel:
+        """The learned kernel (name, nodes) with a rewritten key."""
+        return Kernel(**{**self.kernel_fields, "key": key})
+
+    def rewrite(self, kept: dict[int, int], sparsity: float, pattern: str) -> KernelKey:
+        key = self.key
+        weight = _apply_plan(key.weight, self.weight, kept)
+        outputs = tuple([_apply_plan(s, p, kept) for s, p in zip(key.outputs, self.outputs, strict=True)])
+        attrs = key.attrs
+        if self.channels_attr or self.group_block is not None:
+            changed = dict(key.attrs)
+            if self.channels_attr:
+                changed["channels"] = outputs[0][1]  # type: ignore[index]
+            if self.group_block is not None and weight is not None:
+                changed["group"] = weight[0] if self.group_block == 0 else _round_up(weight[0], self.group_block)
+            if changed != dict(key.attrs):
+                attrs = tuple(sorted(changed.items()))
+        new_sparsity, new_pattern = key.sparsity, key.sparsity_pattern
+        if self.sparse and weight is not None:
+            if pattern == "2:4":
+                new_sparsity, new_pattern = _two_four_share(weight, key)
+            elif sparsity > 0:
+                new_sparsity, new_pattern = _rounded_sparsity(sparsity), "unstructured"
+        # Values are already canonical (ints, tuples), so the key is built directly, not through JSON.
+        values = self.key_fields.copy()
+        values[_INPUTS] = tuple([_apply_plan(s, p, kept) for s, p in zip(key.inputs, self.inputs, strict=True)])
+        values[_OUTPUTS] = outputs
+        values[_WEIGHT] = weight
+        values[_ATTRS] = attrs
+        values[_SPARSITY] = new_sparsity
+        values[_PATTERN] = new_pattern if new_sparsity else "dense"
+        return KernelKey(*values)
