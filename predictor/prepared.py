@@ -16,7 +16,7 @@ from predictor.config import CompressionConfig, parse_config
 from predictor.estimate import DevicePredictor
 from predictor.fastpath import FastConfigPath
 from predictor.graph import model_inputs, set_input_shapes
-from predictor.kernels import Kernel, extract_kernels, name_unnamed_nodes
+from predictor.kernels import Kernel, KernelKey, extract_kernels, name_unnamed_nodes
 from predictor.runtime import RuntimeSpec
 
 __all__ = ["PreparedModel", "model_id_of", "rank_candidates"]
@@ -42,6 +42,7 @@ class PreparedModel:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _fast: FastConfigPath | None = field(default=None, repr=False)
     _fast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _names: frozenset[str] | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, model: onnx.ModelProto, runtime: RuntimeSpec,
@@ -59,6 +60,12 @@ class PreparedModel:
     def node_names(self) -> list[str]:
         return [node.name for node in self.model.graph.node]
 
+    def _node_name_set(self) -> frozenset[str]:
+        """The node names as a set, read once: every config's layer patterns are checked against them."""
+        if self._names is None:
+            self._names = frozenset(self.node_names)
+        return self._names
+
     def compressed(self, config: CompressionConfig) -> onnx.ModelProto:
         """The really compressed model (what `latpred measure` runs)."""
         return apply_config(self.model, config)
@@ -72,7 +79,7 @@ class PreparedModel:
             if cached is not None:
                 self._cache.move_to_end(cache_key)
                 return cached
-        config.check_patterns(self.node_names)
+        config.check_patterns(self._node_name_set())
         kernels = extract_kernels(self.compressed(config), self.runtime)
         with self._lock:
             self._cache[cache_key] = kernels
@@ -90,8 +97,13 @@ class PreparedModel:
 
     def fast_kernels(self, config: CompressionConfig) -> list[Kernel]:
         """Kernels for `config` at the kernel level: no quantizer run, no runtime session."""
-        config.check_patterns(self.node_names)
+        config.check_patterns(self._node_name_set())
         return self.fast_path().kernels(config)
+
+    def fast_keys(self, config: CompressionConfig) -> list[KernelKey]:
+        """The keys of `fast_kernels(config)`: what estimating its latency needs, built without Kernel objects."""
+        config.check_patterns(self._node_name_set())
+        return self.fast_path().keys(config)
 
 
 def rank_candidates(
@@ -107,8 +119,10 @@ def rank_candidates(
     compressing and optimizing each candidate for real.
     """
     configs = [raw if isinstance(raw, CompressionConfig) else parse_config(raw) for _, raw in candidates]
-    kernel_lists = [prepared.fast_kernels(c) if fast else prepared.kernels(c) for c in configs]
-    baseline, *estimates = predictor.estimate_many([prepared.kernels(), *kernel_lists])
+    # Ranking needs each candidate's totals only: keys go in, no per-kernel breakdown comes out.
+    key_lists = [prepared.fast_keys(c) if fast else [k.key for k in prepared.kernels(c)] for c in configs]
+    baseline_keys = [k.key for k in prepared.kernels()]
+    baseline, *estimates = predictor.summarize_many([baseline_keys, *key_lists])
     ranked: list[dict[str, Any]] = []
     for (name, _), estimate in zip(candidates, estimates, strict=True):
         speedup = baseline.latency_ms / estimate.latency_ms
