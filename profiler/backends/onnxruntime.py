@@ -1,12 +1,11 @@
-"""onnxruntime backend: kernels from its optimizer, in-graph kernel time by split wall time.
+"""onnxruntime backend: kernels from its optimizer, in-graph kernel time by split run time.
 
-Every run pays per-run overhead (input binding, executor start) outside its kernels, and the
-per-node profiler adds a few microseconds of its own to every node it times. So in each profiled
-run, the wall time less the wall time of an empty model (the per-run overhead) and less the
-profiler's calibrated per-node cost is the in-graph cost of all kernels; the profiler's per-node
-times only say how that cost splits between them. Taking both from the same runs keeps a host that
-changes speed from skewing the split. Dispatch costs that remain are learned from end-to-end runs of
-real models (predictor.overhead).
+Every run pays per-run overhead (input binding, executor start) outside its kernels, and the runtime
+spends time between nodes that the per-node profiler's events leave out,
+while the profiler adds a few microseconds of its own to every node it times. So the profiler's per-node
+times only say how a run's cost splits between kernels; the cost itself is the model's end-to-end time
+without the profiler less an empty model's run time (see measure_kernels). Per-run and per-kernel costs
+that remain are learned from end-to-end runs of real models (predictor.overhead).
 
 With one intra-op thread onnxruntime runs every kernel on the calling thread, so a run is timed by that
 thread's CPU time: on an idle device it equals the wall time, and on a shared host it leaves out the time
@@ -34,6 +33,9 @@ from profiler.backends.base import KernelTiming, MeasureProtocol, Timing, median
 __all__ = ["OnnxRuntimeBackend", "random_feeds"]
 
 _CALIBRATION_NODES = 64
+# Bounds on the factor from the profiler's per-node times to the model's cost (below 1 where the profiler's
+# own cost inflates many tiny nodes); beyond them the profile is broken (events missing), not merely scaled.
+_SPLIT_SCALE = (0.1, 2.0)
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +157,12 @@ class OnnxRuntimeBackend:
                         wall: Timing | None = None) -> list[KernelTiming]:
         """In-graph latency of every kernel of the model.
 
-        `wall` is not needed here: the split uses the wall times of the very runs the profiler timed,
-        so a host that changes speed between sessions cannot skew it.
+        The per-node profiler says how a run's time splits between kernels; how much time there is to
+        split comes from `wall`, the model's end-to-end timing without the profiler (the same clock and
+        protocol as the ground truth), less the per-run overhead of an empty model. The kernels then add
+        up to what the model costs, including time the runtime spends between nodes, which the profiler's
+        events leave out (a fifth of ResNet-50's run on this host). Without
+        `wall`, the profiled runs' own time less the profiler's calibrated per-node cost is used.
         """
         kernels = self.extract_kernels(model)
         per_node: dict[str, list[float]] = defaultdict(list)
@@ -168,11 +174,12 @@ class OnnxRuntimeBackend:
                 samples = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
                 os.unlink(profile_path)
             node_total = sum(float(np.median(values)) for values in samples.values())
-            in_graph_ms = (float(np.median(walls)) - self.empty_run_ms(protocol)
-                           - len(samples) * self.profiler_overhead_ms(protocol))
-            # Scale the profiler's split so the kernels add up to the in-graph cost of the same runs;
-            # never above what the profiler saw, never below a tenth of it.
-            scale = min(1.0, max(0.1, in_graph_ms / node_total)) if node_total > 0 else 1.0
+            if wall is not None:
+                in_graph_ms = wall.median_ms - self.empty_run_ms(protocol)
+            else:
+                in_graph_ms = (float(np.median(walls)) - self.empty_run_ms(protocol)
+                               - len(samples) * self.profiler_overhead_ms(protocol))
+            scale = min(_SPLIT_SCALE[1], max(_SPLIT_SCALE[0], in_graph_ms / node_total)) if node_total > 0 else 1.0
             for node, values in samples.items():
                 per_node[node].extend(value * scale for value in values)
         # Nodes onnxruntime's fusions leave unnamed in the saved graph get "<Op>_<index>" names in the

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -194,3 +195,18 @@ def test_measured_kernels_add_up_to_the_model(threads: int) -> None:
     empty = backend.empty_run_ms(protocol)
     assert (low - empty) * 0.7 <= total <= (high - empty) * 1.3
     assert {t.kernel.name for t in timings} >= {"conv_a", "conv_b"}
+
+
+def test_kernels_split_the_models_cost_without_the_profiler() -> None:
+    """Given the model's end-to-end timing, the kernels add up to it less an empty run, whatever the
+    profiler's events leave out between nodes (one session: the split is exactly that of its runs)."""
+    backend = OnnxRuntimeBackend(1)
+    model = factories.residual_model(channels=32, size=28)
+    protocol = MeasureProtocol(warmup_runs=3, min_repeats=20, max_repeats=100, max_seconds=1.0, sessions=1)
+    wall = backend.measure_model(model, protocol)
+    timings = backend.measure_kernels(model, protocol, wall=wall)
+    total = sum(t.timing.median_ms for t in timings)
+    assert total == pytest.approx(wall.median_ms - backend.empty_run_ms(protocol), rel=1e-6)
+    # Another model timing (as if the host were slower without the profiler) moves the kernels with it.
+    slower = backend.measure_kernels(model, protocol, wall=replace(wall, median_ms=wall.median_ms * 1.5))
+    assert sum(t.timing.median_ms for t in slower) > total
