@@ -209,7 +209,8 @@ class _WorkerPool:
             except EOFError:
                 worker.process.join(timeout=10)
                 code = worker.process.exitcode
-                raise InvalidModelError(f"the runtime's optimizer crashed on this model (exit code {code})") from None
+                raise InvalidModelError(f"the runtime's optimizer crashed on this model (exit code {code})"
+                                        + _under_memory_limit(limits)) from None
             healthy = not worn
         finally:
             self._checkin(worker, healthy)
@@ -218,6 +219,11 @@ class _WorkerPool:
         if outcome == "invalid":
             raise InvalidModelError(payload)
         if outcome == "error":
+            if limits.memory_mb is not None:
+                # Under an address-space limit the runtime fails in many ways (threads it cannot start,
+                # allocations in its logger): the model's size, not a bug, is what the caller should hear.
+                raise InvalidModelError(f"the runtime's optimizer failed on this model ({payload})"
+                                        + _under_memory_limit(limits))
             raise RuntimeError(f"the optimizer worker failed: {payload}")
         return bytes(payload)
 
@@ -312,7 +318,12 @@ def _serve_optimizer(connection: Connection) -> None:
         connection.send((*answer, worn))
 
 
-_BAD_ALLOC = ("bad_alloc", "bad allocation", "failed to allocate")
+def _under_memory_limit(limits: OptimizerLimits) -> str:
+    return "" if limits.memory_mb is None else f" under the memory limit of {limits.memory_mb:g} MB"
+
+
+_BAD_ALLOC = ("bad_alloc", "bad allocation", "failed to allocate", "cannot allocate memory",
+              "resource temporarily unavailable")
 
 
 @contextmanager
