@@ -1,16 +1,17 @@
 """onnxruntime backend: kernels from its optimizer, in-graph kernel time by split run time.
 
-Every run pays per-run overhead (input binding, executor start) outside its kernels, and the runtime
-spends time between nodes that the per-node profiler's events leave out,
-while the profiler adds a few microseconds of its own to every node it times. So the profiler's per-node
-times only say how a run's cost splits between kernels; the cost itself is the model's end-to-end time
-without the profiler less an empty model's run time (see measure_kernels). Per-run and per-kernel costs
-that remain are learned from end-to-end runs of real models (predictor.overhead).
+Every run pays per-run overhead (input binding, executor start) outside its kernels, the profiler adds a
+few microseconds of its own to every node it times, and its events need not add up to a run. So the
+profiler's per-node times only say how a run's cost splits between kernels; the cost itself is the
+model's end-to-end time without the profiler less an empty model's run time (see measure_kernels).
+Per-run and per-kernel costs that remain are learned from end-to-end runs of real models
+(predictor.overhead).
 
 With one intra-op thread onnxruntime runs every kernel on the calling thread, so a run is timed by that
 thread's CPU time: on an idle device it equals the wall time, and on a shared host it leaves out the time
-the OS gave other processes (two busy neighbours on this 2-core VM triple ResNet-18's wall time and move
-its thread CPU time by under 2%). With more threads the work spreads over a pool and wall time is used.
+the OS gave other processes (a busy process on each core of this 2-core VM made ResNet-18's wall time 1.9x
+and its thread CPU time 1.01x, benchmarks/contention.py). With more threads the work spreads over a pool
+and wall time is used.
 """
 from __future__ import annotations
 
@@ -160,9 +161,9 @@ class OnnxRuntimeBackend:
         The per-node profiler says how a run's time splits between kernels; how much time there is to
         split comes from `wall`, the model's end-to-end timing without the profiler (the same clock and
         protocol as the ground truth), less the per-run overhead of an empty model. The kernels then add
-        up to what the model costs, including time the runtime spends between nodes, which the profiler's
-        events leave out (a fifth of ResNet-50's run on this host). Without
-        `wall`, the profiled runs' own time less the profiler's calibrated per-node cost is used.
+        up to what the model costs without the profiler. Without `wall`, the profiled runs' own time less
+        the profiler's per-node cost calibrated on a chain of tiny nodes is used: over a 30-minute profile
+        that made a model's table entries sum to 0.79-1.93x its measured time (0.90-1.57x anchored).
         """
         kernels = self.extract_kernels(model)
         per_node: dict[str, list[float]] = defaultdict(list)
