@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,11 +36,7 @@ DEVICE = "bench-cpu-1t"
 
 import zoo  # noqa: E402  (a script's own folder is on sys.path when it runs)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from service.server import server_process  # noqa: E402
 
 
 def fresh_candidates(count: int, rng: random.Random, layer_names: list[str]) -> list[dict[str, Any]]:
@@ -99,20 +94,10 @@ def main() -> None:
                     "--budget-minutes", str(args.profile_minutes)], env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run([PYTHON, "-m", "service.cli", "train", "--device", DEVICE], env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    port = free_port()
-    server = subprocess.Popen([PYTHON, "-c", f"from service.server import run_server; run_server('127.0.0.1', {port})"],
-                              env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
     result: dict[str, Any] = {"model": "resnet50", "device": DEVICE}
-    try:
+    with server_process(env, python=PYTHON, stop_timeout_s=30) as server:
+        base = server.url
         with httpx.Client(base_url=base, timeout=600, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-            for _ in range(100):
-                try:
-                    if client.get("/api/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
             with model_path.open("rb") as handle:
                 upload = client.post("/api/models", files={"file": ("resnet50.onnx", handle)})
             upload.raise_for_status()
@@ -145,9 +130,6 @@ def main() -> None:
                 response.raise_for_status()
             result["rank_fresh"] = {"candidates": args.candidates, "rounds": len(rank_ms),
                                     "p50_ms": float(np.median(rank_ms)), "all_ms": rank_ms}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

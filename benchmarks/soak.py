@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,11 +53,7 @@ RANK_CANDIDATES = 5
 
 import zoo  # noqa: E402  (a script's own folder is on sys.path when it runs)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from service.server import server_process  # noqa: E402
 
 
 def read_rss_mb(pid: int) -> float | None:
@@ -207,20 +202,6 @@ async def soak(base: str, pid: int, seconds: float, clients: int, model_id: str,
     }
 
 
-def wait_healthy(client: httpx.Client, server: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}")
-        try:
-            if client.get("/api/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not become healthy")
-
-
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the report
@@ -247,19 +228,15 @@ def main() -> int:
                    stdout=subprocess.DEVNULL)
     subprocess.run([PYTHON, "-m", "service.cli", "train", "--device", DEVICE], env=env, cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
-    port = free_port()
-    server = subprocess.Popen([PYTHON, "-c", f"from service.server import run_server; run_server('127.0.0.1', {port})"],
-                              env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
     result: dict[str, Any] = {
         "model": f"{args.model}@{args.image_size}", "device": DEVICE, "clients": args.clients, "seconds": args.seconds,
         "mix": dict(zip(KINDS, WEIGHTS, strict=True)), "rows_per_upload": ROWS_PER_UPLOAD,
         "rank_candidates": RANK_CANDIDATES, "cpu_count": os.cpu_count(), "upload_to": args.upload_to,
     }
     upload_device = DEVICE if args.upload_to == "same" else AGENT_DEVICE
-    try:
+    with server_process(env, python=PYTHON, stop_timeout_s=30) as served:
+        server, base = served.process, served.url
         with httpx.Client(base_url=base, timeout=600, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-            wait_healthy(client, server)
             with model_path.open("rb") as handle:
                 upload = client.post("/api/models", files={"file": (model_path.name, handle)})
             upload.raise_for_status()
@@ -285,12 +262,6 @@ def main() -> int:
             result["measurements"] = {"before": stored_before, "after": stored_after,
                                       "expected_after": stored_before + uploads_ok * ROWS_PER_UPLOAD}
             result["server_alive"] = server.poll() is None and client.get("/api/health").status_code == 200
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -1,16 +1,26 @@
-"""Serving the REST app with uvicorn (what `latpred serve` runs)."""
+"""Serving the REST app with uvicorn (what `latpred serve` runs), in this process or in a child process."""
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from service.app import create_app
 from service.settings import Settings, get_settings
 
-__all__ = ["run_server"]
+__all__ = ["ServerProcess", "ServerStartError", "free_port", "run_server", "server_process"]
 
 logger = logging.getLogger(__name__)
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_server(host: str, port: int, settings: Settings | None = None) -> None:
@@ -19,3 +29,63 @@ def run_server(host: str, port: int, settings: Settings | None = None) -> None:
     app = create_app(settings)
     logger.info("serving latpred on http://%s:%d (docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServerStartError(RuntimeError):
+    """The child server exited or did not answer /api/health in time (the message has its log, if kept)."""
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def server_process(env: Mapping[str, str], log_path: Path | None = None, python: str = sys.executable,
+                   start_timeout_s: float = 60.0, stop_timeout_s: float = 15.0) -> Iterator[ServerProcess]:
+    """`run_server` in a child process on a free loopback port, configured by `env` (LATPRED_* settings).
+
+    Yields once GET /api/health answers 200; terminates the child on exit (killed if it does not stop).
+    Its output goes to `log_path` when given, else to this process's. Used by the tests and benchmarks
+    that need a real `latpred serve`.
+    """
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with ExitStack() as stack:
+        log = stack.enter_context(log_path.open("w")) if log_path is not None else None
+        process = subprocess.Popen(
+            [python, "-c", f"from service.server import run_server; run_server('127.0.0.1', {port})"],
+            cwd=_REPO_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT if log is not None else None,
+        )
+        try:
+            deadline = time.monotonic() + start_timeout_s
+            while True:
+                try:
+                    if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    what = (f"exited with {process.returncode}" if process.returncode is not None
+                            else f"did not answer /api/health within {start_timeout_s:g} s")
+                    output = f":\n{log_path.read_text()}" if log_path is not None else ""
+                    raise ServerStartError(f"the server {what}{output}")
+                time.sleep(0.2)
+            yield ServerProcess(url=url, process=process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

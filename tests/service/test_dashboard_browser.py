@@ -9,19 +9,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import onnx
 import pytest
 
+from service.server import server_process
 from tests import factories
 from tests.service.conftest import TOKEN
 
@@ -36,7 +34,6 @@ CANDIDATES = [
     {"name": "prune30", "config": {"default": {"prune_ratio": 0.3}}},
 ]
 CHART_IDS = ("chart-macs", "chart-bits", "chart-sparsity", "chart-validation")
-_START_TIMEOUT_S = 60.0
 _PAGE_TIMEOUT_S = 120.0
 _CLI_TIMEOUT_S = 600.0
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -58,12 +55,6 @@ class LiveDashboard:
     url: str
     model_path: Path
     shots_dir: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _latpred(env: dict[str, str], *args: str) -> str:
@@ -92,35 +83,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDashboard]:
     _latpred(env, "train", "--device", DEVICE)
     _latpred(env, "validate", str(model_path), "--device", DEVICE, "--configs", str(configs))
 
-    port = _free_port()
-    log_path = root / "server.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-c", f"from service.server import run_server; run_server('127.0.0.1', {port})"],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + _START_TIMEOUT_S
-            while True:
-                try:
-                    if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not start:\n{log_path.read_text()}")
-                time.sleep(0.2)
-            shots = root / "screenshots"
-            shots.mkdir()
-            yield LiveDashboard(url=url, model_path=model_path, shots_dir=shots)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+    with server_process(env, log_path=root / "server.log") as server:
+        shots = root / "screenshots"
+        shots.mkdir()
+        yield LiveDashboard(url=server.url, model_path=model_path, shots_dir=shots)
     keep = os.environ.get("LATPRED_TEST_SCREENSHOTS_DIR")
     if keep:
         shutil.copytree(root / "screenshots", keep, dirs_exist_ok=True)

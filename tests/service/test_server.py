@@ -2,61 +2,23 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.client import LatpredClient, LatpredClientError
+from service.server import ServerStartError, server_process
 from tests import factories
 from tests.service.conftest import TOKEN, fake_measurement, local_device_body
-
-_START_TIMEOUT_S = 60.0
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
 def server_url(store_url: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATPRED_")}
     env.update(LATPRED_HOME=str(tmp_path / "home"), LATPRED_DATABASE_URL=store_url, LATPRED_API_TOKENS=TOKEN)
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-c", f"from service.server import run_server; run_server('127.0.0.1', {port})"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        probe = LatpredClient(url, timeout=2)
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while True:
-            try:
-                if probe.health()["status"] == "ok":
-                    break
-            except LatpredClientError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{(tmp_path / 'server.log').read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with server_process(env, log_path=tmp_path / "server.log") as server:
+        yield server.url
 
 
 def test_served_api_end_to_end(server_url: str, tmp_path: Path) -> None:
@@ -91,3 +53,13 @@ def test_served_api_end_to_end(server_url: str, tmp_path: Path) -> None:
     with pytest.raises(LatpredClientError) as denied:
         LatpredClient(server_url, token="wrong").register_device(**device)
     assert denied.value.status_code == 401
+
+
+def test_a_server_that_cannot_start_is_said_so_with_its_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "server.log"
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'no interpreter here'\nexit 3\n")
+    broken.chmod(0o755)
+    with pytest.raises(ServerStartError, match=r"exited with 3:\nno interpreter here"):
+        with server_process({}, log_path=log_path, python=str(broken)):
+            raise AssertionError("never reached")
