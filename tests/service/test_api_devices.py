@@ -1,9 +1,6 @@
 """REST API: health, bearer-token auth, devices and profiling runs (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,7 @@ from sqlalchemy import make_url
 
 from service.app import create_app
 from service.settings import Settings
+from tests.proxy import TcpProxy
 from tests.service.conftest import AUTH, TOKEN, local_device_body
 
 
@@ -41,58 +39,6 @@ def test_health_is_503_while_database_unreachable(tmp_path: Path) -> None:
         assert "cannot connect to database" in devices.json()["detail"]
 
 
-class TcpProxy:
-    """Forwards a local port to the database; `stop()` cuts every connection, like a database outage."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen()
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.upstream)
-            self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                target.sendall(data)
-        with contextlib.suppress(OSError):
-            target.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        if self._listener is not None:
-            # shutdown() wakes the thread blocked in accept(); close() alone would leave it accepting.
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-            self._listener = None
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        self._sockets.clear()
-
-
 @pytest.mark.postgres
 def test_health_recovers_when_database_comes_back(postgres_url: str, tmp_path: Path) -> None:
     url = make_url(postgres_url)
@@ -102,7 +48,7 @@ def test_health_recovers_when_database_comes_back(postgres_url: str, tmp_path: P
     try:
         with TestClient(create_app(Settings(database_url=proxied, home=tmp_path, api_tokens=TOKEN))) as client:
             assert client.get("/api/health").status_code == 200
-            proxy.stop()
+            proxy.cut()
             down = client.get("/api/health")
             assert down.status_code == 503
             assert down.json()["database"].startswith("unreachable: ")
@@ -111,7 +57,7 @@ def test_health_recovers_when_database_comes_back(postgres_url: str, tmp_path: P
             assert client.get("/api/health").json() == {"status": "ok", "database": "ok"}
             assert client.get("/api/devices").status_code == 200
     finally:
-        proxy.stop()
+        proxy.cut()
 
 
 def test_writes_need_a_valid_token(api: TestClient) -> None:
