@@ -55,7 +55,7 @@ _UPLOAD_FORM = {
 
 
 def _store_model(
-    store: Store, cache: PredictionCache, upload: UploadedModel, model_id: str
+    store: Store, cache: PredictionCache, upload: UploadedModel, shapes: dict[str, list[int]], model_id: str
 ) -> tuple[ModelPublic, bool]:
     """Parse, extract the base kernels, keep the file and the row; (model, created)."""
     path = cache.model_path(model_id)
@@ -66,7 +66,6 @@ def _store_model(
             if not path.is_file():
                 write_atomically(path, upload.data)
             return ModelPublic.model_validate(existing), False
-    shapes = parse_input_shapes_field(upload.input_shapes)
     fixed = set_input_shapes(load_model(upload.data), shapes)
     # The server's own runtime (onnxruntime CPU, 1 thread) decides the kernels shown here; predict
     # re-extracts them for each device's runtime.
@@ -102,8 +101,9 @@ async def upload_model(request: Request, response: Response, settings: SettingsD
         raise HTTPException(status_code=status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc)) from exc
     except BadUploadError as exc:
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
-    model_id = upload_id(upload.data, parse_input_shapes_field(upload.input_shapes))
-    public, created = await run_in_threadpool(_store_model, store, cache, upload, model_id)
+    shapes = parse_input_shapes_field(upload.input_shapes)
+    public, created = await run_in_threadpool(_store_model, store, cache, upload, shapes,
+                                              upload_id(upload.data, shapes))
     if not created:
         response.status_code = status.HTTP_200_OK
     return public
