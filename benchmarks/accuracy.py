@@ -9,11 +9,11 @@
 3. compares each prediction with its measurement, and puts the FLOPs proxy beside it (latency = c x MACs,
    c fitted on the same fp32 set by least squares on relative error: the proxy gets every advantage).
 
-This host is a shared VM whose wall-clock speed swings by tens of percent within minutes. With one thread
-the profiler and the measurements here time runs by the calling thread's CPU time, which leaves other
-processes' time out (benchmarks/contention.py), and nothing is scaled: "compensated" figures equal the raw
-ones. Devices timed by wall time (more threads) have their tables scaled to the reference kernel's
-baseline state; for them the benchmark also reports errors against measurements scaled the same way.
+This host is a shared VM whose speed swings by tens of percent within minutes, the thread CPU time too (a
+busy neighbour of the VM slows the VM itself). The profiler and the measurements here time each model's runs
+in pairs with runs of the device's reference kernel and scale them to the device's baseline state (the
+reference kernel's time when the device was first profiled): "compensated" figures are held against those,
+the "_raw" summaries against the unscaled measurements.
 
 Architectures whose skeletons are in data/priors were profiled as whole models; the others (`held_out`)
 were never seen by the profiler, so their kernels come partly from regressors.
@@ -41,7 +41,7 @@ from predictor.config import parse_config  # noqa: E402
 from predictor.estimate import DevicePredictor  # noqa: E402
 from predictor.prepared import PreparedModel  # noqa: E402
 from predictor.store import create_store_engine, get_device, session_factory  # noqa: E402
-from predictor.validation import compensate, summarize_validation, validation_row  # noqa: E402
+from predictor.validation import measure_against_table, summarize_validation, validation_row  # noqa: E402
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL  # noqa: E402
 from profiler.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from profiler.runner import measure_reference_ms  # noqa: E402
@@ -106,10 +106,9 @@ def main() -> None:
             config = parse_config(raw)
             estimate = predictor.estimate(prepared.kernels(config))
             compressed = prepared.compressed(config)
-            reference_now = measure_reference_ms(backend)
-            measured = backend.measure_model(compressed, protocol).median_ms
-            row = validation_row(name, config_name, estimate.latency_ms, measured,
-                                 compensate(measured, reference_now, predictor.reference_ms),
+            measured, scaled, reference_now = measure_against_table(
+                backend, compressed, protocol, predictor.reference_ms, lambda: measure_reference_ms(backend))
+            row = validation_row(name, config_name, estimate.latency_ms, measured, scaled,
                                  estimate.table_hit_rate, list(estimate.interval_ms))
             row |= {"held_out": name not in prior_archs, "sources": estimate.sources, "reference_ms": reference_now,
                     "macs": macs_of(model) if config_name == "fp32" else None}

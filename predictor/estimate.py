@@ -166,13 +166,14 @@ class DevicePredictor:
         )
         predictor.by_key = {keys[key_hash]: value for key_hash, value in table.items()}
         reports = [run.report or {} for run in list_runs(session, device)]
-        references = [float(report.get(field)) for report in reports
-                      for field in ("baseline_reference_ms", "reference_ms")
-                      if isinstance(report.get(field), (int, float)) and report.get(field) > 0]
-        # Runs timed by thread CPU time are not scaled to a baseline state (profiler.runner), so
-        # measurements held against such a table are not scaled either.
-        scaled = not any(report.get("clock") == "thread_cpu" for report in reports)
-        predictor.reference_ms = min(references) if references and scaled else None
+        # The table is in the device's baseline state: the reference kernel's time its runs' reports name as
+        # baseline (every run scales to the first run's, profiler.runner). Measurements held against the table
+        # are scaled to the same. Unpaired runs timed by thread CPU time are not scaled, so then neither are they.
+        baselines = [float(report["baseline_reference_ms"]) for report in reports
+                     if isinstance(report.get("baseline_reference_ms"), (int, float))
+                     and report["baseline_reference_ms"] > 0]
+        scaled = all(report.get("paired") or report.get("clock") != "thread_cpu" for report in reports)
+        predictor.reference_ms = baselines[-1] if baselines and scaled else None
         return predictor
 
     @property

@@ -14,7 +14,7 @@ from predictor.estimate import DevicePredictor
 from predictor.prepared import PreparedModel
 from predictor.runtime import RuntimeSpec
 
-__all__ = ["summarize_validation", "validate_models"]
+__all__ = ["measure_against_table", "summarize_validation", "validate_models"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +24,25 @@ RANKING_MIN_GAP = 0.05
 
 class _Timing(Protocol):
     median_ms: float
+    reference_ms: float | None
 
 
 class _Measurer(Protocol):
     def measure_model(self, model: onnx.ModelProto, protocol: Any) -> _Timing: ...
+
+
+def measure_against_table(backend: _Measurer, model: onnx.ModelProto, protocol: Any, baseline_ms: float | None,
+                          reference_ms: Callable[[], float] | None = None) -> tuple[float, float | None, float | None]:
+    """Measure a model as the ground truth for a device's table: (raw ms, ms in the baseline state, reference ms).
+
+    The reference kernel's time comes from the backend's paired runs (Timing.reference_ms) or else from
+    `reference_ms`, timed right after; the scaled value is None without a reference or without a baseline.
+    """
+    timing = backend.measure_model(model, protocol)
+    reference_now = getattr(timing, "reference_ms", None)
+    if reference_now is None and reference_ms is not None:
+        reference_now = reference_ms()
+    return timing.median_ms, compensate(timing.median_ms, reference_now, baseline_ms), reference_now
 
 
 def validate_models(
@@ -42,8 +57,9 @@ def validate_models(
     """Predict and measure every model under the baseline and each candidate config.
 
     `backend` is the profiler backend of this host and `protocol` its measurement protocol.
-    `reference_ms` times the device's reference kernel now: measurements are then also given scaled
-    to the device's baseline state, as the table is (a shared host's load is not the model's cost).
+    Measurements are also given scaled to the device's baseline state, as the table is (a shared host's
+    load is not the model's cost), by the backend's paired reference runs or else by `reference_ms`, which
+    times the device's reference kernel now.
     """
     rows: list[dict[str, Any]] = []
     for model_name, model in models:
@@ -51,10 +67,9 @@ def validate_models(
         for config_name, config in [("baseline", CompressionConfig()), *candidates]:
             estimate = predictor.estimate(prepared.kernels(config))
             compressed = prepared.compressed(config)
-            reference_now = reference_ms() if reference_ms is not None else None
-            measured = backend.measure_model(compressed, protocol).median_ms
-            rows.append(validation_row(model_name, config_name, estimate.latency_ms, measured,
-                                       compensate(measured, reference_now, predictor.reference_ms),
+            measured, scaled, _ = measure_against_table(backend, compressed, protocol, predictor.reference_ms,
+                                                        reference_ms)
+            rows.append(validation_row(model_name, config_name, estimate.latency_ms, measured, scaled,
                                        estimate.table_hit_rate, list(estimate.interval_ms)))
             logger.info("%s/%s: predicted %.3f ms, measured %.3f ms", model_name, config_name,
                         estimate.latency_ms, measured)

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
-import onnx
 
 from predictor.compress import apply_config
 from predictor.config import CompressionConfig, LayerCompression
 from predictor.kernels import KernelKey
 from predictor.store import MeasurementIn
-from profiler.backends.base import PROFILING_PROTOCOL, Backend, KernelTiming, MeasureProtocol
+from profiler.backends.base import PROFILING_PROTOCOL, Backend, KernelTiming, MeasureProtocol, reference_model
 from profiler.plan import WorkItem
 
 __all__ = ["ProfileRunner", "RunReport", "Sink", "measure_reference_ms", "reference_model"]
@@ -74,6 +73,7 @@ class RunReport:
     budget_minutes: float | None = None
     stopped_by: str = ""
     clock: str = "wall"  # what runs were timed with: "thread_cpu" (one thread) or "wall"
+    paired: bool = False  # runs timed in pairs with the reference kernel, and scaled by it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +93,7 @@ class RunReport:
             "budget_minutes": self.budget_minutes,
             "stopped_by": self.stopped_by,
             "clock": self.clock,
+            "paired": self.paired,
         }
 
     def summary_lines(self) -> list[str]:
@@ -100,7 +101,8 @@ class RunReport:
         lines = [f"run {self.run_id} on {self.device}: {len(self.items_done)} models profiled, "
                  f"{sum(self.measured_per_op.values())} new kernels in {self.elapsed_s / 60:.1f} min "
                  f"({self.stopped_by or 'done'})",
-                 f"  runs timed by {'the thread CPU time' if self.clock == 'thread_cpu' else 'wall time'}"]
+                 f"  runs timed by {'the thread CPU time' if self.clock == 'thread_cpu' else 'wall time'}"
+                 + (", in pairs with the reference kernel" if self.paired else "")]
         for op_type, count in sorted(self.measured_per_op.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {op_type:28s} {count:6d} kernels")
         for op_type, axes in sorted(self.flat_axes.items()):
@@ -114,7 +116,8 @@ class RunReport:
             lines.append(f"  DRIFT: reference kernel changed by up to {(worst['ratio'] - 1) * 100:+.1f}% "
                          f"(at {worst['elapsed_s']:.0f}s; {len(self.drift)} of {len(self.end_to_end)} models); "
                          + (f"measurements compensated to the baseline {self.baseline_reference_ms or 0:.3f} ms"
-                            if self.clock != "thread_cpu" else "runs timed by thread CPU time, not scaled"))
+                            if self.paired or self.clock != "thread_cpu"
+                            else "runs timed by thread CPU time, not scaled"))
         else:
             lines.append("  no drift: reference kernel stayed within "
                          f"{_DRIFT_THRESHOLD * 100:.0f}% of {self.reference_ms or 0:.3f} ms")
@@ -123,25 +126,9 @@ class RunReport:
         return lines
 
 
-def reference_model() -> onnx.ModelProto:
-    """A fixed 3x3 conv (64 channels, 56x56, about 1 ms) timed periodically to detect drift of the machine."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="reference_conv", pads=[1, 1, 1, 1])], "reference",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 56, 56])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 56, 56])], [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
 def measure_reference_ms(backend: Backend) -> float:
     """The reference kernel's time on this host now (a quick measurement, about a tenth of a second)."""
-    return backend.measure_model(reference_model(), _QUICK_REFERENCE).median_ms
+    return backend.measure_model(reference_model(), _QUICK_REFERENCE, paired=False).median_ms
 
 
 def _has_sparsity(item: WorkItem) -> bool:
@@ -207,10 +194,11 @@ class ProfileRunner:
         sparsity_pairs: dict[str, list[float]] = defaultdict(list)
         self._reference_ms()  # the first runs of a fresh process are slow: warm up before the baseline
         report.reference_ms = self._reference_ms()
-        # Every measurement is scaled to the device's baseline state: the reference kernel's time in the
-        # quietest state any run of this device saw. A shared host that slows down by half for a
-        # minute then cannot write a slow minute into the table.
-        report.baseline_reference_ms = min([report.reference_ms, *self.sink.previous_references()])
+        # Every measurement is scaled to the device's baseline state: the reference kernel's time when the
+        # device's first run started, the same for every later run, so all runs' rows share one scale and a
+        # shared host that slows down by half for a minute cannot write a slow minute into the table.
+        previous = self.sink.previous_references()
+        report.baseline_reference_ms = previous[0] if previous else report.reference_ms
         status = "finished"
         try:
             for item in items:
@@ -262,8 +250,10 @@ class ProfileRunner:
                       record: bool = True) -> list[MeasurementIn] | None:
         try:
             model = apply_config(item.build(), item.config)
-            reference_now = self._reference_ms(quick=True)
             wall = self.backend.measure_model(model, self.protocol)
+            # Paired timing says how fast the host was during the runs themselves; else a quick look now.
+            reference_now = wall.reference_ms or self._reference_ms(quick=True)
+            report.paired = wall.reference_ms is not None
             timings = self.backend.measure_kernels(model, self.protocol, wall=wall)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base; one model must not end the run
             logger.warning("skipping %s: %s", item.label, " ".join(str(exc).split())[:300])
@@ -285,13 +275,14 @@ class ProfileRunner:
     def _compensation(self, report: RunReport, reference_now: float) -> float:
         """Factor from the machine's state now to the device's baseline state (drift is recorded).
 
-        Runs timed by wall time are scaled: there a busy host's load would go into the table. Runs timed
-        by thread CPU time already leave other processes out, and scaling them by a tiny reference kernel's
-        own noise made them worse (validation MAPE 7.0% raw vs 9.9% scaled): drift is only reported.
+        Paired runs are scaled by their reference runs. Unpaired runs are scaled by a quick reference timing
+        when timed by wall time (a busy host's load would go into the table); unpaired runs timed by thread CPU
+        time are not: scaling them by the quick timing's own noise made them worse (validation MAPE 7.0% raw
+        vs 9.9% scaled on an idle host), and drift is only reported.
         """
         assert report.reference_ms is not None and report.baseline_reference_ms is not None
         ratio = reference_now / report.reference_ms
-        scaled = report.clock != "thread_cpu"
+        scaled = report.paired or report.clock != "thread_cpu"
         if abs(ratio - 1.0) > _DRIFT_THRESHOLD:
             logger.info("drift: reference kernel at %.0f%% of its start time%s", ratio * 100,
                         " (compensated)" if scaled else "")

@@ -14,7 +14,7 @@ from predictor.prepared import PreparedModel, rank_candidates
 from predictor.regressors import train_device_regressors
 from predictor.runtime import describe_host
 from predictor.store import add_validation, get_device, session_scope, upsert_device
-from predictor.validation import compensate, summarize_validation
+from predictor.validation import measure_against_table, summarize_validation
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
 from profiler.plan import DEFAULT_PRIORS_DIR, model_plan
@@ -83,10 +83,10 @@ def run_demo(settings: Settings, budget_minutes: float, as_json: bool, emit_line
     protocol = GROUND_TRUTH_PROTOCOL
     measured: dict[str, float] = {}
     for name, config in candidates:
-        reference_now = measure_reference_ms(backend)
-        raw = backend.measure_model(prepared.compressed(config), protocol).median_ms
+        raw, scaled, _ = measure_against_table(backend, prepared.compressed(config), protocol, predictor.reference_ms,
+                                               lambda: measure_reference_ms(backend))
         # Scaled to the device's baseline state, as the table is: the host's load is not the model's cost.
-        measured[name] = compensate(raw, reference_now, predictor.reference_ms) or raw
+        measured[name] = scaled or raw
     rows = []
     for entry in ranking["ranked"]:
         value = measured[entry["name"]]

@@ -21,6 +21,7 @@ __all__ = [
     "MeasureProtocol",
     "Timing",
     "median_is_stable",
+    "reference_model",
     "summarize_ms",
 ]
 
@@ -58,6 +59,10 @@ class Timing:
     p10_ms: float
     p90_ms: float
     repeats: int
+    # With paired timing (each run next to a run of the device's reference kernel): the reference kernel's
+    # time during these runs as the pairs see it, median_ms / median(run / its reference run). A shared
+    # host's slow minute slows both, so median_ms x baseline / reference_ms is the time in the baseline state.
+    reference_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,26 @@ class Backend(Protocol):
         """In-graph latency of every kernel of the model (`wall`: its end-to-end timing, if known)."""
         ...
 
-    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol) -> Timing:
-        """End-to-end latency of one inference of the model."""
+    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None) -> Timing:
+        """End-to-end latency of one inference of the model.
+
+        `paired`: time the device's reference kernel between runs and fill Timing.reference_ms (None: the
+        backend's default; a backend that cannot pair leaves reference_ms None).
+        """
         ...
+
+
+def reference_model() -> onnx.ModelProto:
+    """A fixed 3x3 conv (64 channels, 56x56, about 1 ms) timed periodically to detect drift of the machine."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="reference_conv", pads=[1, 1, 1, 1])], "reference",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 56, 56])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 56, 56])], [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -12,6 +12,12 @@ thread's CPU time: on an idle device it equals the wall time, and on a shared ho
 the OS gave other processes (a busy process on each core of this 2-core VM made ResNet-18's wall time 1.9x
 and its thread CPU time 1.01x, benchmarks/contention.py). With more threads the work spreads over a pool
 and wall time is used.
+
+Neither clock leaves out a shared host's own slow spells (a VM whose neighbours load the host: the reference
+conv's thread CPU time moved between 1.9 and 3.1 ms within a minute here). So model runs are timed in pairs
+with runs of the device's reference kernel (after each block of runs that costs at least one reference run),
+and Timing.reference_ms says how fast the host was during them: the profiler and the ground truth scale by it
+to the device's baseline state.
 """
 from __future__ import annotations
 
@@ -29,7 +35,14 @@ import onnx
 
 from predictor.kernels import Kernel, extract_kernels
 from predictor.runtime import RuntimeSpec, local_runtime, translate_runtime_error
-from profiler.backends.base import KernelTiming, MeasureProtocol, Timing, median_is_stable, summarize_ms
+from profiler.backends.base import (
+    KernelTiming,
+    MeasureProtocol,
+    Timing,
+    median_is_stable,
+    reference_model,
+    summarize_ms,
+)
 
 __all__ = ["OnnxRuntimeBackend", "random_feeds"]
 
@@ -66,7 +79,8 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, threads: int = 1, execution_provider: str = "CPUExecutionProvider") -> None:
+    def __init__(self, threads: int = 1, execution_provider: str = "CPUExecutionProvider",
+                 paired: bool = True) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -82,6 +96,9 @@ class OnnxRuntimeBackend:
         self._clock = time.thread_time if self.clock_name == "thread_cpu" else time.perf_counter
         self._empty_run_ms: float | None = None
         self._profiler_overhead_ms: float | None = None
+        # measure_model's default: time runs in pairs with the reference kernel (see the module docstring).
+        self.paired = paired
+        self._reference: _Pairing | None = None
 
     def runtime(self) -> RuntimeSpec:
         return self._runtime
@@ -107,49 +124,82 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # onnxruntime's pybind errors have no common public base
             raise translate_runtime_error(exc) from exc
 
-    def _run_until_stable(self, session, feeds, protocol: MeasureProtocol) -> list[float]:  # type: ignore[no-untyped-def]
-        """Warm up, then run until the median run time is stable or a cap is hit; returns ms samples."""
+    def _timed_ms(self, session, feeds) -> float:  # type: ignore[no-untyped-def]
+        start = self._clock()
+        session.run(None, feeds)
+        return (self._clock() - start) * 1000.0
+
+    def _pairing(self) -> _Pairing:
+        if self._reference is None:
+            session = self._session(reference_model())
+            feeds = random_feeds(session)
+            for _ in range(3):
+                session.run(None, feeds)
+            self._reference = _Pairing(session, feeds, self._timed_ms(session, feeds))
+        return self._reference
+
+    def _run_until_stable(self, session, feeds, protocol: MeasureProtocol,  # type: ignore[no-untyped-def]
+                          pairing: _Pairing | None = None) -> tuple[list[float], list[float]]:
+        """Warm up, then run until the median is stable or a cap is hit.
+
+        Returns the runs' times (ms) and, with `pairing`, each run's reference time (ms): the reference
+        kernel's run after the block of runs that holds it; a block lasts at least one reference run, so
+        pairing costs at most as much time as the runs themselves. With pairing, the stopping rule looks
+        at the runs' ratios to their reference runs.
+        """
         for _ in range(protocol.warmup_runs):
             session.run(None, feeds)
         samples: list[float] = []
+        references: list[float] = []
+        block_ms = 0.0
         deadline = time.perf_counter() + protocol.max_seconds
         while len(samples) < protocol.max_repeats:
-            start = self._clock()
-            session.run(None, feeds)
-            samples.append((self._clock() - start) * 1000.0)
-            if len(samples) >= protocol.min_repeats and (
-                median_is_stable(samples, protocol.stable_within) or time.perf_counter() > deadline
+            samples.append(self._timed_ms(session, feeds))
+            if pairing is not None:
+                block_ms += samples[-1]
+                if block_ms >= pairing.last_ms:
+                    pairing.last_ms = self._timed_ms(pairing.session, pairing.feeds)
+                    references.extend([pairing.last_ms] * (len(samples) - len(references)))
+                    block_ms = 0.0
+            judged = samples if pairing is None else _ratios(samples, references)
+            if len(judged) >= protocol.min_repeats and (
+                median_is_stable(judged, protocol.stable_within) or time.perf_counter() > deadline
             ):
                 break
-        return samples
+        if pairing is not None and len(references) < len(samples):
+            pairing.last_ms = self._timed_ms(pairing.session, pairing.feeds)
+            references.extend([pairing.last_ms] * (len(samples) - len(references)))
+        return samples, references
 
-    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol) -> Timing:
-        per_session: list[list[float]] = []
+    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None) -> Timing:
+        pairing = self._pairing() if (self.paired if paired is None else paired) else None
+        per_session: list[tuple[list[float], list[float]]] = []
         for _ in range(max(1, protocol.sessions)):
             session = self._session(model)
-            per_session.append(self._run_until_stable(session, random_feeds(session), protocol))
+            per_session.append(self._run_until_stable(session, random_feeds(session), protocol, pairing))
             del session
-        if len(per_session) == 1:
-            return summarize_ms(per_session[0])
-        # The session whose median is the median of all sessions speaks for the model.
-        per_session.sort(key=lambda samples: float(np.median(samples)))
-        middle = per_session[len(per_session) // 2]
-        return replace(summarize_ms(middle), repeats=sum(len(samples) for samples in per_session))
+        # The session whose median (of ratios, when paired) is the median of all sessions speaks for the model.
+        per_session.sort(key=lambda pair: float(np.median(_ratios(*pair) if pairing else pair[0])))
+        samples, references = per_session[len(per_session) // 2]
+        timing = replace(summarize_ms(samples), repeats=sum(len(s) for s, _ in per_session))
+        if pairing is None:
+            return timing
+        return replace(timing, reference_ms=timing.median_ms / float(np.median(_ratios(samples, references))))
 
     def empty_run_ms(self, protocol: MeasureProtocol) -> float:
         """Wall time of one run of a model that does (almost) nothing: the per-run overhead."""
         if self._empty_run_ms is None:
-            self._empty_run_ms = self.measure_model(_empty_model(), protocol).median_ms
+            self._empty_run_ms = self.measure_model(_empty_model(), protocol, paired=False).median_ms
         return self._empty_run_ms
 
     def profiler_overhead_ms(self, protocol: MeasureProtocol) -> float:
         """Time the per-node profiler adds to each node it times (calibrated once on a chain of tiny nodes)."""
         if self._profiler_overhead_ms is None:
             chain = _chain_model(_CALIBRATION_NODES)
-            plain = self.measure_model(chain, protocol).median_ms
+            plain = self.measure_model(chain, protocol, paired=False).median_ms
             with tempfile.TemporaryDirectory(prefix="latpred-prof-") as tmp:
                 session = self._session(chain, profile_dir=Path(tmp))
-                profiled = float(np.median(self._run_until_stable(session, random_feeds(session), protocol)))
+                profiled = float(np.median(self._run_until_stable(session, random_feeds(session), protocol)[0]))
                 os.unlink(session.end_profiling())
             self._profiler_overhead_ms = max(0.0, (profiled - plain) / _CALIBRATION_NODES)
         return self._profiler_overhead_ms
@@ -170,7 +220,7 @@ class OnnxRuntimeBackend:
         for _ in range(max(1, protocol.sessions)):
             with tempfile.TemporaryDirectory(prefix="latpred-prof-") as tmp:
                 session = self._session(model, profile_dir=Path(tmp))
-                walls = self._run_until_stable(session, random_feeds(session), protocol)
+                walls, _ = self._run_until_stable(session, random_feeds(session), protocol)
                 profile_path = session.end_profiling()
                 samples = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
                 os.unlink(profile_path)
@@ -200,6 +250,20 @@ class OnnxRuntimeBackend:
                 continue
             timings.append(KernelTiming(kernel=kernel, timing=summarize_ms(node_samples)))
         return timings
+
+
+class _Pairing:
+    """The reference kernel's session for paired timing, and its latest run time (ms)."""
+
+    def __init__(self, session: object, feeds: dict[str, np.ndarray], last_ms: float) -> None:
+        self.session = session
+        self.feeds = feeds
+        self.last_ms = last_ms
+
+
+def _ratios(samples: list[float], references: list[float]) -> list[float]:
+    """Each paired run's time over its reference run's time (runs not yet paired are left out)."""
+    return [sample / reference for sample, reference in zip(samples, references, strict=False) if reference > 0]
 
 
 def _chain_model(length: int) -> onnx.ModelProto:

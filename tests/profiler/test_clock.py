@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import onnx
 import pytest
@@ -11,7 +12,7 @@ from predictor.estimate import DevicePredictor
 from predictor.runtime import describe_host
 from predictor.store import get_device, session_factory, session_scope, upsert_device
 from profiler.backends.base import MeasureProtocol, Timing
-from profiler.backends.onnxruntime import OnnxRuntimeBackend
+from profiler.backends.onnxruntime import OnnxRuntimeBackend, _Pairing
 from profiler.plan import model_plan
 from profiler.runner import ProfileRunner, reference_model
 from profiler.sinks import StoreSink
@@ -30,15 +31,15 @@ class _SleepingSession:
 def test_one_thread_leaves_out_time_the_thread_did_not_run() -> None:
     backend = OnnxRuntimeBackend(threads=1)
     assert backend.clock_name == "thread_cpu"
-    samples = backend._run_until_stable(_SleepingSession(), {}, _FIVE_RUNS)
-    assert len(samples) == 5
+    samples, references = backend._run_until_stable(_SleepingSession(), {}, _FIVE_RUNS)
+    assert len(samples) == 5 and references == []
     assert max(samples) < 5.0, samples
 
 
 def test_several_threads_use_wall_time() -> None:
     backend = OnnxRuntimeBackend(threads=2)
     assert backend.clock_name == "wall"
-    samples = backend._run_until_stable(_SleepingSession(), {}, _FIVE_RUNS)
+    samples, _ = backend._run_until_stable(_SleepingSession(), {}, _FIVE_RUNS)
     assert min(samples) >= 20.0, samples
 
 
@@ -50,35 +51,94 @@ def test_real_model_is_timed_with_either_clock(threads: int) -> None:
 
 
 class _DriftingBackend(OnnxRuntimeBackend):
-    """The real backend, except that the reference kernel reads 1 ms until the first item, then 2 ms."""
+    """The real backend, except that the reference kernel reads 1 ms until the first item, then 2 ms.
 
-    def __init__(self, threads: int) -> None:
-        super().__init__(threads=threads)
+    Paired, every model's runs report the reference at 2 ms; unpaired, a quick reference timing reads 2 ms.
+    """
+
+    def __init__(self, threads: int, paired: bool) -> None:
+        super().__init__(threads=threads, paired=paired)
         self.reference_calls = 0
 
-    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol) -> Timing:
+    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None) -> Timing:
         if model.graph.name == reference_model().graph.name:
             self.reference_calls += 1
             value = 1.0 if self.reference_calls <= 2 else 2.0  # warm-up and baseline, then every item
             return Timing(median_ms=value, p10_ms=value, p90_ms=value, repeats=10)
-        return super().measure_model(model, protocol)
+        timing = super().measure_model(model, protocol, paired=False)
+        return replace(timing, reference_ms=2.0) if (self.paired if paired is None else paired) else timing
 
 
-@pytest.mark.parametrize(("threads", "expected_factor"), [(1, 1.0), (2, 0.5)])
-def test_drift_is_reported_and_only_wall_time_runs_are_scaled(
-        store_engine: Engine, threads: int, expected_factor: float) -> None:
+@pytest.mark.parametrize(("threads", "paired", "expected_factor"),
+                         [(1, False, 1.0), (2, False, 0.5), (1, True, 0.5), (2, True, 0.5)])
+def test_drift_is_reported_and_paired_or_wall_time_runs_are_scaled(
+        store_engine: Engine, threads: int, paired: bool, expected_factor: float) -> None:
     runtime = OnnxRuntimeBackend(threads=threads).runtime()
     with session_scope(session_factory(store_engine)) as session:
         upsert_device(session, name="drift", backend=runtime.backend, execution_provider=runtime.execution_provider,
                       runtime_version=runtime.runtime_version, threads=threads, host=describe_host())
     items = model_plan(factories.conv_bn_relu_model(), "block", [])
-    report = ProfileRunner("drift", _DriftingBackend(threads), StoreSink(session_factory(store_engine), "drift"),
+    report = ProfileRunner("drift", _DriftingBackend(threads, paired), StoreSink(session_factory(store_engine), "drift"),
                            _FIVE_RUNS).run(items, budget_minutes=5)
     assert report.clock == ("thread_cpu" if threads == 1 else "wall")
+    assert report.paired == paired
     assert report.drift and report.drift[0]["ratio"] == pytest.approx(2.0)
     assert [e["compensation"] for e in report.end_to_end] == [pytest.approx(expected_factor)]
     assert "DRIFT" in "\n".join(report.summary_lines())
     with session_factory(store_engine)() as session:
         predictor = DevicePredictor.load(session, get_device(session, "drift"))
-    # Validation scales measurements only against a table that was scaled.
-    assert (predictor.reference_ms is None) == (threads == 1)
+    # Validation scales measurements only against a table that was scaled, to the table's baseline.
+    assert predictor.reference_ms == (None if expected_factor == 1.0 else pytest.approx(1.0))
+
+
+class _SlowingHost:
+    """A fake clock and sessions on it: each run takes its base time, twice that after `switch_after` runs."""
+
+    def __init__(self, switch_after: int) -> None:
+        self.now = 0.0
+        self.runs = 0
+        self.switch_after = switch_after
+
+    def session(self, ms: float) -> object:
+        host = self
+
+        class _Session:
+            def run(self, outputs: object, feeds: object) -> None:
+                host.runs += 1
+                host.now += ms * (2 if host.runs > host.switch_after else 1) / 1000.0
+
+        return _Session()
+
+
+def test_paired_runs_see_a_slowdown_that_hits_the_reference_kernel_too() -> None:
+    """Runs in pairs: the ratio to the reference run stays put when the whole host slows down mid-measurement."""
+    host = _SlowingHost(switch_after=12)
+    backend = OnnxRuntimeBackend(threads=1)
+    backend._clock = lambda: host.now
+    pairing = _Pairing(host.session(2.0), {}, last_ms=2.0)
+    protocol = MeasureProtocol(warmup_runs=0, min_repeats=12, max_repeats=12, max_seconds=10.0)
+    samples, references = backend._run_until_stable(host.session(4.0), {}, protocol, pairing)
+    # Blocks of one run (4 ms >= the 2 ms reference), so runs and reference runs alternate: 6 of each are
+    # fast, then the host slows down for both.
+    assert samples == pytest.approx([4.0] * 6 + [8.0] * 6)
+    assert references == pytest.approx([2.0] * 6 + [4.0] * 6)
+
+
+def test_paired_blocks_of_short_runs_last_one_reference_run() -> None:
+    host = _SlowingHost(switch_after=1000)
+    backend = OnnxRuntimeBackend(threads=1)
+    backend._clock = lambda: host.now
+    pairing = _Pairing(host.session(2.0), {}, last_ms=2.0)
+    protocol = MeasureProtocol(warmup_runs=0, min_repeats=10, max_repeats=10, max_seconds=10.0)
+    samples, references = backend._run_until_stable(host.session(0.5), {}, protocol, pairing)
+    assert len(samples) == len(references) == 10
+    assert host.runs == 10 + 3  # blocks of 4 runs (2 ms), and one reference run for the last 2 runs
+
+
+def test_measure_model_pairs_by_default_and_fills_reference_ms() -> None:
+    backend = OnnxRuntimeBackend(threads=1)
+    paired = backend.measure_model(factories.conv_bn_relu_model(), _FIVE_RUNS)
+    assert paired.reference_ms is not None and paired.reference_ms > 0
+    assert backend.measure_model(factories.conv_bn_relu_model(), _FIVE_RUNS, paired=False).reference_ms is None
+    assert OnnxRuntimeBackend(threads=1, paired=False).measure_model(
+        factories.conv_bn_relu_model(), _FIVE_RUNS).reference_ms is None
