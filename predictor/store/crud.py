@@ -35,6 +35,7 @@ __all__ = [
     "finish_run",
     "get_device",
     "get_stored_model",
+    "iter_measured_medians",
     "iter_measurements",
     "list_devices",
     "list_runs",
@@ -291,6 +292,19 @@ def iter_measurements(
     if limit is not None:
         statement = statement.limit(limit)
     yield from session.scalars(statement.execution_options(yield_per=1000))
+
+
+def iter_measured_medians(session: Session, device: Device) -> Iterator[tuple[str, dict[str, Any], float]]:
+    """Yield (key hash, key, median ms) of the device's measurements in insertion order, as plain tuples.
+
+    What loading a predictor reads: no ORM objects are built (they cost more than the row and its key).
+    """
+    statement = (
+        select(Measurement.key_hash, Measurement.key, Measurement.median_ms)
+        .where(Measurement.device_id == device.id)
+        .order_by(Measurement.id)
+    )
+    yield from session.execute(statement.execution_options(yield_per=1000)).tuples()
 
 
 def count_measurements_by_op(session: Session, device: Device) -> dict[str, int]:
