@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import Kernel, KernelKey
-from predictor.store import Device, iter_measurements, list_runs
+from predictor.store import Device, iter_measured_medians, list_runs
+from predictor.table import MeasuredTable, key_python_hashes
 
 __all__ = ["DevicePredictor", "Estimate", "EstimateSummary", "KernelEstimate", "flat_axes_of"]
 
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 _TABLE_INTERVAL = 0.05
 _FALLBACK_INTERVAL = 0.5
 _MEMO_ENTRIES = 200_000
+# Keys parsed at a time while loading a table (for their features and hashes; then dropped).
+_LOAD_CHUNK_KEYS = 4096
 # A kernel's latency, interval (low, high) and source, as its KernelEstimate states them.
 _Value = tuple[float, float, float, str]
 
@@ -127,14 +130,13 @@ class DevicePredictor:
         fallback: Sequence[float] | None = None,
     ) -> None:
         self.device = device
-        self.table = dict(table)
+        # A MeasuredTable (compact arrays) is kept as it is; any other mapping of key hash -> ms is copied
+        # into one, whose lookups then compute each asked key's hash.
+        self.table = table if isinstance(table, MeasuredTable) else MeasuredTable.from_medians(table)
         self.regressors = regressors
         self.overhead = dict(overhead or {})
         self.flat_axes = {op: set(axes) for op, axes in (flat_axes or {}).items()}
         self.fallback = tuple(fallback) if fallback is not None else None
-        # Looked up by the key itself (tuple hashing) before falling back to the canonical-JSON hash,
-        # which costs a JSON encoding and a sha256 per key: the hot path of ranking fresh configs.
-        self.by_key: dict[KernelKey, float] = {}
         # The reference kernel's time in the device's baseline state, which the table is scaled to.
         self.reference_ms: float | None = None
         # What each key came to (see _memo): ranking asks about the same kernels over and over, so each key
@@ -146,15 +148,36 @@ class DevicePredictor:
     def load(cls, session: Session, device: Device) -> DevicePredictor:
         from predictor.regressors import RegressorSet
 
-        # One read of the table: the lookup, the keys and the fallback all see the same snapshot even
-        # while an agent is uploading (median of medians where a key was measured in several runs).
-        medians: dict[str, list[float]] = {}
-        keys: dict[str, KernelKey] = {}
-        for measurement in iter_measurements(session, device):
-            medians.setdefault(measurement.key_hash, []).append(measurement.median_ms)
-            if measurement.key_hash not in keys:
-                keys[measurement.key_hash] = KernelKey.from_dict(measurement.key)
-        table = {key_hash: float(np.median(values)) for key_hash, values in medians.items()}
+        # One read of the table: the lookup and the fallback see the same snapshot even while an agent is
+        # uploading (median of medians where a key was measured in several runs). Only numbers outlive it:
+        # each key is parsed once, in chunks, for its Python hash and the fallback's features (see table.py).
+        runs_of: dict[str, list[float]] = {}
+        pending: list[KernelKey] = []
+        features: list[np.ndarray] = []
+        hashes: list[np.ndarray] = []
+        for key_hash, key, median_ms in iter_measured_medians(session, device):
+            medians_of_key = runs_of.get(key_hash)
+            if medians_of_key is not None:
+                medians_of_key.append(median_ms)
+                continue
+            runs_of[key_hash] = [median_ms]
+            pending.append(KernelKey.from_dict(key))
+            if len(pending) == _LOAD_CHUNK_KEYS:
+                features.append(_fallback_features_array(pending))
+                hashes.append(key_python_hashes(pending))
+                pending = []
+        if pending:
+            features.append(_fallback_features_array(pending))
+            hashes.append(key_python_hashes(pending))
+        del pending
+        # np.median of one value is that value; calling it for each of 100k keys took a third of the load.
+        medians = {key_hash: values[0] if len(values) == 1 else float(np.median(values))
+                   for key_hash, values in runs_of.items()}
+        del runs_of
+        target = np.fromiter(medians.values(), dtype=np.float64, count=len(medians))
+        fallback = _fit_bandwidth(np.concatenate(features) if features else np.zeros((0, 2)), target)
+        table = MeasuredTable.from_medians(medians, np.concatenate(hashes) if hashes else np.zeros(0, np.int64))
+        del medians, features, hashes, target
         regressors = RegressorSet.load(session, device)
         predictor = cls(
             device=device.name,
@@ -162,9 +185,8 @@ class DevicePredictor:
             regressors=regressors if regressors.op_types else None,
             overhead=device.overhead or {},
             flat_axes=flat_axes_of(session, device),
-            fallback=fit_bandwidth_fallback([(keys[h], table[h]) for h in table]),
+            fallback=fallback,
         )
-        predictor.by_key = {keys[key_hash]: value for key_hash, value in table.items()}
         reports = [run.report or {} for run in list_runs(session, device)]
         # The table is in the device's baseline state: the reference kernel's time its runs' reports name as
         # baseline (every run scales to the first run's, profiler.runner). Measurements held against the table
@@ -180,13 +202,13 @@ class DevicePredictor:
     def measurement_count(self) -> int:
         return len(self.table)
 
-    def _lookup(self, key: KernelKey) -> float | None:
-        """The measured median of a key; a key on a proven-flat axis is looked up at the axis' base value."""
-        if key.sparsity and "sparsity" in self.flat_axes.get(key.op_type, ()):
-            key = replace(key, sparsity=0.0, sparsity_pattern="dense")
-        if self.by_key:  # holds every key of the table
-            return self.by_key.get(key)
-        return self.table.get(key.key_hash)
+    def _lookup_many(self, keys: Sequence[KernelKey]) -> list[float | None]:
+        """The measured median of each key; a key on a proven-flat axis is looked up at the axis' base value."""
+        return self.table.lookup_many([
+            replace(key, sparsity=0.0, sparsity_pattern="dense")
+            if key.sparsity and "sparsity" in self.flat_axes.get(key.op_type, ()) else key
+            for key in keys
+        ])
 
     def estimate(self, kernels: Sequence[Kernel]) -> Estimate:
         """Predict every kernel, sum them and add the device's overhead."""
@@ -219,26 +241,29 @@ class DevicePredictor:
         """
         memo = self._memo()
         rows: list[list[_Value]] = []
-        # Keys neither in the memo nor in the table, with the places (list, index) that name them.
-        misses: dict[str, dict[KernelKey, list[tuple[int, int]]]] = {}
+        # Keys not in the memo, with the places (list, index) that name them: looked up in the table at once.
+        unknown: dict[KernelKey, list[tuple[int, int]]] = {}
         for list_index, keys in enumerate(key_lists):
             row: list[_Value] = []
             for key in keys:
                 value = memo.get(key)
                 if value is None:
-                    measured = self._lookup(key)
-                    if measured is None:
-                        misses.setdefault(key.op_type, {}).setdefault(key, []).append((list_index, len(row)))
-                        row.append(_PENDING)
-                        continue
-                    value = _value(measured, measured * (1 - _TABLE_INTERVAL), measured * (1 + _TABLE_INTERVAL),
-                                   "table")
-                    if len(memo) < _MEMO_ENTRIES:
-                        memo[key] = value
+                    unknown.setdefault(key, []).append((list_index, len(row)))
+                    value = _PENDING
                 row.append(value)
             rows.append(row)
-        for op_type, places_by_key in misses.items():
-            keys = list(places_by_key)
+        # Keys neither in the memo nor in the table, by op type.
+        misses: dict[str, list[KernelKey]] = {}
+        for key, measured in zip(unknown, self._lookup_many(list(unknown)), strict=True):
+            if measured is None:
+                misses.setdefault(key.op_type, []).append(key)
+                continue
+            value = _value(measured, measured * (1 - _TABLE_INTERVAL), measured * (1 + _TABLE_INTERVAL), "table")
+            if len(memo) < _MEMO_ENTRIES:
+                memo[key] = value
+            for i, j in unknown[key]:
+                rows[i][j] = value
+        for op_type, keys in misses.items():
             if self.regressors is not None and self.regressors.has(op_type):
                 # Keys are distinct already: one feature matrix and one call of each booster for the op type.
                 median, low, high = self.regressors[op_type].predict_features(features_matrix(keys, cached=False))
@@ -250,7 +275,7 @@ class DevicePredictor:
             for key, value in zip(keys, values, strict=True):
                 if len(memo) < _MEMO_ENTRIES:
                     memo[key] = value
-                for i, j in places_by_key[key]:
+                for i, j in unknown[key]:
                     rows[i][j] = value
         results = []
         fallback_lists: dict[str, list[int]] = {}
@@ -278,8 +303,7 @@ class DevicePredictor:
 
     def _memo(self) -> dict[KernelKey, _Value]:
         """The memo, emptied if what it was computed from was replaced."""
-        basis = (id(self.table), len(self.table), id(self.by_key), len(self.by_key), id(self.regressors),
-                 self.fallback, id(self.flat_axes))
+        basis = (id(self.table), len(self.table), id(self.regressors), self.fallback, id(self.flat_axes))
         if basis != self._memo_basis:
             self._by_key_memo = {}
             self._memo_basis = basis
@@ -329,12 +353,22 @@ def _fallback_features_many(keys: Sequence[KernelKey], cached: bool = True) -> l
     return [(float(row[_BYTES_COLUMN]), float(row[_MACS_COLUMN])) for row in matrix]
 
 
+def _fallback_features_array(keys: Sequence[KernelKey]) -> np.ndarray:
+    """(bytes moved, MACs) of each key as an n x 2 array; no key enters the feature cache."""
+    return features_matrix(keys, cached=False)[:, [_BYTES_COLUMN, _MACS_COLUMN]]
+
+
 def fit_bandwidth_fallback(rows: Sequence[tuple[KernelKey, float]]) -> tuple[float, float, float] | None:
     """latency = a + b x bytes + c x MACs, non-negative least squares over all of the device's kernels."""
-    if len(rows) < 3:
+    return _fit_bandwidth(_fallback_features_array([key for key, _ in rows]),
+                          np.array([latency for _, latency in rows], dtype=np.float64))
+
+
+def _fit_bandwidth(bytes_and_macs: np.ndarray, target: np.ndarray) -> tuple[float, float, float] | None:
+    """`fit_bandwidth_fallback` of each kernel's (bytes moved, MACs) and measured latency."""
+    if len(target) < 3:
         return None
-    features = np.array([[1.0, *pair] for pair in _fallback_features_many([key for key, _ in rows])])
-    target = np.array([latency for _, latency in rows])
+    features = np.column_stack([np.ones(len(target)), bytes_and_macs])
     try:
         from scipy.optimize import nnls
 

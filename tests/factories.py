@@ -172,3 +172,33 @@ def symbolic_batch_model() -> onnx.ModelProto:
     g = GraphBuilder()
     y = g.node("Gemm", ["input", g.weight("fc.weight", (8, 16)), g.weight("fc.bias", (8,))], "fc", transB=1)
     return g.model({"input": ["batch", 16]}, y, out_shape=["batch", 8])
+
+
+def kernel_measurement_rows(count: int, seed: int = 0) -> list[dict[str, object]]:
+    """`count` distinct kernel keys as the profiler stores them (fused convs, Gemms, elementwise ops),
+    each with a median in ms: rows of a synthetic device table of any size (no models, no runtime)."""
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, object]] = []
+    for index in range(count):
+        kind = index % 4
+        channels = 8 + (index // 4) % 2048
+        size = 7 * (1 + (index // 8192) % 32)
+        if kind == 0:
+            key: dict[str, object] = {
+                "op_type": "FusedConv", "inputs": [[1, channels, size, size]], "outputs": [[1, channels, size, size]],
+                "weight": [channels, channels, 3, 3], "activation": "Relu",
+                "attrs": {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1], "group": 1},
+            }
+        elif kind == 1:
+            key = {"op_type": "Gemm", "inputs": [[1, channels * 4 + size]], "outputs": [[1, channels]],
+                   "weight": [channels, channels * 4 + size], "attrs": {"transB": 1}}
+        elif kind == 2:
+            key = {"op_type": "Add", "inputs": [[1, channels, size, size], [1, channels, size, size]],
+                   "outputs": [[1, channels, size, size]]}
+        else:
+            key = {"op_type": "QLinearConv", "inputs": [[1, channels, size, size]],
+                   "outputs": [[1, channels, size, size]], "weight": [channels, 1, 3, 3], "dtype": "uint8",
+                   "bits": 8, "attrs": {"group": channels, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
+                   "sparsity": 0.5, "sparsity_pattern": "unstructured"}
+        rows.append({"key": key, "median_ms": float(rng.uniform(0.01, 2.0))})
+    return rows

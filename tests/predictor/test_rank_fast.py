@@ -23,6 +23,7 @@ from predictor.prepared import PreparedModel, rank_candidates
 from predictor.pruning import kept_channels
 from predictor.regressors import RegressorSet, train_op_regressor
 from predictor.runtime import local_runtime
+from predictor.table import MeasuredTable
 from tests import factories
 
 RUNTIME = local_runtime(1)
@@ -89,10 +90,9 @@ def predictor(prepared: PreparedModel) -> DevicePredictor:
     conv_keys = list(dict.fromkeys(k for k in seen if k.op_type == conv_op))
     regressor, _ = train_op_regressor(conv_keys, [law(k) for k in conv_keys])
     flat_op = next(k.op_type for k in seen if k.weight is not None and k.op_type != conv_op)
-    device = DevicePredictor(device="test-cpu", table={key.key_hash: ms for key, ms in measured.items()},
+    device = DevicePredictor(device="test-cpu", table=MeasuredTable.from_keys(measured),
                              regressors=RegressorSet({conv_op: regressor}), overhead=OVERHEAD,
                              flat_axes={flat_op: ["sparsity"]}, fallback=fit_bandwidth_fallback(list(measured.items())))
-    device.by_key = dict(measured)  # as DevicePredictor.load sets it
     return device
 
 
@@ -260,7 +260,6 @@ def test_a_candidate_figures_do_not_depend_on_its_batch(prepared: PreparedModel,
     flat_axes = {op: sorted(axes) for op, axes in predictor.flat_axes.items()}
     fresh = DevicePredictor(device=predictor.device, table=predictor.table, regressors=predictor.regressors,
                             overhead=predictor.overhead, flat_axes=flat_axes, fallback=predictor.fallback)
-    fresh.by_key = dict(predictor.by_key)
     together = fresh.summarize_many([prepared.fast_keys(c) for c in configs])
     alone = [predictor.summarize_many([prepared.fast_keys(c)])[0] for c in reversed(configs)][::-1]
     full = predictor.estimate_many([prepared.fast_kernels(c) for c in configs])

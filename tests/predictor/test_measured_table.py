@@ -1,0 +1,125 @@
+"""The compact measured table of a loaded predictor: same lookups as the store's table, bounded memory per row."""
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import pytest
+from sqlalchemy import Engine
+
+from predictor.estimate import DevicePredictor, fit_bandwidth_fallback
+from predictor.kernels import KernelKey
+from predictor.store import (
+    Device,
+    MeasurementIn,
+    add_measurements,
+    create_store_engine,
+    get_device,
+    lookup_table,
+    session_factory,
+    session_scope,
+    start_run,
+    upgrade_schema,
+    upsert_device,
+)
+from predictor.table import MeasuredTable
+from tests.factories import kernel_measurement_rows
+
+# What a loaded predictor may hold per table row (tracemalloc, after load): 33 bytes now (32 in arrays); it
+# was 1,700 with a dict of hex strings and one of KernelKeys (benchmarks/results/memory.json). Its peak while
+# loading is not asserted: at a test's table size the fixed cost of a chunk of parsed keys dominates it.
+MAX_RETAINED_BYTES_PER_ROW = 200
+
+
+def _keys(count: int, seed: int = 0) -> list[tuple[KernelKey, float]]:
+    return [(KernelKey.from_dict(row["key"]), float(row["median_ms"]))  # type: ignore[arg-type]
+            for row in kernel_measurement_rows(count, seed)]
+
+
+def _store(engine: Engine, runs: dict[str, list[tuple[KernelKey, float]]]) -> None:
+    with session_scope(session_factory(engine)) as session:
+        device = upsert_device(session, name="table-cpu", backend="onnxruntime",
+                               execution_provider="CPUExecutionProvider", runtime_version="1.0", threads=1,
+                               host="test")
+        for run_id, rows in runs.items():
+            start_run(session, device, run_id)
+            add_measurements(session, device, run_id, [
+                MeasurementIn(key=key.to_dict(), key_hash=key.key_hash, op_type=key.op_type, bits=key.bits,
+                              median_ms=ms, p10_ms=ms * 0.9, p90_ms=ms * 1.1, repeats=10) for key, ms in rows])
+
+
+def _device(session: object) -> Device:
+    return get_device(session, "table-cpu")  # type: ignore[arg-type]
+
+
+def test_loaded_table_is_the_stores_table(store_engine: Engine) -> None:
+    """Median of run medians per key hash, as lookup_table computes it; hits, misses and fallback as before."""
+    rows = _keys(300)
+    again = [(key, ms * 2) for key, ms in rows[:100]]
+    third = [(key, ms * 4) for key, ms in rows[:50]]
+    _store(store_engine, {"first": rows, "second": again, "third": third})
+    with session_scope(session_factory(store_engine)) as session:
+        predictor = DevicePredictor.load(session, _device(session))
+        expected = lookup_table(session, _device(session))
+    assert predictor.measurement_count == 300
+    assert dict(predictor.table) == pytest.approx(expected, rel=1e-12)
+    assert predictor.table[rows[0][0].key_hash] == pytest.approx(rows[0][1] * 2)  # median of 1x, 2x, 4x
+    assert predictor.table[rows[60][0].key_hash] == pytest.approx(rows[60][1] * 1.5)  # of 1x and 2x
+    assert predictor.fallback == pytest.approx(
+        fit_bandwidth_fallback([(key, expected[key.key_hash]) for key, _ in rows]), rel=1e-9)
+    fresh = [key for key, _ in _keys(310, seed=1)[300:]]  # keys of the same kinds, never measured
+    summary = predictor.summarize_many([[rows[5][0], rows[200][0]], fresh])  # 2x (of 1x, 2x, 4x) and 1x
+    assert summary[0].sources == {"table": 2}
+    assert summary[0].latency_ms == pytest.approx(rows[5][1] * 2 + rows[200][1])
+    assert summary[1].sources == {"fallback": 10}
+
+
+def test_lookups_by_key_agree_with_lookups_by_hash() -> None:
+    """With or without the keys' Python hashes, a key is found exactly when its key hash is in the table."""
+    measured = dict(_keys(200))
+    axis_last = KernelKey(op_type="Softmax", inputs=((1, 8),), outputs=((1, 8),), attrs=(("axis", -1),))
+    # CPython hashes -1 and -2 alike: this key passes the Python-hash pre-check and must still miss.
+    axis_other = KernelKey(op_type="Softmax", inputs=((1, 8),), outputs=((1, 8),), attrs=(("axis", -2),))
+    assert hash(axis_last) == hash(axis_other) and axis_last.key_hash != axis_other.key_hash
+    measured[axis_last] = 0.25
+    asked = [*list(measured)[::3], axis_other, *(key for key, _ in _keys(240, seed=2)[200:])]
+    expected = [measured.get(key) for key in asked]
+    assert expected.count(None) == 41
+    with_keys = MeasuredTable.from_keys(measured)
+    by_hash_only = MeasuredTable.from_medians({key.key_hash: ms for key, ms in measured.items()})
+    assert with_keys.lookup_many(asked) == expected
+    assert by_hash_only.lookup_many(asked) == expected
+    assert dict(with_keys) == dict(by_hash_only) == {key.key_hash: ms for key, ms in measured.items()}
+
+
+def test_any_key_hash_string_is_kept() -> None:
+    """Hand-written tables keep every key: digests with zero bytes at the end, upper case, other lengths."""
+    medians = {"ab" + "00" * 15: 1.0, "00" * 16: 2.0, "AB" + "00" * 15: 3.0, f"{7:064x}": 4.0, "x": 5.0}
+    table = MeasuredTable.from_medians(medians)
+    assert len(table) == 5 and dict(table) == medians
+    assert table["AB" + "00" * 15] == 3.0 and "ab" + "01" * 15 not in table
+    with pytest.raises(KeyError):
+        table["cd" + "00" * 15]
+
+
+def test_loaded_predictor_memory_per_row(tmp_path: object) -> None:
+    """A loaded predictor holds tens of bytes per table row, not kilobytes (tracemalloc, not wall-clock)."""
+    engine = create_store_engine(f"sqlite:///{tmp_path}/memory.db")
+    upgrade_schema(engine)
+    count = 5_000
+    _store(engine, {"only": _keys(count)})
+    factory = session_factory(engine)
+    with session_scope(factory) as session:  # imports, SQL compilation and caches of a first load
+        DevicePredictor.load(session, _device(session))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        with session_scope(factory) as session:
+            predictor = DevicePredictor.load(session, _device(session))
+        gc.collect()
+        retained, _ = tracemalloc.get_traced_memory()  # allocated since start() and still alive
+    finally:
+        tracemalloc.stop()
+        engine.dispose()
+    assert predictor.measurement_count == count
+    assert retained / count < MAX_RETAINED_BYTES_PER_ROW
