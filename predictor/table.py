@@ -91,12 +91,6 @@ class MeasuredTable(Mapping[str, float]):
             yield bytes(digest).ljust(_DIGEST_BYTES, b"\0").hex()
         yield from self._others
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the arrays (what a row costs, less the few non-hex key hashes)."""
-        hashes = 0 if self._python_hashes is None else self._python_hashes.nbytes
-        return self._digests.nbytes + self._medians.nbytes + hashes
-
     def lookup_many(self, keys: Sequence[KernelKey]) -> list[float | None]:
         """The measured median of each key (looked up by its key hash), None where it was not measured."""
         found: list[float | None] = [None] * len(keys)
