@@ -65,10 +65,11 @@ def _parse_key(index: int, data: Mapping[str, Any]) -> KernelKey:
     if not 0.0 <= key.sparsity <= 1.0:
         raise _unprocessable(f"{where}.sparsity must be within [0, 1], got {key.sparsity}")
     assert key_hash
-    # A stored key must be usable by training, prediction and the dashboard: derive its features now.
+    # A stored key must be usable by training, prediction and the dashboard: derive its features now (not
+    # cached: every uploaded key would sit in the process-wide feature cache until 65,536 others pushed it out).
     try:
         with np.errstate(all="ignore"):
-            features_matrix([key])
+            features_matrix([key], cached=False)
     except Exception as exc:  # any failure here would otherwise surface later, as a 500 elsewhere
         raise _unprocessable(f"{where}: not a usable kernel key ({type(exc).__name__}: {exc})") from exc
     return key
