@@ -23,8 +23,11 @@ RANKING_MIN_GAP = 0.05
 
 
 class _Timing(Protocol):
-    median_ms: float
-    reference_ms: float | None
+    @property
+    def median_ms(self) -> float: ...
+
+    @property
+    def reference_ms(self) -> float | None: ...
 
 
 class _Measurer(Protocol):
@@ -39,7 +42,7 @@ def measure_against_table(backend: _Measurer, model: onnx.ModelProto, protocol: 
     `reference_ms`, timed right after; the scaled value is None without a reference or without a baseline.
     """
     timing = backend.measure_model(model, protocol)
-    reference_now = getattr(timing, "reference_ms", None)
+    reference_now = timing.reference_ms
     if reference_now is None and reference_ms is not None:
         reference_now = reference_ms()
     return timing.median_ms, compensate(timing.median_ms, reference_now, baseline_ms), reference_now

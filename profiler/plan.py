@@ -108,12 +108,12 @@ def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0) -> Iterat
         entry = rng.choice(entries)
         size = rng.choice(_RANDOM_SIZES) if entry in resizable else None
         ratio = round(rng.uniform(0.1, 0.7), 2)
-        raw: dict[str, Any] = {"default": {"prune_ratio": ratio, "bits": rng.choice([32, 32, 8])}}
+        variant: dict[str, Any] = {"default": {"prune_ratio": ratio, "bits": rng.choice([32, 32, 8])}}
         if rng.random() < 0.3:
-            raw["default"]["round_to"] = rng.choice([4, 8, 16])
+            variant["default"]["round_to"] = rng.choice([4, 8, 16])
         label = f"{Path(entry['file']).stem}@{size or entry['image_size']}/random{counter}"
         yield WorkItem(label=label, build=_skeleton_builder(priors_dir / entry["file"], size, seed=counter),
-                       config=parse_config(raw), stage="random", architecture=entry["architecture"])
+                       config=parse_config(variant), stage="random", architecture=entry["architecture"])
 
 
 def _resizable(skeleton: dict[str, Any]) -> bool:

@@ -78,8 +78,8 @@ def test_drift_is_reported_and_paired_or_wall_time_runs_are_scaled(
         upsert_device(session, name="drift", backend=runtime.backend, execution_provider=runtime.execution_provider,
                       runtime_version=runtime.runtime_version, threads=threads, host=describe_host())
     items = model_plan(factories.conv_bn_relu_model(), "block", [])
-    report = ProfileRunner("drift", _DriftingBackend(threads, paired), StoreSink(session_factory(store_engine), "drift"),
-                           _FIVE_RUNS).run(items, budget_minutes=5)
+    sink = StoreSink(session_factory(store_engine), "drift")
+    report = ProfileRunner("drift", _DriftingBackend(threads, paired), sink, _FIVE_RUNS).run(items, budget_minutes=5)
     assert report.clock == ("thread_cpu" if threads == 1 else "wall")
     assert report.paired == paired
     assert report.drift and report.drift[0]["ratio"] == pytest.approx(2.0)
