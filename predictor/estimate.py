@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import Kernel, KernelKey
+from predictor.memo import BoundedMemo
 from predictor.store import Device, iter_measured_medians, list_runs
 from predictor.table import MeasuredTable, key_python_hashes
 
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 # noise, the in-model cost differs by more; the figure is the held-out spread seen in validation.
 _TABLE_INTERVAL = 0.05
 _FALLBACK_INTERVAL = 0.5
-_MEMO_ENTRIES = 200_000
+# Memoized keys per loaded predictor: bounded memory (predictor.memo).
+_MEMO_ENTRIES = 50_000
 # Keys parsed at a time while loading a table (for their features and hashes; then dropped).
 _LOAD_CHUNK_KEYS = 4096
 # A kernel's latency, interval (low, high) and source, as its KernelEstimate states them.
@@ -141,7 +143,7 @@ class DevicePredictor:
         self.reference_ms: float | None = None
         # What each key came to (see _memo): ranking asks about the same kernels over and over, so each key
         # is looked up or predicted once.
-        self._by_key_memo: dict[KernelKey, _Value] = {}
+        self._by_key_memo: BoundedMemo[KernelKey, _Value] = BoundedMemo(_MEMO_ENTRIES)
         self._memo_basis: tuple[Any, ...] = ()
 
     @classmethod
@@ -259,8 +261,7 @@ class DevicePredictor:
                 misses.setdefault(key.op_type, []).append(key)
                 continue
             value = _value(measured, measured * (1 - _TABLE_INTERVAL), measured * (1 + _TABLE_INTERVAL), "table")
-            if len(memo) < _MEMO_ENTRIES:
-                memo[key] = value
+            memo.put(key, value)
             for i, j in unknown[key]:
                 rows[i][j] = value
         for op_type, keys in misses.items():
@@ -273,8 +274,7 @@ class DevicePredictor:
                 values = [_value(ms, ms * (1 - _FALLBACK_INTERVAL), ms * (1 + _FALLBACK_INTERVAL), "fallback")
                           for ms in self._fallback_many(keys)]
             for key, value in zip(keys, values, strict=True):
-                if len(memo) < _MEMO_ENTRIES:
-                    memo[key] = value
+                memo.put(key, value)
                 for i, j in unknown[key]:
                     rows[i][j] = value
         results = []
@@ -301,11 +301,11 @@ class DevicePredictor:
                                len(results))
         return results
 
-    def _memo(self) -> dict[KernelKey, _Value]:
+    def _memo(self) -> BoundedMemo[KernelKey, _Value]:
         """The memo, emptied if what it was computed from was replaced."""
         basis = (id(self.table), len(self.table), id(self.regressors), self.fallback, id(self.flat_axes))
         if basis != self._memo_basis:
-            self._by_key_memo = {}
+            self._by_key_memo = BoundedMemo(_MEMO_ENTRIES)
             self._memo_basis = basis
         return self._by_key_memo
 

@@ -24,6 +24,7 @@ from predictor.compress import apply_config
 from predictor.config import CompressionConfig, ResolvedCompression, parse_config
 from predictor.graph import infer_tensor_infos
 from predictor.kernels import Kernel, KernelKey, kernels_from_optimized
+from predictor.memo import BoundedMemo
 from predictor.pruning import ChannelGroups, analyze_channel_groups, kept_channels
 from predictor.runtime import RuntimeSpec, optimize_model
 
@@ -36,7 +37,7 @@ _SENTINEL_BASE = 1_000_003
 _UNALIGNED_RATIO = 1e-6
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 _LAYOUT_PROBE_RATIOS = (0.15, 0.3, 0.45, 0.6)
-_MEMO_ENTRIES = 200_000
+_MEMO_ENTRIES = 50_000  # per model and memo: bounded memory (predictor.memo)
 
 Segments = tuple[tuple[int, int], ...]  # (fp32 channel group, channels in the unpruned model)
 DimTags = tuple[Segments | None, ...]
@@ -152,8 +153,8 @@ class FastConfigPath:
         self._unit_roots: dict[str, tuple[int, ...]] = {}
         self._unit_dims: dict[str, tuple[tuple[int, tuple[tuple[int, int], ...]], ...]] = {}
         self._form_plans: dict[int, tuple[tuple[_RewritePlan, ...], bool]] = {}
-        self._layout_memo: dict[tuple[Any, ...], int] = {}
-        self._memo: dict[tuple[Any, ...], KernelKey] = {}
+        self._layout_memo: BoundedMemo[tuple[Any, ...], int] = BoundedMemo(_MEMO_ENTRIES)
+        self._memo: BoundedMemo[tuple[Any, ...], KernelKey] = BoundedMemo(_MEMO_ENTRIES)
         self._plan_ids = itertools.count()  # unique even when threads build plans at once
 
     @classmethod
@@ -225,8 +226,7 @@ class FastConfigPath:
                     key = memo.get(memo_key)
                     if key is None:
                         key = plan.rewrite(kept, sparsity, pattern)
-                        if len(memo) < _MEMO_ENTRIES:
-                            memo[memo_key] = key
+                        memo.put(memo_key, key)
                 keys.append(key)
         return keys
 
@@ -254,8 +254,7 @@ class FastConfigPath:
         chosen = self._layout_memo.get(memo_key)
         if chosen is None:
             chosen = self._choose_layout(unit, kept, previous_blocked, previous_layout)
-            if len(self._layout_memo) < _MEMO_ENTRIES:
-                self._layout_memo[memo_key] = chosen
+            self._layout_memo.put(memo_key, chosen)
         return self.layouts[chosen].units[unit], chosen
 
     def _choose_layout(self, unit: str, kept: dict[int, int], previous_blocked: bool, previous_layout: int) -> int:
