@@ -416,9 +416,11 @@ def validate(
     if as_json:
         emit_json(result)
         return
-    emit_table(["model", "config", "predicted ms", "measured ms", "error", "table hits"],
-               [[r["model"], r["config"], r["predicted_ms"], r["measured_ms"], f"{r['error'] * 100:+.1f}%",
-                 f"{r['table_hit_rate']:.0%}"] for r in result["rows"]])
+    # The error is against the measurement scaled to the table's baseline state where there is one.
+    emit_table(["model", "config", "predicted ms", "measured ms", "scaled ms", "error", "table hits"],
+               [[r["model"], r["config"], r["predicted_ms"], r["measured_ms"],
+                 "-" if r["compensated_measured_ms"] is None else r["compensated_measured_ms"],
+                 f"{r['error'] * 100:+.1f}%", f"{r['table_hit_rate']:.0%}"] for r in result["rows"]])
     summary = result["summary"]
     emit_line(f"{summary['count']} predictions: {summary['within_5pct'] * 100:.0f}% within 5%, "
               f"{summary['within_10pct'] * 100:.0f}% within 10%, MAPE {summary['mape'] * 100:.1f}%, "
