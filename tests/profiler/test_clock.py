@@ -109,15 +109,18 @@ class _SlowingHost:
 
         return _Session()
 
+    def run_paired(self, run_ms: float, repeats: int) -> tuple[list[float], list[float]]:
+        """The backend's paired runs of a session of `run_ms` against a 2 ms reference, on this host's clock."""
+        backend = OnnxRuntimeBackend(threads=1)
+        backend._clock = lambda: self.now
+        pairing = _Pairing(self.session(2.0), {}, last_ms=2.0)
+        protocol = MeasureProtocol(warmup_runs=0, min_repeats=repeats, max_repeats=repeats, max_seconds=10.0)
+        return backend._run_until_stable(self.session(run_ms), {}, protocol, pairing)
+
 
 def test_paired_runs_see_a_slowdown_that_hits_the_reference_kernel_too() -> None:
     """Runs in pairs: the ratio to the reference run stays put when the whole host slows down mid-measurement."""
-    host = _SlowingHost(switch_after=12)
-    backend = OnnxRuntimeBackend(threads=1)
-    backend._clock = lambda: host.now
-    pairing = _Pairing(host.session(2.0), {}, last_ms=2.0)
-    protocol = MeasureProtocol(warmup_runs=0, min_repeats=12, max_repeats=12, max_seconds=10.0)
-    samples, references = backend._run_until_stable(host.session(4.0), {}, protocol, pairing)
+    samples, references = _SlowingHost(switch_after=12).run_paired(run_ms=4.0, repeats=12)
     # Blocks of one run (4 ms >= the 2 ms reference), so runs and reference runs alternate: 6 of each are
     # fast, then the host slows down for both.
     assert samples == pytest.approx([4.0] * 6 + [8.0] * 6)
@@ -126,11 +129,7 @@ def test_paired_runs_see_a_slowdown_that_hits_the_reference_kernel_too() -> None
 
 def test_paired_blocks_of_short_runs_last_one_reference_run() -> None:
     host = _SlowingHost(switch_after=1000)
-    backend = OnnxRuntimeBackend(threads=1)
-    backend._clock = lambda: host.now
-    pairing = _Pairing(host.session(2.0), {}, last_ms=2.0)
-    protocol = MeasureProtocol(warmup_runs=0, min_repeats=10, max_repeats=10, max_seconds=10.0)
-    samples, references = backend._run_until_stable(host.session(0.5), {}, protocol, pairing)
+    samples, references = host.run_paired(run_ms=0.5, repeats=10)
     assert len(samples) == len(references) == 10
     assert host.runs == 10 + 3  # blocks of 4 runs (2 ms), and one reference run for the last 2 runs
 
