@@ -357,11 +357,11 @@ def test_predict_while_a_batch_commits_during_the_predictor_load(client: TestCli
 
     import predictor.estimate as estimate_module
 
-    real_iter_measurements = estimate_module.iter_measurements
+    real_iter_measured_medians = estimate_module.iter_measured_medians
     raced = {"done": False}
 
     def read_while_another_agent_commits(session: Any, device: Any, *args: Any, **kwargs: Any) -> Any:
-        for index, row in enumerate(real_iter_measurements(session, device, *args, **kwargs)):
+        for index, row in enumerate(real_iter_measured_medians(session, device, *args, **kwargs)):
             if index == 0 and not raced["done"]:
                 raced["done"] = True
                 late = client.post(f"/api/devices/{DEVICE}/measurements", headers=AUTH,
@@ -370,7 +370,7 @@ def test_predict_while_a_batch_commits_during_the_predictor_load(client: TestCli
             yield row
 
     # The predictor reads its table once; a batch committed meanwhile is in the next load, not a 500 now.
-    monkeypatch.setattr(estimate_module, "iter_measurements", read_while_another_agent_commits)
+    monkeypatch.setattr(estimate_module, "iter_measured_medians", read_while_another_agent_commits)
     response = client.post("/api/predict", json={"device": DEVICE, "model_id": uploaded.json()["id"]})
     assert raced["done"]
     assert response.status_code == 200, response.text
