@@ -423,8 +423,10 @@ def validate(
                  f"{r['error'] * 100:+.1f}%", f"{r['table_hit_rate']:.0%}"] for r in result["rows"]])
     summary = result["summary"]
     emit_line(f"{summary['count']} predictions: {summary['within_5pct'] * 100:.0f}% within 5%, "
-              f"{summary['within_10pct'] * 100:.0f}% within 10%, MAPE {summary['mape'] * 100:.1f}%, "
-              f"ranking agreement {summary['ranking_agreement']}")
+              f"{summary['within_10pct'] * 100:.0f}% within 10%, MAPE {summary['mape'] * 100:.1f}%; "
+              + (f"ranking agrees on {summary['ranking_agreement'] * 100:.0f}% of {summary['ranking_pairs']} pairs "
+                 "that differ by more than 5%" if summary["ranking_agreement"] is not None
+                 else "no pairs of configs that differ by more than 5% to rank"))
 
 
 @app.command()
