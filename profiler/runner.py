@@ -295,7 +295,8 @@ class ProfileRunner:
         if quick:
             return measure_reference_ms(self.backend)
         protocol = replace(self.protocol, min_repeats=max(self.protocol.min_repeats, 20))
-        return self.backend.measure_model(reference_model(), protocol).median_ms
+        # The reference itself is not timed in pairs with the reference.
+        return self.backend.measure_model(reference_model(), protocol, paired=False).median_ms
 
     @staticmethod
     def _collect_sparsity_pairs(rows: list[MeasurementIn], table: dict[str, float],
