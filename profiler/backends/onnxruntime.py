@@ -158,8 +158,7 @@ class OnnxRuntimeBackend:
             if pairing is not None:
                 block_ms += samples[-1]
                 if block_ms >= pairing.last_ms:
-                    pairing.last_ms = self._timed_ms(pairing.session, pairing.feeds)
-                    references.extend([pairing.last_ms] * (len(samples) - len(references)))
+                    self._close_block(pairing, samples, references)
                     block_ms = 0.0
             judged = samples if pairing is None else _ratios(samples, references)
             if len(judged) >= protocol.min_repeats and (
@@ -167,9 +166,13 @@ class OnnxRuntimeBackend:
             ):
                 break
         if pairing is not None and len(references) < len(samples):
-            pairing.last_ms = self._timed_ms(pairing.session, pairing.feeds)
-            references.extend([pairing.last_ms] * (len(samples) - len(references)))
+            self._close_block(pairing, samples, references)
         return samples, references
+
+    def _close_block(self, pairing: _Pairing, samples: list[float], references: list[float]) -> None:
+        """Run the reference once and pair the runs since the last reference run with it."""
+        pairing.last_ms = self._timed_ms(pairing.session, pairing.feeds)
+        references.extend([pairing.last_ms] * (len(samples) - len(references)))
 
     def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None) -> Timing:
         pairing = self._pairing() if (self.paired if paired is None else paired) else None
