@@ -14,10 +14,10 @@ and its thread CPU time 1.01x, benchmarks/contention.py). With more threads the 
 and wall time is used.
 
 Neither clock leaves out a shared host's own slow spells (a VM whose neighbours load the host: the reference
-conv's thread CPU time moved between 1.9 and 3.1 ms within a minute here). So model runs are timed in pairs
-with runs of the device's reference kernel (after each block of runs that costs at least one reference run),
-and Timing.reference_ms says how fast the host was during them: the profiler and the ground truth scale by it
-to the device's baseline state.
+conv's thread CPU time had p10 2.30 and p90 2.95 ms within a minute here, benchmarks/pairing.py). So model
+runs are timed in pairs with runs of the device's reference kernel (after each block of runs that costs at
+least one reference run), and Timing.reference_ms says how fast the host was during them: the profiler and
+the ground truth scale by it to the device's baseline state.
 """
 from __future__ import annotations
 
