@@ -33,6 +33,7 @@ __all__ = [
     "InvalidRegressorError",
     "OpRegressor",
     "RegressorSet",
+    "out_of_fold_latencies",
     "train_device_regressors",
     "train_op_regressor",
 ]
@@ -348,6 +349,40 @@ def train_op_regressor(
     metrics["rounds"] = rounds
     logger.debug("trained %s on %d samples: %s", op_type, n_samples, metrics)
     return regressor, metrics
+
+
+def out_of_fold_latencies(
+    keys: Sequence[KernelKey], latencies_ms: Sequence[float] | np.ndarray, folds: int = 4, seed: int = 0
+) -> np.ndarray:
+    """Each key's latency (ms) as the op type's median regressor predicts it when trained without that key.
+
+    What a kernel of an unprofiled model would be predicted at: the profiler's adaptive refinement samples
+    near the kernels where these predictions are worst. Keys of one op type; with fewer than two keys per
+    fold, the baseline alone (trained on the other keys) predicts. Cheaper than `train_op_regressor`: one
+    booster per fold with a fixed budget, no hold-out or quantiles.
+    """
+    latency = np.asarray(latencies_ms, dtype=np.float64)
+    if latency.ndim != 1 or len(latency) != len(keys):
+        raise ValueError(f"got {len(keys)} keys but latencies of shape {latency.shape}")
+    if not np.all(np.isfinite(latency)) or np.any(latency <= 0):
+        raise ValueError("latencies_ms must be finite and > 0")
+    n_samples = len(latency)
+    if n_samples < 2:
+        return latency.copy()
+    features = features_matrix(keys)
+    log_latency = np.log(latency)
+    fold_of = np.random.default_rng(seed).permutation(n_samples) % max(2, min(folds, n_samples))
+    predicted = np.empty(n_samples, dtype=np.float64)
+    for fold in np.unique(fold_of):
+        test, train = fold_of == fold, fold_of != fold
+        baseline = _fit_baseline(features[train], log_latency[train])
+        guess = _baseline(features[test], baseline)
+        if np.count_nonzero(train) >= _MIN_HELD_OUT_SAMPLES:
+            booster = _fit(_OBJECTIVES[0], features[train], log_latency[train], baseline, seed,
+                           rounds=_SMALL_DATA_ROUNDS)
+            guess = guess + booster.predict(features[test], num_threads=1)
+        predicted[test] = np.exp(guess)
+    return predicted
 
 
 def _data_version(rows: Sequence[tuple[int, float]]) -> str:

@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,17 @@ import onnx
 from predictor.config import CompressionConfig, parse_config
 from profiler.skeleton import load_skeleton, materialize_skeleton
 
-__all__ = ["DEFAULT_PRIORS_DIR", "WorkItem", "default_plan", "model_plan", "prior_index"]
+__all__ = [
+    "DEFAULT_PRIORS_DIR",
+    "RANDOM_SIZES",
+    "WorkItem",
+    "default_plan",
+    "model_plan",
+    "prior_index",
+    "random_variants",
+    "resizable",
+    "variant_item",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +53,7 @@ SPARSITY_CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("sparse90", {"default": {"sparsity": 0.9}}),
     ("sparse95", {"default": {"sparsity": 0.95}}),
 ]
-_RANDOM_SIZES = [96, 128, 160, 192, 256]
+RANDOM_SIZES = [96, 128, 160, 192, 256]
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,9 @@ class WorkItem:
     config: CompressionConfig
     stage: str
     architecture: str = ""
+    # Where a prior's variant comes from (the skeleton file and input size): what refinement varies.
+    prior_file: str = ""
+    image_size: int | None = None
 
     @property
     def item_id(self) -> str:
@@ -87,8 +100,40 @@ def _skeleton_builder(path: Path, size_override: int | None = None, seed: int = 
     return build
 
 
-def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0) -> Iterator[WorkItem]:
-    """Real architectures under each config, then sparsity, then random variants without end."""
+def variant_item(priors_dir: Path, entry: dict[str, Any], size: int | None, config: dict[str, Any], stage: str,
+                 name: str, seed: int) -> WorkItem:
+    """A prior architecture at input size `size` (None: its own) under `config`, labelled `<stem>@<size>/<name>`."""
+    image_size = size or int(entry["image_size"])
+    return WorkItem(label=f"{Path(entry['file']).stem}@{image_size}/{name}",
+                    build=_skeleton_builder(priors_dir / entry["file"], size, seed=seed),
+                    config=parse_config(config), stage=stage, architecture=entry["architecture"],
+                    prior_file=entry["file"], image_size=image_size)
+
+
+def random_variants(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0) -> Iterator[WorkItem]:
+    """Random variants of the priors without end: input sizes, prune ratios, rounding and bit-widths."""
+    entries = prior_index(priors_dir)
+    rng = random.Random(seed)
+    resizable = [e["file"] for e in entries if _resizable(load_skeleton(priors_dir / e["file"]))]
+    counter = 0
+    while True:
+        counter += 1
+        entry = rng.choice(entries)
+        size = rng.choice(RANDOM_SIZES) if entry["file"] in resizable else None
+        variant: dict[str, Any] = {"default": {"prune_ratio": round(rng.uniform(0.1, 0.7), 2),
+                                               "bits": rng.choice([32, 32, 8])}}
+        if rng.random() < 0.3:
+            variant["default"]["round_to"] = rng.choice([4, 8, 16])
+        yield variant_item(priors_dir, entry, size, variant, "random", f"random{counter}", seed=counter)
+
+
+def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0,
+                 then: Iterable[WorkItem] | None = None) -> Iterator[WorkItem]:
+    """Real architectures under each config, then sparsity, then `then` (default: random variants without end).
+
+    `then` is where adaptive refinement (profiler.refine) goes: it sees each item's measurements before it
+    chooses the next.
+    """
     entries = prior_index(priors_dir)
     for stage, configs in (("priors", _PRIOR_CONFIGS), ("sparsity", SPARSITY_CONFIGS)):
         for config_name, raw in configs:
@@ -99,21 +144,14 @@ def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0) -> Iterat
                     continue
                 label = f"{Path(entry['file']).stem}/{config_name}"
                 yield WorkItem(label=label, build=_skeleton_builder(priors_dir / entry["file"]),
-                               config=parse_config(raw), stage=stage, architecture=entry["architecture"])
-    rng = random.Random(seed)
-    resizable = [e for e in entries if _resizable(load_skeleton(priors_dir / e["file"]))]
-    counter = 0
-    while True:
-        counter += 1
-        entry = rng.choice(entries)
-        size = rng.choice(_RANDOM_SIZES) if entry in resizable else None
-        ratio = round(rng.uniform(0.1, 0.7), 2)
-        variant: dict[str, Any] = {"default": {"prune_ratio": ratio, "bits": rng.choice([32, 32, 8])}}
-        if rng.random() < 0.3:
-            variant["default"]["round_to"] = rng.choice([4, 8, 16])
-        label = f"{Path(entry['file']).stem}@{size or entry['image_size']}/random{counter}"
-        yield WorkItem(label=label, build=_skeleton_builder(priors_dir / entry["file"], size, seed=counter),
-                       config=parse_config(variant), stage="random", architecture=entry["architecture"])
+                               config=parse_config(raw), stage=stage, architecture=entry["architecture"],
+                               prior_file=entry["file"], image_size=int(entry["image_size"]))
+    yield from then if then is not None else random_variants(priors_dir, seed)
+
+
+def resizable(priors_dir: Path, entry: dict[str, Any]) -> bool:
+    """True if the prior runs at other input sizes (see _resizable)."""
+    return _resizable(load_skeleton(priors_dir / entry["file"]))
 
 
 def _resizable(skeleton: dict[str, Any]) -> bool:

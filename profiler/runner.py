@@ -24,7 +24,7 @@ from predictor.store import MeasurementIn
 from profiler.backends.base import PROFILING_PROTOCOL, Backend, KernelTiming, MeasureProtocol, reference_model
 from profiler.plan import WorkItem
 
-__all__ = ["ProfileRunner", "RunReport", "Sink", "measure_reference_ms", "reference_model"]
+__all__ = ["ItemObserver", "ProfileRunner", "RunReport", "Sink", "measure_reference_ms", "reference_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,14 @@ class Sink(Protocol):
     def finish(self, run_id: str, status: str, report: dict[str, Any]) -> None: ...
 
 
+class ItemObserver(Protocol):
+    """Sees each profiled item's measurements before the plan yields the next (adaptive refinement)."""
+
+    def observe(self, item: WorkItem, rows: list[MeasurementIn]) -> None: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class RunReport:
     """What a run did: coverage per op type, flat axes found, drift seen, end-to-end samples."""
@@ -74,6 +82,7 @@ class RunReport:
     stopped_by: str = ""
     clock: str = "wall"  # what runs were timed with: "thread_cpu" (one thread) or "wall"
     paired: bool = False  # runs timed in pairs with the reference kernel, and scaled by it
+    refinement: dict[str, Any] | None = None  # what the observer (adaptive refinement) did
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +103,7 @@ class RunReport:
             "stopped_by": self.stopped_by,
             "clock": self.clock,
             "paired": self.paired,
+            "refinement": self.refinement,
         }
 
     def summary_lines(self) -> list[str]:
@@ -173,6 +183,7 @@ class ProfileRunner:
         protocol: MeasureProtocol | None = None,
         progress: Callable[[int, float, float, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: ItemObserver | None = None,
     ) -> None:
         self.device = device
         self.backend = backend
@@ -180,6 +191,7 @@ class ProfileRunner:
         self.protocol = protocol or PROFILING_PROTOCOL
         self.progress = progress
         self.clock = clock
+        self.observer = observer
 
     def run(self, items: Iterable[WorkItem], budget_minutes: float, run_id: str | None = None) -> RunReport:
         run_id = run_id or uuid.uuid4().hex
@@ -231,6 +243,9 @@ class ProfileRunner:
                     self._collect_sparsity_pairs(rows, dense_table, sparsity_pairs)
                     self._update_flat_axes(report, sparsity_pairs)
                 new_rows = [row for row in rows if row.key_hash not in known]
+                if self.observer is not None:
+                    self.observer.observe(item, rows)
+                    report.refinement = self.observer.summary()
                 report.items_done.append(item.item_id)
                 report.elapsed_s = self.clock() - start
                 self.sink.write(run_id, new_rows, report.to_dict())

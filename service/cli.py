@@ -226,6 +226,7 @@ def profile(
     """Benchmark kernels on this host into the device's table (budgeted, resumable)."""
     from profiler.plan import default_plan, model_plan
     from profiler.progress import progress_reporter
+    from profiler.refine import AdaptiveRefinement
     from profiler.runner import ProfileRunner
     from profiler.sinks import HttpSink, StoreSink
 
@@ -239,8 +240,10 @@ def profile(
         # The runtime must accept the model itself (not just its protobuf): say so now, not as a skipped item.
         profiler_backend.extract_kernels(model)
         items: Any = model_plan(model, for_model.stem, candidates)
+        refinement = None
     else:
-        items = default_plan()
+        refinement = AdaptiveRefinement()
+        items = default_plan(then=refinement.items())
     device_fields = {"name": device, "backend": runtime.backend, "execution_provider": runtime.execution_provider,
                      "runtime_version": runtime.runtime_version, "threads": runtime.threads, "host": describe_host()}
     if to:
@@ -252,11 +255,12 @@ def profile(
             upsert_device(session, **device_fields)
         sink = StoreSink(store.sessions, device)
     with progress_reporter(f"profiling {device}") as progress:
-        report = ProfileRunner(device, profiler_backend, sink, progress=progress).run(items, budget_minutes)
+        report = ProfileRunner(device, profiler_backend, sink, progress=progress,
+                               observer=refinement).run(items, budget_minutes)
     if as_json:
         emit_json(report.to_dict() | {"end_to_end": len(report.end_to_end)})
         return
-    for line in report.summary_lines():
+    for line in report.summary_lines() + (refinement.summary_lines() if refinement else []):
         emit_line(line)
 
 

@@ -72,6 +72,37 @@ def test_run_measures_every_kernel_of_each_item_and_reports(store_engine: Engine
     assert "models profiled" in lines and ("no drift" in lines or "DRIFT" in lines)
 
 
+class _RecordingObserver:
+    """Records what the runner shows it, and which item the plan yields after each observation."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def observe(self, item, rows) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append((item.label, len(rows)))
+
+    def summary(self) -> dict[str, int]:
+        return {"observed": len(self.seen)}
+
+
+def test_observer_sees_every_item_before_the_next_is_drawn(store_engine: Engine) -> None:
+    register(store_engine)
+    observer = _RecordingObserver()
+    seen_when_drawn: list[int] = []
+
+    def items():  # type: ignore[no-untyped-def]
+        for item in plan(factories.residual_model(channels=16, size=14)):
+            seen_when_drawn.append(len(observer.seen))
+            yield item
+
+    report = ProfileRunner("cpu-test", OnnxRuntimeBackend(1), StoreSink(session_factory(store_engine), "cpu-test"),
+                           FAST, observer=observer).run(items(), budget_minutes=5)
+    assert seen_when_drawn == [0, 1, 2]
+    assert [label for label, _ in observer.seen] == ["block/fp32", "block/int8", "block/prune50"]
+    assert all(count > 0 for _, count in observer.seen)
+    assert report.to_dict()["refinement"] == {"observed": 3}
+
+
 def test_second_run_measures_nothing_twice(store_engine: Engine) -> None:
     register(store_engine)
     sessions = session_factory(store_engine)

@@ -1,0 +1,182 @@
+"""Adaptive refinement: after the priors, profile variants near the models whose kernels the regressors predict worst.
+
+nn-Meter and LitePred refine their samples where the predictor errs most. Here a sample is a whole model (a
+prior at some input size, prune ratio, rounding and bit-width), so refinement works on models: every few
+items it fits each op type's regressor on the measurements of this run so far, out of fold (each kernel
+predicted by a regressor that never saw it: what a kernel of an unprofiled architecture would get), scores
+every profiled model by the time-weighted error of its kernels, and draws the next models near the worst
+ones (the same architecture and bit-width, a neighbouring input size, a prune ratio within 0.1). A share of
+the draws stays random so that no part of the space is left for good.
+
+It learns only from the items it sees in this run (`observe`): a resumed run, whose priors were measured
+before, draws random variants until it has seen enough items of its own.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictor.kernels import KernelKey
+from predictor.regressors import out_of_fold_latencies
+from predictor.store import MeasurementIn
+from profiler.plan import (
+    DEFAULT_PRIORS_DIR,
+    RANDOM_SIZES,
+    WorkItem,
+    prior_index,
+    random_variants,
+    resizable,
+    variant_item,
+)
+
+__all__ = ["AdaptiveRefinement"]
+
+logger = logging.getLogger(__name__)
+
+_SIZES = sorted({*RANDOM_SIZES, 224})
+_MIN_ITEMS = 12  # models seen before the first fit: fewer say little about where the regressors err
+_MIN_KEYS_PER_OP = 10
+_RATIO_STEP = 0.1
+_MAX_PRUNE_RATIO = 0.7
+_DECAY = 0.5  # a drawn model's weight until the next fit: the next draw goes elsewhere more often
+_REPORTED = 5
+
+
+@dataclass
+class _Seen:
+    """A profiled model: how to vary it, and its kernels (key hash, measured ms)."""
+
+    item: WorkItem
+    kernels: list[tuple[str, float]]
+    score: float = 0.0
+
+
+@dataclass
+class _Fit:
+    """The latest out-of-fold fit: per-op-type error and the worst-predicted models."""
+
+    items: int = 0
+    kernels: int = 0
+    op_mape: dict[str, float] = field(default_factory=dict)
+    worst: list[tuple[str, float]] = field(default_factory=list)
+
+
+class AdaptiveRefinement:
+    """Draws the models to profile after the priors: near the worst-predicted ones, some at random."""
+
+    def __init__(self, priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0, refit_every: int = 10,
+                 explore_share: float = 0.25) -> None:
+        self.priors_dir = priors_dir
+        self.refit_every = refit_every
+        self.explore_share = explore_share
+        self._rng = random.Random(seed)
+        self._explore = random_variants(priors_dir, seed)
+        self._entries = {entry["file"]: entry for entry in prior_index(priors_dir)}
+        self._resizable = {name: resizable(priors_dir, entry) for name, entry in self._entries.items()}
+        self._keys: dict[str, KernelKey] = {}
+        self._latency: dict[str, list[float]] = defaultdict(list)
+        self._seen: list[_Seen] = []
+        self._since_fit = 0
+        self._fit: _Fit | None = None
+        self._weights: list[float] = []
+        self.refined = 0
+        self.explored = 0
+
+    def observe(self, item: WorkItem, rows: list[MeasurementIn]) -> None:
+        """Record a profiled item's kernel measurements (the runner calls this after each item)."""
+        for row in rows:
+            if row.key_hash not in self._keys:
+                self._keys[row.key_hash] = KernelKey.from_dict(row.key)
+            self._latency[row.key_hash].append(row.median_ms)
+        if item.prior_file in self._entries and not item.is_sparsity:
+            self._seen.append(_Seen(item, [(row.key_hash, row.median_ms) for row in rows]))
+        self._since_fit += 1
+
+    def items(self) -> Iterator[WorkItem]:
+        """Work items without end; each draw uses every observation made before it."""
+        counter = 0
+        while True:
+            if self._since_fit >= self.refit_every or (self._fit is None and len(self._seen) >= _MIN_ITEMS):
+                self._refit()
+            if self._fit is None or not any(self._weights) or self._rng.random() < self.explore_share:
+                self.explored += 1
+                yield next(self._explore)
+                continue
+            counter += 1
+            index = self._rng.choices(range(len(self._seen)), weights=self._weights)[0]
+            self._weights[index] *= _DECAY
+            self.refined += 1
+            yield self._neighbour(self._seen[index].item, counter)
+
+    def summary(self) -> dict[str, Any]:
+        """What refinement did, for the run report."""
+        fit = self._fit
+        return {
+            "refined_items": self.refined,
+            "explored_items": self.explored,
+            "fits": None if fit is None else {
+                "items": fit.items,
+                "kernels": fit.kernels,
+                "worst_op_types": sorted(fit.op_mape.items(), key=lambda kv: -kv[1])[:_REPORTED],
+                "worst_items": fit.worst[:_REPORTED],
+            },
+        }
+
+    def summary_lines(self) -> list[str]:
+        """Report lines: how many models refinement drew, and where the regressors erred most."""
+        fit = self._fit
+        if fit is None:
+            return [f"  adaptive refinement: not started ({len(self._seen)} models seen, needs {_MIN_ITEMS});"
+                    f" {self.explored} random variants"]
+        worst = ", ".join(f"{op} {mape * 100:.0f}%" for op, mape in self.summary()["fits"]["worst_op_types"])
+        return [f"  adaptive refinement: {self.refined} models near the worst-predicted, {self.explored} random;"
+                f" out-of-fold kernel MAPE at the last fit ({fit.items} models): {worst}"]
+
+    def _refit(self) -> None:
+        """Out-of-fold latency of every kernel seen; each model's score is its kernels' weighted error."""
+        self._since_fit = 0
+        by_op: dict[str, list[str]] = defaultdict(list)
+        for key_hash, key in self._keys.items():
+            by_op[key.op_type].append(key_hash)
+        predicted: dict[str, float] = {}
+        fit = _Fit(items=len(self._seen), kernels=len(self._keys))
+        for op_type, hashes in by_op.items():
+            if len(hashes) < _MIN_KEYS_PER_OP:
+                continue  # too few to fit: such kernels do not steer refinement
+            measured = np.array([float(np.median(self._latency[h])) for h in hashes])
+            oof = out_of_fold_latencies([self._keys[h] for h in hashes], measured)
+            predicted.update(zip(hashes, oof.tolist(), strict=True))
+            fit.op_mape[op_type] = float(np.mean(np.abs(oof - measured) / measured))
+        for seen in self._seen:
+            pairs = [(predicted[h], ms) for h, ms in seen.kernels if h in predicted]
+            total = sum(ms for _, ms in seen.kernels)
+            seen.score = sum(abs(p - ms) for p, ms in pairs) / total if total > 0 else 0.0
+        fit.worst = sorted(((s.item.label, round(s.score, 4)) for s in self._seen), key=lambda kv: -kv[1])
+        # Squared: the draws concentrate on the worst models rather than spreading like the scores do.
+        self._weights = [seen.score ** 2 for seen in self._seen]
+        self._fit = fit
+        logger.info("refinement fit on %d models, %d kernels; worst: %s", fit.items, fit.kernels, fit.worst[:3])
+
+    def _neighbour(self, item: WorkItem, counter: int) -> WorkItem:
+        """A variant near `item`: same architecture and bits, a neighbouring size, a nearby prune ratio."""
+        entry = self._entries[item.prior_file]
+        spec = item.config.default
+        size = item.image_size or int(entry["image_size"])
+        if self._resizable[item.prior_file] and size in _SIZES:
+            position = _SIZES.index(size) + self._rng.choice([-1, 0, 0, 1])
+            size = _SIZES[min(len(_SIZES) - 1, max(0, position))]
+        ratio = (spec.prune_ratio or 0.0) + self._rng.uniform(-_RATIO_STEP, _RATIO_STEP)
+        ratio = min(_MAX_PRUNE_RATIO, max(0.0, ratio))
+        default: dict[str, Any] = {"bits": spec.bits or 32, "prune_ratio": round(ratio, 2)}
+        if spec.round_to:
+            default["round_to"] = spec.round_to
+        own_size = size if size != int(entry["image_size"]) else None
+        return variant_item(self.priors_dir, entry, own_size, {"default": default}, "refine",
+                            f"refine{counter}", seed=100_000 + counter)
