@@ -357,9 +357,9 @@ def out_of_fold_latencies(
     """Each key's latency (ms) as the op type's median regressor predicts it when trained without that key.
 
     What a kernel of an unprofiled model would be predicted at: the profiler's adaptive refinement samples
-    near the kernels where these predictions are worst. Keys of one op type; with fewer than two keys per
-    fold, the baseline alone (trained on the other keys) predicts. Cheaper than `train_op_regressor`: one
-    booster per fold with a fixed budget, no hold-out or quantiles.
+    near the kernels where these predictions are worst. Keys of one op type, split into `folds` folds; where
+    a fold's training part has fewer than 10 keys, the log-log baseline alone (fitted on them) predicts.
+    Cheaper than `train_op_regressor`: one booster per fold with a fixed budget, no hold-out or quantiles.
     """
     latency = np.asarray(latencies_ms, dtype=np.float64)
     if latency.ndim != 1 or len(latency) != len(keys):

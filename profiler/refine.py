@@ -110,7 +110,8 @@ class AdaptiveRefinement:
                 yield next(self._explore)
                 continue
             counter += 1
-            index = self._rng.choices(range(len(self._seen)), weights=self._weights)[0]
+            # Weights cover the models of the last fit; the ones seen since are scored at the next fit.
+            index = self._rng.choices(range(len(self._weights)), weights=self._weights)[0]
             self._weights[index] *= _DECAY
             self.refined += 1
             yield self._neighbour(self._seen[index].item, counter)

@@ -62,3 +62,19 @@ def test_refinement_explores_until_it_has_seen_enough() -> None:
     assert [item.stage for item in drawn] == ["random"] * 5
     assert refinement.summary()["fits"] is None
     assert "not started" in refinement.summary_lines()[0]
+
+
+def test_refinement_keeps_drawing_while_it_observes_between_fits() -> None:
+    """The runner observes every drawn item before the next draw: models seen between fits wait for the next."""
+    refinement = AdaptiveRefinement(seed=1, refit_every=4, explore_share=0.0)
+    priors = [item for item in itertools.islice(default_plan(), 30) if item.stage == "priors"][:12]
+    for index, item in enumerate(priors):
+        keys = random_conv_keys(15, seed=index)
+        refinement.observe(item, _rows(keys, true_latency_ms(keys)))
+    draws = refinement.items()
+    for index in range(11):
+        item = next(draws)
+        keys = random_conv_keys(15, seed=50 + index)
+        refinement.observe(item, _rows(keys, true_latency_ms(keys)))
+    summary = refinement.summary()
+    assert summary["refined_items"] == 11 and summary["fits"]["items"] >= 12 + 8
