@@ -11,6 +11,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ __all__ = [
     "model_plan",
     "prior_index",
     "random_variants",
-    "resizable",
+    "resizable_priors",
     "variant_item",
 ]
 
@@ -114,7 +115,7 @@ def random_variants(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0) -> Ite
     """Random variants of the priors without end: input sizes, prune ratios, rounding and bit-widths."""
     entries = prior_index(priors_dir)
     rng = random.Random(seed)
-    resizable = [e["file"] for e in entries if _resizable(load_skeleton(priors_dir / e["file"]))]
+    resizable = resizable_priors(priors_dir)
     counter = 0
     while True:
         counter += 1
@@ -149,9 +150,10 @@ def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0,
     yield from then if then is not None else random_variants(priors_dir, seed)
 
 
-def resizable(priors_dir: Path, entry: dict[str, Any]) -> bool:
-    """True if the prior runs at other input sizes (see _resizable)."""
-    return _resizable(load_skeleton(priors_dir / entry["file"]))
+@lru_cache(maxsize=8)
+def resizable_priors(priors_dir: Path = DEFAULT_PRIORS_DIR) -> frozenset[str]:
+    """Skeleton files of the priors that run at other input sizes (each skeleton is read once per folder)."""
+    return frozenset(e["file"] for e in prior_index(priors_dir) if _resizable(load_skeleton(priors_dir / e["file"])))
 
 
 def _resizable(skeleton: dict[str, Any]) -> bool:

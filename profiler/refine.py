@@ -32,7 +32,7 @@ from profiler.plan import (
     WorkItem,
     prior_index,
     random_variants,
-    resizable,
+    resizable_priors,
     variant_item,
 )
 
@@ -55,7 +55,6 @@ class _Seen:
 
     item: WorkItem
     kernels: list[tuple[str, float]]
-    score: float = 0.0
 
 
 @dataclass
@@ -79,7 +78,7 @@ class AdaptiveRefinement:
         self._rng = random.Random(seed)
         self._explore = random_variants(priors_dir, seed)
         self._entries = {entry["file"]: entry for entry in prior_index(priors_dir)}
-        self._resizable = {name: resizable(priors_dir, entry) for name, entry in self._entries.items()}
+        self._resizable = resizable_priors(priors_dir)
         self._keys: dict[str, KernelKey] = {}
         self._latency: dict[str, list[float]] = defaultdict(list)
         self._seen: list[_Seen] = []
@@ -117,11 +116,13 @@ class AdaptiveRefinement:
             yield self._neighbour(self._seen[index].item, counter)
 
     def summary(self) -> dict[str, Any]:
-        """What refinement did, for the run report."""
+        """What refinement did, for the run report (RunReport.summary_lines renders it)."""
         fit = self._fit
         return {
             "refined_items": self.refined,
             "explored_items": self.explored,
+            "models_seen": len(self._seen),
+            "models_before_first_fit": _MIN_ITEMS,
             "fits": None if fit is None else {
                 "items": fit.items,
                 "kernels": fit.kernels,
@@ -129,16 +130,6 @@ class AdaptiveRefinement:
                 "worst_items": fit.worst[:_REPORTED],
             },
         }
-
-    def summary_lines(self) -> list[str]:
-        """Report lines: how many models refinement drew, and where the regressors erred most."""
-        fit = self._fit
-        if fit is None:
-            return [f"  adaptive refinement: not started ({len(self._seen)} models seen, needs {_MIN_ITEMS});"
-                    f" {self.explored} random variants"]
-        worst = ", ".join(f"{op} {mape * 100:.0f}%" for op, mape in self.summary()["fits"]["worst_op_types"])
-        return [f"  adaptive refinement: {self.refined} models near the worst-predicted, {self.explored} random;"
-                f" out-of-fold kernel MAPE at the last fit ({fit.items} models): {worst}"]
 
     def _refit(self) -> None:
         """Out-of-fold latency of every kernel seen; each model's score is its kernels' weighted error."""
@@ -155,13 +146,11 @@ class AdaptiveRefinement:
             oof = out_of_fold_latencies([self._keys[h] for h in hashes], measured)
             predicted.update(zip(hashes, oof.tolist(), strict=True))
             fit.op_mape[op_type] = float(np.mean(np.abs(oof - measured) / measured))
-        for seen in self._seen:
-            pairs = [(predicted[h], ms) for h, ms in seen.kernels if h in predicted]
-            total = sum(ms for _, ms in seen.kernels)
-            seen.score = sum(abs(p - ms) for p, ms in pairs) / total if total > 0 else 0.0
-        fit.worst = sorted(((s.item.label, round(s.score, 4)) for s in self._seen), key=lambda kv: -kv[1])
+        scores = [_weighted_error(seen.kernels, predicted) for seen in self._seen]
+        fit.worst = sorted(((seen.item.label, round(score, 4)) for seen, score in zip(self._seen, scores, strict=True)),
+                           key=lambda kv: -kv[1])
         # Squared: the draws concentrate on the worst models rather than spreading like the scores do.
-        self._weights = [seen.score ** 2 for seen in self._seen]
+        self._weights = [score ** 2 for score in scores]
         self._fit = fit
         logger.info("refinement fit on %d models, %d kernels; worst: %s", fit.items, fit.kernels, fit.worst[:3])
 
@@ -170,7 +159,7 @@ class AdaptiveRefinement:
         entry = self._entries[item.prior_file]
         spec = item.config.default
         size = item.image_size or int(entry["image_size"])
-        if self._resizable[item.prior_file] and size in _SIZES:
+        if item.prior_file in self._resizable and size in _SIZES:
             position = _SIZES.index(size) + self._rng.choice([-1, 0, 0, 1])
             size = _SIZES[min(len(_SIZES) - 1, max(0, position))]
         ratio = (spec.prune_ratio or 0.0) + self._rng.uniform(-_RATIO_STEP, _RATIO_STEP)
@@ -181,3 +170,10 @@ class AdaptiveRefinement:
         own_size = size if size != int(entry["image_size"]) else None
         return variant_item(self.priors_dir, entry, own_size, {"default": default}, "refine",
                             f"refine{counter}", seed=100_000 + counter)
+
+
+def _weighted_error(kernels: list[tuple[str, float]], predicted: dict[str, float]) -> float:
+    """A model's score: its kernels' absolute out-of-fold error over its kernels' total time."""
+    total = sum(ms for _, ms in kernels)
+    missed = sum(abs(predicted[h] - ms) for h, ms in kernels if h in predicted)
+    return missed / total if total > 0 else 0.0

@@ -133,7 +133,22 @@ class RunReport:
                          f"{_DRIFT_THRESHOLD * 100:.0f}% of {self.reference_ms or 0:.3f} ms")
         if self.items_failed:
             lines.append(f"  {len(self.items_failed)} models failed to build or run (see log)")
+        if self.refinement is not None:
+            lines.append(_refinement_line(self.refinement))
         return lines
+
+
+def _refinement_line(refinement: dict[str, Any]) -> str:
+    """The report line of adaptive refinement (profiler.refine.AdaptiveRefinement.summary)."""
+    fits = refinement.get("fits")
+    if not fits:
+        return (f"  adaptive refinement: not started ({refinement.get('models_seen', 0)} models seen, needs "
+                f"{refinement.get('models_before_first_fit', 0)}); "
+                f"{refinement.get('explored_items', 0)} random variants")
+    worst = ", ".join(f"{op} {mape * 100:.0f}%" for op, mape in fits["worst_op_types"])
+    return (f"  adaptive refinement: {refinement.get('refined_items', 0)} models near the worst-predicted, "
+            f"{refinement.get('explored_items', 0)} random; out-of-fold kernel MAPE at the last fit "
+            f"({fits['items']} models): {worst}")
 
 
 def measure_reference_ms(backend: Backend) -> float:

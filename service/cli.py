@@ -260,7 +260,7 @@ def profile(
     if as_json:
         emit_json(report.to_dict() | {"end_to_end": len(report.end_to_end)})
         return
-    for line in report.summary_lines() + (refinement.summary_lines() if refinement else []):
+    for line in report.summary_lines():
         emit_line(line)
 
 

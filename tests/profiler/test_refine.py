@@ -11,6 +11,7 @@ from predictor.regressors import out_of_fold_latencies
 from predictor.store import MeasurementIn
 from profiler.plan import default_plan
 from profiler.refine import AdaptiveRefinement
+from profiler.runner import RunReport
 from tests.predictor.test_regressors import random_conv_keys, true_latency_ms
 
 
@@ -54,6 +55,8 @@ def test_refinement_draws_near_the_worst_predicted_models() -> None:
     summary = refinement.summary()
     assert summary["refined_items"] == 40 and summary["fits"]["worst_items"][0][0].startswith("resnet18")
     assert len({item.item_id for item in drawn}) == len(drawn)
+    line = RunReport(run_id="r", device="d", refinement=summary).summary_lines()[-1]
+    assert "40 models near the worst-predicted" in line and "NchwcConv" in line
 
 
 def test_refinement_explores_until_it_has_seen_enough() -> None:
@@ -61,7 +64,8 @@ def test_refinement_explores_until_it_has_seen_enough() -> None:
     drawn = list(itertools.islice(refinement.items(), 5))
     assert [item.stage for item in drawn] == ["random"] * 5
     assert refinement.summary()["fits"] is None
-    assert "not started" in refinement.summary_lines()[0]
+    lines = RunReport(run_id="r", device="d", refinement=refinement.summary()).summary_lines()
+    assert "not started" in lines[-1]
 
 
 def test_refinement_keeps_drawing_while_it_observes_between_fits() -> None:
