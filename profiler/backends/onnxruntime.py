@@ -18,6 +18,13 @@ conv's thread CPU time had p10 2.30 and p90 2.95 ms within a minute here, benchm
 runs are timed in pairs with runs of the device's reference kernel (after each block of runs that costs at
 least one reference run), and Timing.reference_ms says how fast the host was during them: the profiler and
 the ground truth scale by it to the device's baseline state.
+
+The reference's run right after a block starts from the caches the model's runs left: x1.05-1.19 slower than
+on its own, more after bigger models (benchmarks/reference_cache.py). That is the cache effect that slows the
+memory-bound kernels of a big model too (benchmarks/context.py: a depthwise conv beside 19 MB of other
+weights x1.5, a dense conv not at all), so the cold run stays the pair: it scales a big model's runs down by
+part of it. Pairing with the reference's second run instead (_REFERENCE_RUNS_PER_BLOCK = 2) predicted the
+kernels models share neither better nor worse within this host's run-to-run noise (benchmarks/split.py).
 """
 from __future__ import annotations
 
@@ -50,6 +57,9 @@ _CALIBRATION_NODES = 64
 # Bounds on the factor from the profiler's per-node times to the model's cost (below 1 where the profiler's
 # own cost inflates many tiny nodes); beyond them the profile is broken (events missing), not merely scaled.
 _SPLIT_SCALE = (0.1, 2.0)
+# Reference runs after each block of paired runs; the last one is the block's pair and a block lasts as long as
+# they do, so pairing costs at most as much time as the runs (1: the cold run is the pair, see the module docstring).
+_REFERENCE_RUNS_PER_BLOCK = 1
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +153,9 @@ class OnnxRuntimeBackend:
         """Warm up, then run until the median is stable or a cap is hit.
 
         Returns the runs' times (ms) and, with `pairing`, each run's reference time (ms): the reference
-        kernel's run after the block of runs that holds it; a block lasts at least one reference run, so
-        pairing costs at most as much time as the runs themselves. With pairing, the stopping rule looks
-        at the runs' ratios to their reference runs.
+        kernel's run after the block of runs that holds it (the last of _REFERENCE_RUNS_PER_BLOCK runs); a
+        block lasts at least as long as those runs, so pairing costs at most as much time as the runs
+        themselves. With pairing, the stopping rule looks at the runs' ratios to their reference runs.
         """
         for _ in range(protocol.warmup_runs):
             session.run(None, feeds)
@@ -157,7 +167,7 @@ class OnnxRuntimeBackend:
             samples.append(self._timed_ms(session, feeds))
             if pairing is not None:
                 block_ms += samples[-1]
-                if block_ms >= pairing.last_ms:
+                if block_ms >= _REFERENCE_RUNS_PER_BLOCK * pairing.last_ms:
                     self._close_block(pairing, samples, references)
                     block_ms = 0.0
             judged = samples if pairing is None else _ratios(samples, references)
@@ -170,8 +180,9 @@ class OnnxRuntimeBackend:
         return samples, references
 
     def _close_block(self, pairing: _Pairing, samples: list[float], references: list[float]) -> None:
-        """Run the reference once and pair the runs since the last reference run with it."""
-        pairing.last_ms = self._timed_ms(pairing.session, pairing.feeds)
+        """Run the reference and pair the runs since the last reference run with its (last) run."""
+        for _ in range(_REFERENCE_RUNS_PER_BLOCK):
+            pairing.last_ms = self._timed_ms(pairing.session, pairing.feeds)
         references.extend([pairing.last_ms] * (len(samples) - len(references)))
 
     def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None) -> Timing:
@@ -227,15 +238,13 @@ class OnnxRuntimeBackend:
                 profile_path = session.end_profiling()
                 samples = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
                 os.unlink(profile_path)
-            node_total = sum(float(np.median(values)) for values in samples.values())
             if wall is not None:
                 in_graph_ms = wall.median_ms - self.empty_run_ms(protocol)
             else:
                 in_graph_ms = (float(np.median(walls)) - self.empty_run_ms(protocol)
                                - len(samples) * self.profiler_overhead_ms(protocol))
-            scale = min(_SPLIT_SCALE[1], max(_SPLIT_SCALE[0], in_graph_ms / node_total)) if node_total > 0 else 1.0
-            for node, values in samples.items():
-                per_node[node].extend(value * scale for value in values)
+            for node, values in split_node_times(samples, in_graph_ms).items():
+                per_node[node].extend(values)
         # Nodes onnxruntime's fusions leave unnamed in the saved graph get "<Op>_<index>" names in the
         # session; they are matched to the unnamed kernels of that op type in execution order.
         named = {k.runtime_node for k in kernels if k.runtime_node}
@@ -296,6 +305,13 @@ def _empty_model() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def split_node_times(samples: dict[str, list[float]], in_graph_ms: float) -> dict[str, list[float]]:
+    """Each node's profiled run times scaled so that the nodes' medians add up to `in_graph_ms`."""
+    node_total = sum(float(np.median(values)) for values in samples.values())
+    scale = min(_SPLIT_SCALE[1], max(_SPLIT_SCALE[0], in_graph_ms / node_total)) if node_total > 0 else 1.0
+    return {node: [value * scale for value in values] for node, values in samples.items()}
 
 
 def _node_times_ms(profile_path: Path, skip_runs: int) -> dict[str, list[float]]:

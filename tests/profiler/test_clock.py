@@ -92,20 +92,28 @@ def test_drift_is_reported_and_paired_or_wall_time_runs_are_scaled(
 
 
 class _SlowingHost:
-    """A fake clock and sessions on it: each run takes its base time, twice that after `switch_after` runs."""
+    """A fake clock and sessions on it: each run takes its base time, twice that after `switch_after` runs.
 
-    def __init__(self, switch_after: int) -> None:
+    With `cold_ms`, a reference run right after a model run takes that long instead (the model left the caches
+    cold for it).
+    """
+
+    def __init__(self, switch_after: int, cold_ms: float | None = None) -> None:
         self.now = 0.0
         self.runs = 0
         self.switch_after = switch_after
+        self.cold_ms = cold_ms
+        self.last_was_model = False
 
-    def session(self, ms: float) -> object:
+    def session(self, ms: float, reference: bool = False) -> object:
         host = self
 
         class _Session:
             def run(self, outputs: object, feeds: object) -> None:
                 host.runs += 1
-                host.now += ms * (2 if host.runs > host.switch_after else 1) / 1000.0
+                run_ms = host.cold_ms if reference and host.last_was_model and host.cold_ms else ms
+                host.now += run_ms * (2 if host.runs > host.switch_after else 1) / 1000.0
+                host.last_was_model = not reference
 
         return _Session()
 
@@ -113,7 +121,7 @@ class _SlowingHost:
         """The backend's paired runs of a session of `run_ms` against a 2 ms reference, on this host's clock."""
         backend = OnnxRuntimeBackend(threads=1)
         backend._clock = lambda: self.now
-        pairing = _Pairing(self.session(2.0), {}, last_ms=2.0)
+        pairing = _Pairing(self.session(2.0, reference=True), {}, last_ms=2.0)
         protocol = MeasureProtocol(warmup_runs=0, min_repeats=repeats, max_repeats=repeats, max_seconds=10.0)
         return backend._run_until_stable(self.session(run_ms), {}, protocol, pairing)
 
@@ -132,6 +140,23 @@ def test_paired_blocks_of_short_runs_last_one_reference_run() -> None:
     samples, references = host.run_paired(run_ms=0.5, repeats=10)
     assert len(samples) == len(references) == 10
     assert host.runs == 10 + 3  # blocks of 4 runs (2 ms), and one reference run for the last 2 runs
+
+
+def test_runs_are_paired_with_the_cold_reference_run_right_after_them() -> None:
+    """The reference's first run after a model is slow from the caches the model left; it is the pair."""
+    samples, references = _SlowingHost(switch_after=1000, cold_ms=3.0).run_paired(run_ms=5.0, repeats=6)
+    assert samples == pytest.approx([5.0] * 6)
+    assert references == pytest.approx([3.0] * 6)
+
+
+def test_with_two_reference_runs_per_block_the_warm_one_is_the_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What benchmarks/split.py --reference-runs 2 compares against: blocks as long as two reference runs."""
+    monkeypatch.setattr("profiler.backends.onnxruntime._REFERENCE_RUNS_PER_BLOCK", 2)
+    host = _SlowingHost(switch_after=1000, cold_ms=3.0)
+    samples, references = host.run_paired(run_ms=0.5, repeats=10)
+    assert references == pytest.approx([2.0] * 10)
+    # A block of 8 runs (4 ms: two runs of the 2 ms reference), one of the last 2, two reference runs after each.
+    assert host.runs == 10 + 4
 
 
 def test_measure_model_pairs_by_default_and_fills_reference_ms() -> None:
