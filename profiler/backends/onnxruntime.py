@@ -22,7 +22,7 @@ the ground truth scale by it to the device's baseline state.
 The reference's run right after a block starts from the caches the model's runs left: x1.05-1.19 slower than
 on its own, more after bigger models (benchmarks/reference_cache.py). That is the cache effect that slows the
 memory-bound kernels of a big model too (benchmarks/context.py: a depthwise conv beside 19 MB of other
-weights x1.5, a dense conv not at all), so the cold run stays the pair: it scales a big model's runs down by
+weights x1.6, a dense conv not at all), so the cold run stays the pair: it scales a big model's runs down by
 part of it. Pairing with the reference's second run instead (_REFERENCE_RUNS_PER_BLOCK = 2) predicted the
 kernels models share neither better nor worse within this host's run-to-run noise (benchmarks/split.py).
 """
