@@ -69,6 +69,39 @@ def macs_of(model: Any) -> float:
     return float(macs)
 
 
+def summarize(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+    """The benchmark's summaries of its rows, and the FLOPs proxy's fitted ms per GMAC."""
+    fp32 = [r for r in rows if r["config"] == "fp32"]
+    compressed = [r for r in rows if r["config"] != "fp32"]
+    # FLOPs proxy: latency = c x MACs; c minimises the squared relative error over the fp32 set.
+    truth = [r["compensated_measured_ms"] or r["measured_ms"] for r in fp32]
+    ratios = np.array([t / r["macs"] for t, r in zip(truth, fp32, strict=True)])
+    c = float(np.sum(ratios) / np.sum(ratios ** 2)) if len(ratios) else 0.0
+    c = 1.0 / c if c else 0.0
+    proxy_rows = [{**r, "predicted_ms": c * r["macs"]} for r in fp32]
+    summary = {
+        "fp32_raw": summarize_validation(fp32, compensated=False),
+        "compressed_raw": summarize_validation(compressed, compensated=False),
+        "fp32": summarize_validation(fp32),
+        "fp32_prior_archs": summarize_validation([r for r in fp32 if not r["held_out"]]),
+        "fp32_held_out_archs": summarize_validation([r for r in fp32 if r["held_out"]]),
+        "compressed": summarize_validation(compressed),
+        "ranking_of_variants": summarize_validation([r for r in rows if r["model"] in COMPRESSED_ARCHS]),
+        "flops_proxy_fp32": summarize_validation(proxy_rows),
+    }
+    return summary, c * 1e9
+
+
+def finished_run_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The arguments of the scripts that work on a finished accuracy run: its home and results."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, required=True, help="LATPRED_HOME of an accuracy run")
+    parser.add_argument("--results", type=Path, required=True, help="that run's results JSON")
+    parser.add_argument("--device", default=DEVICE)
+    parser.add_argument("--out", type=Path, default=None)
+    return parser
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget-minutes", type=float, default=30.0)
@@ -117,30 +150,14 @@ def main() -> None:
                   f" (compensated {row['compensated_measured_ms'] or measured:9.3f})  error {row['error'] * 100:+6.1f}%"
                   f" (raw {row['raw_error'] * 100:+6.1f}%)  table hits {estimate.table_hit_rate:4.0%}", flush=True)
 
-    fp32 = [r for r in rows if r["config"] == "fp32"]
-    compressed = [r for r in rows if r["config"] != "fp32"]
-    # FLOPs proxy: latency = c x MACs; c minimises the squared relative error over the fp32 set.
-    truth = [r["compensated_measured_ms"] or r["measured_ms"] for r in fp32]
-    ratios = np.array([t / r["macs"] for t, r in zip(truth, fp32, strict=True)])
-    c = float(np.sum(ratios) / np.sum(ratios ** 2)) if len(ratios) else 0.0
-    c = 1.0 / c if c else 0.0
-    proxy_rows = [{**r, "predicted_ms": c * r["macs"]} for r in fp32]
+    summary, ms_per_gmac = summarize(rows)
     result = {
         "device": DEVICE,
         "budget_minutes": args.budget_minutes,
         "profile_and_train_minutes": round(profile_minutes, 1),
         "table_size": predictor.measurement_count,
-        "summary": {
-            "fp32_raw": summarize_validation(fp32, compensated=False),
-            "compressed_raw": summarize_validation(compressed, compensated=False),
-            "fp32": summarize_validation(fp32),
-            "fp32_prior_archs": summarize_validation([r for r in fp32 if not r["held_out"]]),
-            "fp32_held_out_archs": summarize_validation([r for r in fp32 if r["held_out"]]),
-            "compressed": summarize_validation(compressed),
-            "ranking_of_variants": summarize_validation([r for r in rows if r["model"] in COMPRESSED_ARCHS]),
-            "flops_proxy_fp32": summarize_validation(proxy_rows),
-        },
-        "flops_proxy_ms_per_gmac": c * 1e9,
+        "summary": summary,
+        "flops_proxy_ms_per_gmac": ms_per_gmac,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

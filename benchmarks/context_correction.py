@@ -22,7 +22,6 @@ whether any setting helps both fp32 and compressed models.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -65,12 +64,7 @@ def summary(errors: list[tuple[dict[str, Any], float]], keep: Any) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, required=True, help="LATPRED_HOME of an accuracy run")
-    parser.add_argument("--results", type=Path, required=True, help="that run's results JSON")
-    parser.add_argument("--device", default="bench-cpu-1t")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = accuracy.finished_run_arguments(__doc__).parse_args()
 
     engine = create_store_engine(f"sqlite:///{args.home / 'latpred.db'}")
     with session_factory(engine)() as session:

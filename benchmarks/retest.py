@@ -13,7 +13,6 @@ its results JSON; measures nothing.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,6 +22,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import accuracy  # noqa: E402
 
 from predictor.store import create_store_engine, get_device, list_runs, session_factory  # noqa: E402
 
@@ -36,12 +38,7 @@ def share_within(values: np.ndarray, bound: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, required=True, help="LATPRED_HOME of an accuracy run")
-    parser.add_argument("--results", type=Path, required=True, help="that run's results JSON")
-    parser.add_argument("--device", default="bench-cpu-1t")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = accuracy.finished_run_arguments(__doc__).parse_args()
 
     engine = create_store_engine(f"sqlite:///{args.home / 'latpred.db'}")
     profiled: dict[str, float] = {}
