@@ -1,7 +1,8 @@
 """Per-op-type LightGBM latency regressors: training, LightGBM-text persistence, batched prediction.
 
-Each op type gets a log-log linear baseline (log latency on log MACs and log bytes) and three boosters
-on its residual in log(latency_ms): the median (L2 regression; beat L1 and Huber on held-out MAPE) and
+Each op type gets a baseline of latency on its work and traffic, chosen per op type between two forms by
+how well each extrapolates (below), and three boosters on its residual in log(latency_ms): the median (L2
+regression; beat L1 and Huber on held-out MAPE) and
 the 0.1 / 0.9 quantiles, whose interval is widened by split-conformal shifts from the hold-out. All of it
 is stored as one text blob, a JSON header line followed by the boosters' own text models (never pickle),
 so a stored regressor survives library upgrades or fails loudly when the feature set changed.
@@ -28,11 +29,14 @@ from predictor.kernels import KernelKey
 from predictor.store import Device, iter_measurements, load_regressors, save_regressor
 
 __all__ = [
+    "BASELINE_FORMS",
     "HI_QUANTILE",
     "LO_QUANTILE",
+    "Baseline",
     "InvalidRegressorError",
     "OpRegressor",
     "RegressorSet",
+    "fit_baseline",
     "out_of_fold_latencies",
     "train_device_regressors",
     "train_op_regressor",
@@ -59,11 +63,25 @@ _MAX_BIN = 63
 _MIN_CALIBRATION_SAMPLES = 10
 _MAX_MIN_DATA_IN_LEAF = 5
 _DATA_VERSION_CHARS = 16
-# Latency is close to a power law of work and traffic: a log-log linear baseline carries that trend (and
-# extrapolates beyond the sampled sizes, which trees cannot); the boosters learn the residual structure.
+# The baseline carries the trend of latency with work and traffic, and extrapolates beyond the sampled
+# sizes, which trees cannot (their prediction is flat outside the training range); the boosters learn the
+# residual structure. Two forms:
+# - "additive": latency = c0 + c1 x MACs + c2 x bytes moved, c >= 0 (a per-run cost plus compute and memory
+#   time), fitted on relative error. Linear in work: a kernel 4x the largest sampled one costs ~4x.
+# - "loglog": log latency linear in log MACs and log bytes (a power law). Fits kernels whose cost hardly
+#   grows with size (Reshape), but its exponents, fitted where fixed costs dominate, sum below 1: on the
+#   accuracy runs' tables it predicted the largest fifth of each op type's kernels 20-46% too fast when
+#   fitted on the rest (benchmarks/baselines.py), e.g. the 768x3072 matmuls of a ViT-Base.
+# Each op type takes the form whose fit on its smaller 80% of keys (by MACs, or bytes where an op has no
+# MACs) predicts the larger 20% better; below _MIN_HELD_OUT_SAMPLES keys, "additive".
 _BASELINE_FEATURES = ("log_macs", "log_bytes_moved")
 _BASELINE_COLUMNS = [FEATURE_NAMES.index(name) for name in _BASELINE_FEATURES]
+_ADDITIVE_COLUMNS = [FEATURE_NAMES.index(name) for name in ("macs", "bytes_moved")]
 _BASELINE_RIDGE = 1e-3
+BASELINE_FORMS = ("additive", "loglog")
+_EXTRAPOLATION_SHARE = 0.2
+# The additive form's floor (ms): a fit with every coefficient 0 would predict 0.
+_MIN_BASELINE_MS = 1e-6
 
 
 class InvalidRegressorError(LatpredError, ValueError):
@@ -112,27 +130,91 @@ def _params(goal: _Objective, n_train: int, seed: int) -> dict[str, Any]:
     return params
 
 
-def _fit_baseline(features: np.ndarray, log_latency: np.ndarray) -> tuple[float, ...]:
-    """(intercept, coefficients...) of a ridge fit of log latency on the baseline features."""
+@dataclass(frozen=True)
+class Baseline:
+    """An op type's baseline: its form (BASELINE_FORMS) and coefficients, intercept first."""
+
+    form: str
+    coefficients: tuple[float, ...]
+
+    def log_latency(self, features: np.ndarray) -> np.ndarray:
+        """Log latency (ms) the baseline alone predicts for a feature matrix."""
+        weights = np.asarray(self.coefficients[1:], dtype=np.float64)
+        if self.form == "loglog":
+            return self.coefficients[0] + features[:, _BASELINE_COLUMNS] @ weights
+        return np.log(np.maximum(self.coefficients[0] + features[:, _ADDITIVE_COLUMNS] @ weights, _MIN_BASELINE_MS))
+
+
+def _fit_loglog(features: np.ndarray, latency: np.ndarray) -> Baseline:
+    """A ridge fit of log latency on log MACs and log bytes."""
     design = features[:, _BASELINE_COLUMNS]
+    log_latency = np.log(latency)
     center = design.mean(axis=0)
     centered = design - center
     gram = centered.T @ centered + _BASELINE_RIDGE * len(design) * np.eye(len(_BASELINE_COLUMNS))
     coefficients = np.linalg.solve(gram, centered.T @ (log_latency - log_latency.mean()))
     intercept = float(log_latency.mean() - center @ coefficients)
-    return (intercept, *(float(c) for c in coefficients))
+    return Baseline("loglog", (intercept, *(float(c) for c in coefficients)))
 
 
-def _baseline(features: np.ndarray, baseline: Sequence[float]) -> np.ndarray:
-    """Log latency predicted by the baseline alone."""
-    return baseline[0] + features[:, _BASELINE_COLUMNS] @ np.asarray(baseline[1:], dtype=np.float64)
+def _fit_additive(features: np.ndarray, latency: np.ndarray) -> Baseline:
+    """Non-negative c minimising the squared relative error of c0 + c1 x MACs + c2 x bytes.
+
+    Three unknowns: every subset of them is solved by least squares, the best non-negative one kept (an
+    exact non-negative least squares).
+    """
+    design = np.column_stack([np.ones(len(latency)), features[:, _ADDITIVE_COLUMNS]])
+    scale = np.maximum(np.abs(design).max(axis=0), 1e-30)
+    relative = design / scale / latency[:, None]
+    target = np.ones(len(latency))
+    best, best_residual = np.zeros(design.shape[1]), float(len(latency))
+    for mask in range(1, 2 ** design.shape[1]):
+        columns = [j for j in range(design.shape[1]) if mask >> j & 1]
+        solution, *_ = np.linalg.lstsq(relative[:, columns], target, rcond=None)
+        if np.any(solution < 0):
+            continue
+        residual = float(np.sum((relative[:, columns] @ solution - target) ** 2))
+        if residual < best_residual:
+            best = np.zeros(design.shape[1])
+            best[columns] = solution
+            best_residual = residual
+    return Baseline("additive", tuple(float(c) for c in best / scale))
+
+
+_FITS = {"additive": _fit_additive, "loglog": _fit_loglog}
+
+
+def fit_baseline(features: np.ndarray, latency_ms: np.ndarray, form: str | None = None) -> Baseline:
+    """The baseline of one op type's keys (a feature matrix) and latencies, in `form` (BASELINE_FORMS).
+
+    `form` None: the form that extrapolates better from the smaller keys to the larger ones, fitted on all.
+    """
+    latency = np.asarray(latency_ms, dtype=np.float64)
+    if form is not None:
+        if form not in _FITS:
+            raise ValueError(f"baseline form must be one of {BASELINE_FORMS}, got {form!r}")
+        return _FITS[form](features, latency)
+    form = "additive"
+    n = len(latency)
+    if n >= _MIN_HELD_OUT_SAMPLES:
+        size = features[:, _ADDITIVE_COLUMNS[0]] if np.any(features[:, _ADDITIVE_COLUMNS[0]] > 0) else \
+            features[:, _ADDITIVE_COLUMNS[1]]
+        order = np.argsort(size, kind="stable")
+        split = n - max(1, int(round(n * _EXTRAPOLATION_SHARE)))
+        small, large = order[:split], order[split:]
+        log_large = np.log(latency[large])
+        errors = {name: float(np.mean(np.abs(_FITS[name](features[small], latency[small]).log_latency(features[large])
+                                             - log_large)))
+                  for name in BASELINE_FORMS}
+        form = min(BASELINE_FORMS, key=lambda name: errors[name])
+    return _FITS[form](features, latency)
 
 
 def _fit(
     goal: _Objective,
     features: np.ndarray,
     log_latency: np.ndarray,
-    baseline: Sequence[float],
+    baseline: Baseline,
     seed: int,
     *,
     valid: tuple[np.ndarray, np.ndarray] | None = None,
@@ -141,13 +223,13 @@ def _fit(
     """One booster on top of the baseline; with `valid`, stops early on it, else trains `rounds`."""
     params = _params(goal, len(log_latency), seed)
     train_set = lgb.Dataset(
-        features, log_latency, init_score=_baseline(features, baseline), feature_name=FEATURE_NAMES, params=params
+        features, log_latency, init_score=baseline.log_latency(features), feature_name=FEATURE_NAMES, params=params
     )
     if valid is None:
         num_rounds = rounds or min(_SMALL_DATA_ROUNDS, goal.max_rounds)
         return lgb.train(params, train_set, num_boost_round=num_rounds, keep_training_booster=True)
     valid_set = lgb.Dataset(
-        valid[0], valid[1], init_score=_baseline(valid[0], baseline), reference=train_set, params=params
+        valid[0], valid[1], init_score=baseline.log_latency(valid[0]), reference=train_set, params=params
     )
     return lgb.train(
         params,
@@ -170,7 +252,7 @@ class OpRegressor:
     """Median and 0.1 / 0.9 quantile boosters on log(latency_ms) for one op type."""
 
     op_type: str
-    baseline: tuple[float, ...]
+    baseline: Baseline
     median_model: lgb.Booster
     lo_model: lgb.Booster
     hi_model: lgb.Booster
@@ -182,7 +264,7 @@ class OpRegressor:
         if len(features) == 0:
             empty = np.zeros(0, dtype=np.float64)
             return empty, empty.copy(), empty.copy()
-        base = _baseline(features, self.baseline)
+        base = self.baseline.log_latency(features)
         median_log = base + self.median_model.predict(features, num_threads=1)
         lo_log = base + self.lo_model.predict(features, num_threads=1) - self.interval_shift[0]
         hi_log = base + self.hi_model.predict(features, num_threads=1) + self.interval_shift[1]
@@ -205,7 +287,8 @@ class OpRegressor:
             "version": _TEXT_VERSION,
             "op_type": self.op_type,
             "features": FEATURE_NAMES,
-            "baseline": list(self.baseline),
+            "baseline": list(self.baseline.coefficients),
+            "baseline_form": self.baseline.form,
             "interval_shift": list(self.interval_shift),
             "lengths": {name: len(parts[name]) for name in _PARTS},
         }
@@ -231,7 +314,9 @@ class OpRegressor:
         if not separator or not isinstance(lengths, dict) or sum(lengths.get(n, 0) for n in _PARTS) != len(body):
             raise InvalidRegressorError("regressor text is truncated or its part lengths do not match")
         baseline = header.get("baseline")
-        if not isinstance(baseline, list) or len(baseline) != len(_BASELINE_COLUMNS) + 1:
+        # Texts written before the additive form have no baseline_form: theirs is log-log.
+        form = header.get("baseline_form", "loglog")
+        if form not in BASELINE_FORMS or not isinstance(baseline, list) or len(baseline) != len(_BASELINE_COLUMNS) + 1:
             raise InvalidRegressorError(f"regressor for {header.get('op_type')!r} has a malformed baseline")
         shift = header.get("interval_shift", [0.0, 0.0])
         if not isinstance(shift, list) or len(shift) != 2:
@@ -247,7 +332,7 @@ class OpRegressor:
                 raise InvalidRegressorError(f"{name} model of {header.get('op_type')!r} does not load: {exc}") from exc
         return cls(
             op_type=str(header.get("op_type", "")),
-            baseline=tuple(float(c) for c in baseline),
+            baseline=Baseline(form, tuple(float(c) for c in baseline)),
             median_model=boosters["median"],
             lo_model=boosters["lo"],
             hi_model=boosters["hi"],
@@ -292,11 +377,13 @@ def _cross_fitted_coverage(lo_ms: np.ndarray, hi_ms: np.ndarray, measured_ms: np
 
 
 def train_op_regressor(
-    keys: Sequence[KernelKey], latencies_ms: Sequence[float] | np.ndarray, seed: int = 0
+    keys: Sequence[KernelKey], latencies_ms: Sequence[float] | np.ndarray, seed: int = 0,
+    baseline_form: str | None = None,
 ) -> tuple[OpRegressor, dict[str, Any]]:
     """Train the regressor of one op type; metrics come from a 20% hold-out, the returned model from all data.
 
     With fewer than 10 samples there is no hold-out: metrics are in-sample and `held_out` is False.
+    `baseline_form` forces a baseline form (for comparisons); None chooses it per op type.
     Raises ValueError for mismatched lengths, fewer than 2 samples, non-positive latencies or mixed op types.
     """
     latency = np.asarray(latencies_ms, dtype=np.float64)
@@ -320,7 +407,7 @@ def train_op_regressor(
         order = np.random.default_rng(seed).permutation(n_samples)
         n_test = max(1, int(round(n_samples * _TEST_SHARE)))
         test, train = order[:n_test], order[n_test:]
-        train_baseline = _fit_baseline(features[train], log_latency[train])
+        train_baseline = fit_baseline(features[train], latency[train], baseline_form)
         valid = (features[test], log_latency[test])
         held_out = {
             goal.name: _fit(goal, features[train], log_latency[train], train_baseline, seed, valid=valid)
@@ -338,7 +425,7 @@ def train_op_regressor(
     else:
         rounds = {goal.name: min(_SMALL_DATA_ROUNDS, goal.max_rounds) for goal in _OBJECTIVES}
         metrics = {"n_train": n_samples, "n_test": 0, "held_out": False}
-    baseline = _fit_baseline(features, log_latency)
+    baseline = fit_baseline(features, latency, baseline_form)
     boosters = {
         goal.name: _fit(goal, features, log_latency, baseline, seed, rounds=rounds[goal.name]) for goal in _OBJECTIVES
     }
@@ -358,7 +445,7 @@ def out_of_fold_latencies(
 
     What a kernel of an unprofiled model would be predicted at: the profiler's adaptive refinement samples
     near the kernels where these predictions are worst. Keys of one op type, split into `folds` folds; where
-    a fold's training part has fewer than 10 keys, the log-log baseline alone (fitted on them) predicts.
+    a fold's training part has fewer than 10 keys, the baseline alone (fitted on them) predicts.
     Cheaper than `train_op_regressor`: one booster per fold with a fixed budget, no hold-out or quantiles.
     """
     latency = np.asarray(latencies_ms, dtype=np.float64)
@@ -375,8 +462,8 @@ def out_of_fold_latencies(
     predicted = np.empty(n_samples, dtype=np.float64)
     for fold in np.unique(fold_of):
         test, train = fold_of == fold, fold_of != fold
-        baseline = _fit_baseline(features[train], log_latency[train])
-        guess = _baseline(features[test], baseline)
+        baseline = fit_baseline(features[train], latency[train])
+        guess = baseline.log_latency(features[test])
         if np.count_nonzero(train) >= _MIN_HELD_OUT_SAMPLES:
             booster = _fit(_OBJECTIVES[0], features[train], log_latency[train], baseline, seed,
                            rounds=_SMALL_DATA_ROUNDS)

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import KernelKey
 from predictor.regressors import (
+    Baseline,
     InvalidRegressorError,
     OpRegressor,
     RegressorSet,
@@ -120,6 +121,46 @@ def test_malformed_or_stale_text_is_rejected(trained: tuple[OpRegressor, dict]) 
     assert isinstance(InvalidRegressorError("x"), ValueError)
 
 
+def gemm_keys(rows: range, k: int = 256, n: int = 128) -> list[KernelKey]:
+    return [KernelKey(op_type="Gemm", inputs=((m, k),), outputs=((m, n),), weight=(k, n)) for m in rows]
+
+
+def macs_of(keys: list[KernelKey]) -> np.ndarray:
+    return features_matrix(keys)[:, FEATURE_NAMES.index("macs")]
+
+
+def test_a_linear_law_extrapolates_to_kernels_four_times_the_largest_sampled() -> None:
+    """The additive baseline: a per-run cost plus time per MAC carries on beyond the sampled sizes."""
+    train = gemm_keys(range(1, 61))
+    regressor, _ = train_op_regressor(train, 0.01 + macs_of(train) * 2e-8)
+    assert regressor.baseline.form == "additive"
+    assert all(c >= 0 for c in regressor.baseline.coefficients)
+    far = gemm_keys(range(200, 241, 20))
+    np.testing.assert_allclose(regressor.predict(far)[0], 0.01 + macs_of(far) * 2e-8, rtol=0.05)
+
+
+def test_a_power_law_keeps_the_log_log_baseline() -> None:
+    """A cost growing as the square root of work: the power law extrapolates, a line would not."""
+    train = gemm_keys(range(1, 61))
+    regressor, _ = train_op_regressor(train, 1e-4 * np.sqrt(macs_of(train)))
+    assert regressor.baseline.form == "loglog"
+    far = gemm_keys(range(200, 241, 20))
+    np.testing.assert_allclose(regressor.predict(far)[0], 1e-4 * np.sqrt(macs_of(far)), rtol=0.05)
+
+
+def test_a_regressor_text_without_a_baseline_form_reads_as_log_log(trained: tuple[OpRegressor, dict]) -> None:
+    """Texts stored before the additive form existed keep predicting as they did."""
+    regressor, _ = trained
+    header_line, _, body = regressor.to_text().partition("\n")
+    header = json.loads(header_line)
+    assert header["baseline_form"] == regressor.baseline.form
+    del header["baseline_form"]
+    old = OpRegressor.from_text(json.dumps(header) + "\n" + body)
+    assert old.baseline == Baseline("loglog", regressor.baseline.coefficients)
+    with pytest.raises(InvalidRegressorError, match="malformed baseline"):
+        OpRegressor.from_text(json.dumps({**header, "baseline_form": "cubic"}) + "\n" + body)
+
+
 def test_tiny_data_trains_on_all_and_says_so() -> None:
     keys = random_conv_keys(6, seed=1)
     regressor, metrics = train_op_regressor(keys, true_latency_ms(keys))
@@ -127,7 +168,7 @@ def test_tiny_data_trains_on_all_and_says_so() -> None:
     assert (metrics["n_samples"], metrics["n_train"], metrics["n_test"]) == (6, 6, 0)
     median, lo, hi = regressor.predict(keys)
     assert np.all(np.isfinite(median)) and np.all(lo <= median) and np.all(median <= hi)
-    # The log-log baseline still orders kernels by work.
+    # The baseline still orders kernels by work.
     order = np.argsort(true_latency_ms(keys))
     assert median[order[-1]] > median[order[0]]
 
@@ -154,17 +195,16 @@ def test_bad_training_input_is_refused() -> None:
 
 def test_regressor_set_batches_mixed_op_types_in_order(trained: tuple[OpRegressor, dict]) -> None:
     regressor, _ = trained
-    gemm_keys = [KernelKey(op_type="Gemm", inputs=((m, 256),), outputs=((m, 128),), weight=(256, 128))
-                 for m in range(1, 41)]
-    gemm, _ = train_op_regressor(gemm_keys, [0.001 * m + 0.005 for m in range(1, 41)])
+    gemms = gemm_keys(range(1, 41))
+    gemm, _ = train_op_regressor(gemms, [0.001 * m + 0.005 for m in range(1, 41)])
     regressors = RegressorSet({"NchwcConv": regressor, "Gemm": gemm})
     assert regressors.op_types == ["Gemm", "NchwcConv"]
     assert regressors.has("Gemm") and not regressors.has("Softmax")
     convs = random_conv_keys(5, seed=9)
-    mixed = [convs[0], gemm_keys[3], convs[1], convs[0], gemm_keys[30]]
+    mixed = [convs[0], gemms[3], convs[1], convs[0], gemms[30]]
     median, lo, hi = regressors.predict(mixed)
     conv_median = regressor.predict([convs[0], convs[1]])[0]
-    gemm_median = gemm.predict([gemm_keys[3], gemm_keys[30]])[0]
+    gemm_median = gemm.predict([gemms[3], gemms[30]])[0]
     np.testing.assert_allclose(median, [conv_median[0], gemm_median[0], conv_median[1], conv_median[0],
                                         gemm_median[1]])
     assert np.all(lo <= median) and np.all(median <= hi)
