@@ -221,6 +221,8 @@ def profile(
     input_shape: InputShapeOpt = None,
     to: Annotated[str | None, typer.Option(help="post results to this latpred service URL")] = None,
     token: Annotated[str | None, typer.Option(help="bearer token for --to")] = None,
+    refinement: Annotated[bool, typer.Option(
+        help="after the priors, draw variants near the worst-predicted models (else random variants)")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Benchmark kernels on this host into the device's table (budgeted, resumable)."""
@@ -240,10 +242,13 @@ def profile(
         # The runtime must accept the model itself (not just its protobuf): say so now, not as a skipped item.
         profiler_backend.extract_kernels(model)
         items: Any = model_plan(model, for_model.stem, candidates)
-        refinement = None
+        observer = None
+    elif refinement:
+        observer = AdaptiveRefinement()
+        items = default_plan(then=observer.items())
     else:
-        refinement = AdaptiveRefinement()
-        items = default_plan(then=refinement.items())
+        observer = None
+        items = default_plan()
     device_fields = {"name": device, "backend": runtime.backend, "execution_provider": runtime.execution_provider,
                      "runtime_version": runtime.runtime_version, "threads": runtime.threads, "host": describe_host()}
     if to:
@@ -256,7 +261,7 @@ def profile(
         sink = StoreSink(store.sessions, device)
     with progress_reporter(f"profiling {device}") as progress:
         report = ProfileRunner(device, profiler_backend, sink, progress=progress,
-                               observer=refinement).run(items, budget_minutes)
+                               observer=observer).run(items, budget_minutes)
     if as_json:
         emit_json(report.to_dict() | {"end_to_end": len(report.end_to_end)})
         return

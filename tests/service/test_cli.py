@@ -128,6 +128,16 @@ def test_unreachable_database_is_one_line(tmp_path: Path, model_file: Path) -> N
     assert_usage_error(result, "cannot connect to database")
 
 
+def test_profile_without_refinement_profiles_the_priors_and_no_refinement(tmp_path: Path) -> None:
+    """`--no-refinement`: the default plan with random variants after the priors, and no refinement report."""
+    result = run_cli("profile", "--device", "cpu", "--budget-minutes", "0.05", "--no-refinement", "--json",
+                     home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["items_done"]) >= 1
+    assert report["refinement"] is None  # with refinement on, one item done already reports it (test_runner)
+
+
 @pytest.fixture(scope="module")
 def profiled_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A home whose device `cpu` has profiled a small model and two configs, and trained."""
