@@ -69,9 +69,9 @@ _DATA_VERSION_CHARS = 16
 # - "additive": latency = c0 + c1 x MACs + c2 x bytes moved, c >= 0 (a per-run cost plus compute and memory
 #   time), fitted on relative error. Linear in work: a kernel 4x the largest sampled one costs ~4x.
 # - "loglog": log latency linear in log MACs and log bytes (a power law). Fits kernels whose cost hardly
-#   grows with size (Reshape), but its exponents, fitted where fixed costs dominate, sum below 1: on the
-#   accuracy runs' tables it predicted the largest fifth of each op type's kernels 20-46% too fast when
-#   fitted on the rest (benchmarks/baselines.py), e.g. the 768x3072 matmuls of a ViT-Base.
+#   grows with size (Reshape), but its exponents, fitted where fixed costs dominate, sum below 1: fitted on
+#   the smaller 80% of each op type's keys of accuracy run 7's table, it predicted the largest 20% too fast
+#   (median error -26.8% over op types, benchmarks/baselines.py), e.g. the 768x3072 matmuls of a ViT-Base.
 # Each op type takes the form whose fit on its smaller 80% of keys (by MACs, or bytes where an op has no
 # MACs) predicts the larger 20% better; below _MIN_HELD_OUT_SAMPLES keys, "additive".
 _BASELINE_FEATURES = ("log_macs", "log_bytes_moved")
