@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +25,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from predictor.features import FEATURE_NAMES, features_matrix  # noqa: E402
+from predictor.features import features_matrix  # noqa: E402
 from predictor.kernels import KernelKey  # noqa: E402
-from predictor.regressors import train_op_regressor  # noqa: E402
-from predictor.store import create_store_engine, get_device, iter_measured_medians, session_factory  # noqa: E402
+from predictor.regressors import kernel_size, train_op_regressor, training_sets  # noqa: E402
+from predictor.store import create_store_engine, get_device, session_factory  # noqa: E402
 
 MIN_KEYS = 30
 TEST_SHARE = 0.2
 FORMS: tuple[str | None, ...] = ("loglog", "additive", None)
-_MACS, _BYTES = FEATURE_NAMES.index("macs"), FEATURE_NAMES.index("bytes_moved")
 
 
 def score(keys: list[KernelKey], latency: np.ndarray, train: np.ndarray, test: np.ndarray,
@@ -54,23 +51,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    medians: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    keys_of: dict[str, KernelKey] = {}
     engine = create_store_engine(f"sqlite:///{args.home / 'latpred.db'}")
     with session_factory(engine)() as session:
-        for key_hash, key, median_ms in iter_measured_medians(session, get_device(session, args.device)):
-            keys_of[key_hash] = KernelKey.from_dict(key)
-            medians[keys_of[key_hash].op_type][key_hash].append(median_ms)
+        by_op = training_sets(session, get_device(session, args.device))
 
     per_op: dict[str, Any] = {}
-    for op_type in sorted(medians):
-        hashes = sorted(medians[op_type])
-        if len(hashes) < MIN_KEYS:
+    for op_type, (keys, latencies_ms) in sorted(by_op.items()):
+        if len(keys) < MIN_KEYS:
             continue
-        keys = [keys_of[h] for h in hashes]
-        latency = np.array([statistics.median(medians[op_type][h]) for h in hashes])
-        features = features_matrix(keys)
-        size = features[:, _MACS] if np.any(features[:, _MACS] > 0) else features[:, _BYTES]
+        latency = np.array(latencies_ms)
+        size = kernel_size(features_matrix(keys))
         n_test = max(1, int(round(len(keys) * TEST_SHARE)))
         shuffled = np.random.default_rng(0).permutation(len(keys))
         by_size = np.argsort(size, kind="stable")

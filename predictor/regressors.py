@@ -37,9 +37,11 @@ __all__ = [
     "OpRegressor",
     "RegressorSet",
     "fit_baseline",
+    "kernel_size",
     "out_of_fold_latencies",
     "train_device_regressors",
     "train_op_regressor",
+    "training_sets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,6 +186,12 @@ def _fit_additive(features: np.ndarray, latency: np.ndarray) -> Baseline:
 _FITS = {"additive": _fit_additive, "loglog": _fit_loglog}
 
 
+def kernel_size(features: np.ndarray) -> np.ndarray:
+    """How large each of one op type's kernels is: its MACs, or its bytes moved where the op type has no MACs."""
+    macs = features[:, _ADDITIVE_COLUMNS[0]]
+    return macs if np.any(macs > 0) else features[:, _ADDITIVE_COLUMNS[1]]
+
+
 def fit_baseline(features: np.ndarray, latency_ms: np.ndarray, form: str | None = None) -> Baseline:
     """The baseline of one op type's keys (a feature matrix) and latencies, in `form` (BASELINE_FORMS).
 
@@ -197,9 +205,7 @@ def fit_baseline(features: np.ndarray, latency_ms: np.ndarray, form: str | None 
     form = "additive"
     n = len(latency)
     if n >= _MIN_HELD_OUT_SAMPLES:
-        size = features[:, _ADDITIVE_COLUMNS[0]] if np.any(features[:, _ADDITIVE_COLUMNS[0]] > 0) else \
-            features[:, _ADDITIVE_COLUMNS[1]]
-        order = np.argsort(size, kind="stable")
+        order = np.argsort(kernel_size(features), kind="stable")
         split = n - max(1, int(round(n * _EXTRAPOLATION_SHARE)))
         small, large = order[:split], order[split:]
         log_large = np.log(latency[large])
@@ -488,6 +494,16 @@ class _OpData:
     medians: dict[str, list[float]] = field(default_factory=dict)
     rows: list[tuple[int, float]] = field(default_factory=list)
 
+    def training_set(self) -> tuple[list[KernelKey], list[float]]:
+        """Keys in key-hash order, each with the median of its run medians."""
+        hashes = sorted(self.medians)
+        return [self.keys[h] for h in hashes], [statistics.median(self.medians[h]) for h in hashes]
+
+
+def training_sets(session: Session, device: Device) -> dict[str, tuple[list[KernelKey], list[float]]]:
+    """What `train_device_regressors` trains each op type on: (keys, latencies_ms) per op type."""
+    return {op_type: data.training_set() for op_type, data in _collect_measurements(session, device).items()}
+
 
 def _collect_measurements(session: Session, device: Device) -> dict[str, _OpData]:
     """The device's measurements grouped by op type; a key measured in several runs keeps all its medians."""
@@ -535,10 +551,7 @@ def train_device_regressors(
             results[op_type] = {"skipped": f"only {n_samples} samples", "n_samples": n_samples}
             logger.info("device %r: %s skipped, only %d samples (< %d)", device.name, op_type, n_samples, min_samples)
         else:
-            hashes = sorted(data.medians)
-            keys = [data.keys[key_hash] for key_hash in hashes]
-            latencies_ms = [statistics.median(data.medians[key_hash]) for key_hash in hashes]
-            regressor, metrics = train_op_regressor(keys, latencies_ms)
+            regressor, metrics = train_op_regressor(*data.training_set())
             metrics["data_version"] = _data_version(data.rows)
             save_regressor(session, device, op_type, regressor.to_text(), metrics, metrics["data_version"])
             results[op_type] = metrics
