@@ -37,6 +37,7 @@ import accuracy  # noqa: E402
 import zoo  # noqa: E402
 
 from predictor.config import parse_config  # noqa: E402
+from predictor.context import sensitivity as context_sensitivity  # noqa: E402
 from predictor.estimate import DevicePredictor  # noqa: E402
 from predictor.features import FEATURE_NAMES, features_matrix  # noqa: E402
 from predictor.kernels import Kernel, KernelKey  # noqa: E402
@@ -46,16 +47,13 @@ from profiler.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 
 _BYTES = FEATURE_NAMES.index("bytes_moved")
 _MACS = FEATURE_NAMES.index("macs")
-_INTENSITY = (1.0, 30.0)
 BETAS = (0.0, 0.05, 0.1, 0.2, 0.3)
 BASES_MB = (2.0, 8.0, 32.0)
 
 
 def sensitivity(kernel_features: np.ndarray) -> np.ndarray:
-    macs, moved = kernel_features[:, _MACS], kernel_features[:, _BYTES]
-    intensity = np.divide(macs, moved, out=np.zeros(len(macs)), where=moved > 0)
-    low, high = np.log(_INTENSITY[0]), np.log(_INTENSITY[1])
-    return np.clip((high - np.log(np.maximum(intensity, 1e-9))) / (high - low), 0.0, 1.0)
+    """predictor.context's sensitivity (the same ramp this script introduced) of each row of features."""
+    return context_sensitivity(kernel_features[:, _BYTES], kernel_features[:, _MACS])
 
 
 def summary(errors: list[tuple[dict[str, Any], float]], keep: Any) -> str:

@@ -1,6 +1,8 @@
 """Estimating a model's latency on a device: table hit, else the op type's regressor, else a stated fallback.
 
 Model latency = sum of kernel latencies + the device's learned overhead (per run and per kernel).
+Where the device's overhead fit found a context effect (predictor.context), the table and the regressors hold
+context-free latencies and each kernel is put into the context of the model it is predicted for.
 No kernel is ever counted as 0 ms: every kernel gets a latency and a `source` saying where it came from.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from predictor.context import ContextModel, measured_context_factors, sensitivity
 from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import Kernel, KernelKey
 from predictor.memo import BoundedMemo
@@ -130,6 +133,7 @@ class DevicePredictor:
         overhead: Mapping[str, float] | None = None,
         flat_axes: Mapping[str, Sequence[str]] | None = None,
         fallback: Sequence[float] | None = None,
+        context: ContextModel | None = None,
     ) -> None:
         self.device = device
         # A MeasuredTable (compact arrays) is kept as it is; any other mapping of key hash -> ms is copied
@@ -139,11 +143,15 @@ class DevicePredictor:
         self.overhead = dict(overhead or {})
         self.flat_axes = {op: set(axes) for op, axes in (flat_axes or {}).items()}
         self.fallback = tuple(fallback) if fallback is not None else None
+        # The device's context effect; then table, regressor and fallback values are context-free.
+        self.context = context if context is not None and context.active else None
         # The reference kernel's time in the device's baseline state, which the table is scaled to.
         self.reference_ms: float | None = None
         # What each key came to (see _memo): ranking asks about the same kernels over and over, so each key
         # is looked up or predicted once.
         self._by_key_memo: BoundedMemo[KernelKey, _Value] = BoundedMemo(_MEMO_ENTRIES)
+        # Each key's (bytes moved, context sensitivity), kept while a context model is active.
+        self._traffic_memo: BoundedMemo[KernelKey, tuple[float, float]] = BoundedMemo(_MEMO_ENTRIES)
         self._memo_basis: tuple[Any, ...] = ()
 
     @classmethod
@@ -177,9 +185,16 @@ class DevicePredictor:
                    for key_hash, values in runs_of.items()}
         del runs_of
         target = np.fromiter(medians.values(), dtype=np.float64, count=len(medians))
-        fallback = _fit_bandwidth(np.concatenate(features) if features else np.zeros((0, 2)), target)
+        bytes_and_macs = np.concatenate(features) if features else np.zeros((0, 2))
+        reports = [run.report or {} for run in list_runs(session, device)]
+        context = ContextModel.from_overhead(device.overhead)
+        if context is not None:
+            target = target / measured_context_factors(context, list(medians), bytes_and_macs[:, 0],
+                                                       bytes_and_macs[:, 1], reports)
+            medians = dict(zip(medians, target.tolist(), strict=True))
+        fallback = _fit_bandwidth(bytes_and_macs, target)
         table = MeasuredTable.from_medians(medians, np.concatenate(hashes) if hashes else np.zeros(0, np.int64))
-        del medians, features, hashes, target
+        del medians, features, hashes, target, bytes_and_macs
         regressors = RegressorSet.load(session, device)
         predictor = cls(
             device=device.name,
@@ -188,8 +203,8 @@ class DevicePredictor:
             overhead=device.overhead or {},
             flat_axes=flat_axes_of(session, device),
             fallback=fallback,
+            context=context,
         )
-        reports = [run.report or {} for run in list_runs(session, device)]
         # The table is in the device's baseline state: the reference kernel's time its runs' reports name as
         # baseline (every run scales to the first run's, profiler.runner). Measurements held against the table
         # are scaled to the same. Unpaired runs timed by thread CPU time are not scaled, so then neither are they.
@@ -277,6 +292,8 @@ class DevicePredictor:
                 memo.put(key, value)
                 for i, j in unknown[key]:
                     rows[i][j] = value
+        if self.context is not None:
+            rows = self._in_context(self.context, key_lists, rows)
         results = []
         fallback_lists: dict[str, list[int]] = {}
         for keys, row in zip(key_lists, rows, strict=True):
@@ -301,9 +318,36 @@ class DevicePredictor:
                                len(results))
         return results
 
+    def _in_context(self, context: ContextModel, key_lists: Sequence[Sequence[KernelKey]],
+                    rows: list[list[_Value]]) -> list[list[_Value]]:
+        """Each list's context-free values put into the context of its model (its kernels' traffic)."""
+        traffic: dict[KernelKey, tuple[float, float]] = {}
+        missing: dict[KernelKey, None] = {}
+        for keys in key_lists:
+            for key in keys:
+                known = self._traffic_memo.get(key)
+                if known is None:
+                    missing[key] = None
+                else:
+                    traffic[key] = known
+        if missing:
+            bytes_and_macs = _fallback_features_array(list(missing))
+            kernel_sensitivity = sensitivity(bytes_and_macs[:, 0], bytes_and_macs[:, 1])
+            for key, moved, sens in zip(missing, bytes_and_macs[:, 0].tolist(), kernel_sensitivity.tolist(),
+                                        strict=True):
+                traffic[key] = (moved, sens)
+                self._traffic_memo.put(key, (moved, sens))
+        placed = []
+        for keys, row in zip(key_lists, rows, strict=True):
+            pairs = np.array([traffic[key] for key in keys], dtype=np.float64).reshape(-1, 2)
+            factors = context.factors(pairs[:, 1], float(pairs[:, 0].sum())).tolist()
+            placed.append([(v[0] * f, v[1] * f, v[2] * f, v[3]) for v, f in zip(row, factors, strict=True)])
+        return placed
+
     def _memo(self) -> BoundedMemo[KernelKey, _Value]:
         """The memo, emptied if what it was computed from was replaced."""
-        basis = (id(self.table), len(self.table), id(self.regressors), self.fallback, id(self.flat_axes))
+        basis = (id(self.table), len(self.table), id(self.regressors), self.fallback, id(self.flat_axes),
+                 self.context)
         if basis != self._memo_basis:
             self._by_key_memo = BoundedMemo(_MEMO_ENTRIES)
             self._memo_basis = basis

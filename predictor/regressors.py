@@ -23,10 +23,11 @@ import lightgbm as lgb
 import numpy as np
 from sqlalchemy.orm import Session
 
+from predictor.context import ContextModel, measured_context_factors
 from predictor.errors import LatpredError
 from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import KernelKey
-from predictor.store import Device, iter_measurements, load_regressors, save_regressor
+from predictor.store import Device, iter_measurements, list_runs, load_regressors, save_regressor
 
 __all__ = [
     "BASELINE_FORMS",
@@ -84,6 +85,8 @@ BASELINE_FORMS = ("additive", "loglog")
 _EXTRAPOLATION_SHARE = 0.2
 # The additive form's floor (ms): a fit with every coefficient 0 would predict 0.
 _MIN_BASELINE_MS = 1e-6
+_BYTES_MOVED = FEATURE_NAMES.index("bytes_moved")
+_MACS = FEATURE_NAMES.index("macs")
 
 
 class InvalidRegressorError(LatpredError, ValueError):
@@ -494,15 +497,37 @@ class _OpData:
     medians: dict[str, list[float]] = field(default_factory=dict)
     rows: list[tuple[int, float]] = field(default_factory=list)
 
-    def training_set(self) -> tuple[list[KernelKey], list[float]]:
-        """Keys in key-hash order, each with the median of its run medians."""
+    def training_set(self, context_factors: Mapping[str, float] | None = None
+                     ) -> tuple[list[KernelKey], list[float]]:
+        """Keys in key-hash order, each with the median of its run medians (over its context factor, if any)."""
         hashes = sorted(self.medians)
-        return [self.keys[h] for h in hashes], [statistics.median(self.medians[h]) for h in hashes]
+        factors = context_factors or {}
+        return ([self.keys[h] for h in hashes],
+                [statistics.median(self.medians[h]) / factors.get(h, 1.0) for h in hashes])
 
 
 def training_sets(session: Session, device: Device) -> dict[str, tuple[list[KernelKey], list[float]]]:
     """What `train_device_regressors` trains each op type on: (keys, latencies_ms) per op type."""
-    return {op_type: data.training_set() for op_type, data in _collect_measurements(session, device).items()}
+    by_op = _collect_measurements(session, device)
+    factors = _context_factors(session, device, by_op)
+    return {op_type: data.training_set(factors) for op_type, data in by_op.items()}
+
+
+def _context_factors(session: Session, device: Device, by_op: Mapping[str, _OpData]) -> dict[str, float] | None:
+    """Each measured key's context factor where the device has a context model (predictor.context), else None.
+
+    The regressors learn context-free latencies, as the loaded table holds them (predictor.estimate).
+    """
+    context = ContextModel.from_overhead(device.overhead)
+    if context is None:
+        return None
+    hashes = [h for data in by_op.values() for h in data.keys]
+    if not hashes:
+        return {}
+    features = features_matrix([data.keys[h] for data in by_op.values() for h in data.keys], cached=False)
+    reports = [run.report or {} for run in list_runs(session, device)]
+    factors = measured_context_factors(context, hashes, features[:, _BYTES_MOVED], features[:, _MACS], reports)
+    return dict(zip(hashes, factors.tolist(), strict=True))
 
 
 def _collect_measurements(session: Session, device: Device) -> dict[str, _OpData]:
@@ -542,6 +567,7 @@ def train_device_regressors(
     if min_samples < 2:
         raise ValueError(f"min_samples must be >= 2 (a regressor needs two samples), got {min_samples}")
     by_op = _collect_measurements(session, device)
+    factors = _context_factors(session, device, by_op)
     results: dict[str, dict[str, Any]] = {}
     total = len(by_op)
     for done, op_type in enumerate(sorted(by_op), start=1):
@@ -551,7 +577,7 @@ def train_device_regressors(
             results[op_type] = {"skipped": f"only {n_samples} samples", "n_samples": n_samples}
             logger.info("device %r: %s skipped, only %d samples (< %d)", device.name, op_type, n_samples, min_samples)
         else:
-            regressor, metrics = train_op_regressor(*data.training_set())
+            regressor, metrics = train_op_regressor(*data.training_set(factors))
             metrics["data_version"] = _data_version(data.rows)
             save_regressor(session, device, op_type, regressor.to_text(), metrics, metrics["data_version"])
             results[op_type] = metrics

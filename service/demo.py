@@ -9,11 +9,10 @@ import onnx
 
 from predictor.config import parse_config
 from predictor.estimate import DevicePredictor
-from predictor.overhead import fit_overhead
 from predictor.prepared import PreparedModel, rank_candidates
-from predictor.regressors import train_device_regressors
 from predictor.runtime import describe_host
 from predictor.store import add_validation, get_device, session_scope, upsert_device
+from predictor.training import train_device
 from predictor.validation import measure_against_table, summarize_validation
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
@@ -70,8 +69,7 @@ def run_demo(settings: Settings, budget_minutes: float, as_json: bool, emit_line
     say("2/4 training regressors and the overhead model")
     with session_scope(store.sessions) as session:
         device = get_device(session, DEMO_DEVICE)
-        metrics = train_device_regressors(session, device)
-        overhead = fit_overhead(session, device)
+        metrics, overhead = train_device(session, device)
     trained = sorted(op for op, entry in metrics.items() if "skipped" not in entry)
     say(f"    {len(trained)} op-type regressors; overhead {overhead}")
     say("3/4 ranking the candidates (predicted)")

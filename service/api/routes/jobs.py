@@ -27,19 +27,19 @@ def _public(job: Job) -> JobPublic:
 
 def _train(store: Store, cache: PredictionCache, device_name: str) -> Any:
     # Imported when a job runs, not at app start: training pulls in LightGBM.
-    from predictor.regressors import train_device_regressors
+    from predictor.training import train_device as fit_device
 
     with session_scope(store.sessions) as session:
-        result = train_device_regressors(session, get_device(session, device_name))
+        result, overhead = fit_device(session, get_device(session, device_name))
     cache.invalidate_device(device_name)
-    logger.info("retrained regressors of device %r", device_name)
+    logger.info("retrained regressors and overhead of device %r: %s", device_name, overhead)
     return result
 
 
 @router.post("/devices/{name}/train", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED,
              dependencies=[WriteAccess], responses={404: {"description": "unknown device"}})
 def train_device(name: str, session: SessionDep, store: StoreDep, cache: CacheDep, jobs: JobsDep) -> JobPublic:
-    """Retrain the device's per-op-type regressors in the background; poll GET /api/jobs/{job_id}."""
+    """Refit the device's overhead, retrain its per-op-type regressors in the background; poll /api/jobs/{job_id}."""
     get_device(session, name)
     job = jobs.submit("train", name, lambda: _train(store, cache, name))
     return JobPublic(job_id=job.job_id, kind=job.kind, device=job.device, status="queued",
