@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import profiler.backends.onnxruntime as ort_backend  # noqa: E402
 from profiler.backends.base import PROFILING_PROTOCOL  # noqa: E402
+from profiler.calibration import add_conv  # noqa: E402
 
 BRANCHES = (0, 1, 4, 8)
 # name: (input shape, weight shape, group, stride, activation)
@@ -42,24 +43,13 @@ PROBES: dict[str, tuple[list[int], tuple[int, int, int, int], int, int, str]] = 
 }
 
 
-def _conv(name: str, source: str, weight_shape: tuple[int, int, int, int], group: int, stride: int,
-          rng: np.random.Generator, nodes: list[onnx.NodeProto], weights: list[onnx.TensorProto]) -> str:
-    weight = numpy_helper.from_array(rng.standard_normal(weight_shape).astype(np.float32), f"{name}_w")
-    bias = numpy_helper.from_array(rng.standard_normal(weight_shape[0]).astype(np.float32), f"{name}_b")
-    weights += [weight, bias]
-    pad = weight_shape[2] // 2
-    nodes.append(helper.make_node("Conv", [source, weight.name, bias.name], [f"{name}_out"], name=name,
-                                  pads=[pad] * 4, strides=[stride, stride], group=group))
-    return f"{name}_out"
-
-
 def context_model(probe: str, branch: int) -> onnx.ModelProto:
     """The probe (nodes named probe*) beside an unrelated chain of `branch` 256-channel 3x3 convs."""
     shape, weight_shape, group, stride, activation = PROBES[probe]
     rng = np.random.default_rng(0)
     nodes: list[onnx.NodeProto] = []
     weights: list[onnx.TensorProto] = []
-    out = _conv("probe", "x", weight_shape, group, stride, rng, nodes, weights)
+    out = add_conv("probe", "x", weight_shape, group, stride, rng, nodes, weights)
     nodes.append(helper.make_node(activation, [out], ["y"], name="probe_act"))
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
@@ -67,7 +57,7 @@ def context_model(probe: str, branch: int) -> onnx.ModelProto:
         inputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 256, 14, 14]))
         previous = "z"
         for i in range(branch):
-            previous = _conv(f"branch{i}", previous, (256, 256, 3, 3), 1, 1, rng, nodes, weights)
+            previous = add_conv(f"branch{i}", previous, (256, 256, 3, 3), 1, 1, rng, nodes, weights)
         outputs.append(helper.make_tensor_value_info(previous, TensorProto.FLOAT, None))
     graph = helper.make_graph(nodes, f"{probe}_{branch}", inputs, outputs, weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -22,6 +22,7 @@ from predictor.config import CompressionConfig, LayerCompression
 from predictor.kernels import KernelKey
 from predictor.store import MeasurementIn
 from profiler.backends.base import PROFILING_PROTOCOL, Backend, KernelTiming, MeasureProtocol, reference_model
+from profiler.calibration import CALIBRATION_ITEM, CHAINS, measure_context_probes
 from profiler.plan import WorkItem
 
 __all__ = ["ItemObserver", "ProfileRunner", "RunReport", "Sink", "measure_reference_ms", "reference_model"]
@@ -83,6 +84,7 @@ class RunReport:
     clock: str = "wall"  # what runs were timed with: "thread_cpu" (one thread) or "wall"
     paired: bool = False  # runs timed in pairs with the reference kernel, and scaled by it
     refinement: dict[str, Any] | None = None  # what the observer (adaptive refinement) did
+    context_probes: list[dict[str, Any]] = field(default_factory=list)  # profiler.calibration's rows
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +106,7 @@ class RunReport:
             "clock": self.clock,
             "paired": self.paired,
             "refinement": self.refinement,
+            "context_probes": self.context_probes,
         }
 
     def summary_lines(self) -> list[str]:
@@ -135,7 +138,23 @@ class RunReport:
             lines.append(f"  {len(self.items_failed)} models failed to build or run (see log)")
         if self.refinement is not None:
             lines.append(_refinement_line(self.refinement))
+        if self.context_probes:
+            lines.append(_calibration_line(self.context_probes))
         return lines
+
+
+def _calibration_line(rows: list[dict[str, Any]]) -> str:
+    """The report line of the context calibration: each probe's slowdown from its smallest to largest context."""
+    parts = []
+    for probe in dict.fromkeys(row["probe"] for row in rows):
+        own = [row for row in rows if row["probe"] == probe]
+        small, large = min(row["chain"] for row in own), max(row["chain"] for row in own)
+        at_small = float(np.median([row["ratio"] for row in own if row["chain"] == small]))
+        at_large = float(np.median([row["ratio"] for row in own if row["chain"] == large]))
+        traffic = {row["chain"]: row["traffic_bytes"] for row in own}
+        parts.append(f"{probe} x{at_large / at_small:.2f} at {traffic[large] / 1e6:.0f} MB per run against "
+                     f"{traffic[small] / 1e6:.0f} MB")
+    return "  context calibration: " + "; ".join(parts)
 
 
 def _refinement_line(refinement: dict[str, Any]) -> str:
@@ -199,6 +218,8 @@ class ProfileRunner:
         progress: Callable[[int, float, float, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: ItemObserver | None = None,
+        calibrate_context: bool = False,
+        calibration_chains: tuple[int, ...] = CHAINS,
     ) -> None:
         self.device = device
         self.backend = backend
@@ -207,6 +228,9 @@ class ProfileRunner:
         self.progress = progress
         self.clock = clock
         self.observer = observer
+        # Measure the context effect once per device (profiler.calibration) before the first item.
+        self.calibrate_context = calibrate_context
+        self.calibration_chains = calibration_chains
 
     def run(self, items: Iterable[WorkItem], budget_minutes: float, run_id: str | None = None) -> RunReport:
         run_id = run_id or uuid.uuid4().hex
@@ -228,6 +252,8 @@ class ProfileRunner:
         report.baseline_reference_ms = previous[0] if previous else report.reference_ms
         status = "finished"
         try:
+            if self.calibrate_context and CALIBRATION_ITEM not in done_before:
+                self._calibrate(report, run_id, budget_minutes)
             for item in items:
                 now = self.clock()
                 report.elapsed_s = now - start
@@ -275,6 +301,23 @@ class ProfileRunner:
             report.elapsed_s = self.clock() - start
             self.sink.finish(run_id, status, report.to_dict())
         return report
+
+    def _calibrate(self, report: RunReport, run_id: str, budget_minutes: float) -> None:
+        """The context calibration (profiler.calibration), recorded in the report as done once it completed."""
+        def progress(done: int, total: int) -> None:
+            if self.progress:
+                self.progress(len(report.items_done), self.clock() - self._started, budget_minutes * 60.0,
+                              f"context calibration {done}/{total}")
+
+        try:
+            report.context_probes = measure_context_probes(self.backend, self.protocol,
+                                                           chains=self.calibration_chains, progress=progress)
+        except Exception as exc:  # noqa: BLE001 - a runtime that cannot build a probe must not end the run
+            logger.warning("context calibration skipped: %s", " ".join(str(exc).split())[:300])
+            return
+        report.items_done.append(CALIBRATION_ITEM)
+        report.elapsed_s = self.clock() - self._started
+        self.sink.write(run_id, [], report.to_dict())
 
     def _profile_item(self, item: WorkItem, report: RunReport, known: set[str],
                       record: bool = True) -> list[MeasurementIn] | None:

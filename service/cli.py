@@ -223,6 +223,8 @@ def profile(
     token: Annotated[str | None, typer.Option(help="bearer token for --to")] = None,
     refinement: Annotated[bool, typer.Option(
         help="after the priors, draw variants near the worst-predicted models (else random variants)")] = True,
+    context_calibration: Annotated[bool, typer.Option(
+        help="first measure, once per device, how memory-bound kernels slow down in bigger models")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Benchmark kernels on this host into the device's table (budgeted, resumable)."""
@@ -260,8 +262,8 @@ def profile(
             upsert_device(session, **device_fields)
         sink = StoreSink(store.sessions, device)
     with progress_reporter(f"profiling {device}") as progress:
-        report = ProfileRunner(device, profiler_backend, sink, progress=progress,
-                               observer=observer).run(items, budget_minutes)
+        report = ProfileRunner(device, profiler_backend, sink, progress=progress, observer=observer,
+                               calibrate_context=context_calibration).run(items, budget_minutes)
     if as_json:
         emit_json(report.to_dict() | {"end_to_end": len(report.end_to_end)})
         return
@@ -292,16 +294,14 @@ def make_backend(name: str, threads: int, execution_provider: str = "CPUExecutio
 @app.command()
 def train(device: DeviceOpt, as_json: JsonOpt = False) -> None:
     """Train the device's per-op-type regressors and print held-out error."""
-    from predictor.overhead import fit_overhead
-    from predictor.regressors import train_device_regressors
+    from predictor.training import train_device
 
     store = _open()
     with session_scope(store.sessions) as session:
         dev = get_device(session, device)
         if not count_measurements_by_op(session, dev):
             raise NoMeasurementsError(f"no measurements for device {device}: run `latpred profile` first")
-        metrics = train_device_regressors(session, dev)
-        overhead = fit_overhead(session, dev)
+        metrics, overhead = train_device(session, dev)
     if as_json:
         emit_json({"device": device, "regressors": metrics, "overhead": overhead})
         return
