@@ -23,20 +23,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import profiler.backends.onnxruntime as ort_backend  # noqa: E402
 from profiler.backends.base import PROFILING_PROTOCOL  # noqa: E402
-from profiler.calibration import add_conv  # noqa: E402
+from profiler.calibration import ProbeSpec, probe_model  # noqa: E402
 
 BRANCHES = (0, 1, 4, 8)
 # name: (input shape, weight shape, group, stride, activation)
-PROBES: dict[str, tuple[list[int], tuple[int, int, int, int], int, int, str]] = {
+PROBES: dict[str, ProbeSpec] = {
     "conv3x3_32x56": ([1, 32, 56, 56], (32, 32, 3, 3), 1, 1, "Relu"),
     "depthwise3x3_96x56": ([1, 96, 56, 56], (96, 1, 3, 3), 96, 1, "Relu"),
     "stem3x3s2_3to16x224": ([1, 3, 224, 224], (16, 3, 3, 3), 1, 2, "HardSwish"),
@@ -45,24 +43,7 @@ PROBES: dict[str, tuple[list[int], tuple[int, int, int, int], int, int, str]] = 
 
 def context_model(probe: str, branch: int) -> onnx.ModelProto:
     """The probe (nodes named probe*) beside an unrelated chain of `branch` 256-channel 3x3 convs."""
-    shape, weight_shape, group, stride, activation = PROBES[probe]
-    rng = np.random.default_rng(0)
-    nodes: list[onnx.NodeProto] = []
-    weights: list[onnx.TensorProto] = []
-    out = add_conv("probe", "x", weight_shape, group, stride, rng, nodes, weights)
-    nodes.append(helper.make_node(activation, [out], ["y"], name="probe_act"))
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
-    if branch:
-        inputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 256, 14, 14]))
-        previous = "z"
-        for i in range(branch):
-            previous = add_conv(f"branch{i}", previous, (256, 256, 3, 3), 1, 1, rng, nodes, weights)
-        outputs.append(helper.make_tensor_value_info(previous, TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, f"{probe}_{branch}", inputs, outputs, weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return probe_model(probe, branch, PROBES)
 
 
 def main() -> None:

@@ -95,10 +95,11 @@ def context_samples(session: Session, device: Device) -> ContextSamples:
     moved = features[:, _BYTES]
     sens = sensitivity(moved, features[:, _MACS])
     reports = [run.report or {} for run in list_runs(session, device)]
-    samples = list(zip(report_samples(reports),
+    sample_hashes_of = report_samples(reports)
+    samples = list(zip(sample_hashes_of,
                        (float(sample["measured_ms"]) for report in reports for sample in report.get("end_to_end", [])),
                        strict=True))
-    contexts = measurement_contexts(report_samples(reports), dict(zip(hashes, moved.tolist(), strict=True)))
+    contexts = measurement_contexts(sample_hashes_of, dict(zip(hashes, moved.tolist(), strict=True)))
     median_context = float(np.median(list(contexts.values()))) if contexts else 0.0
     measured: list[float] = []
     counts: list[float] = []

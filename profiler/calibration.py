@@ -14,7 +14,7 @@ these times.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,15 +25,16 @@ from predictor.context import sensitivity
 from predictor.features import FEATURE_NAMES, features_matrix
 from profiler.backends.base import Backend, MeasureProtocol
 
-__all__ = ["CALIBRATION_ITEM", "CHAINS", "PROBES", "add_conv", "measure_context_probes", "probe_model"]
+__all__ = ["CALIBRATION_ITEM", "CHAINS", "PROBES", "ProbeSpec", "measure_context_probes", "probe_model"]
 
 logger = logging.getLogger(__name__)
 
 # The id a run records in its items_done once the device is calibrated: later runs skip the stage.
 CALIBRATION_ITEM = "context-calibration"
 CHAINS = (0, 2, 4, 8, 16, 32)
-# name: (input shape, weight shape, group, stride, activation)
-PROBES: dict[str, tuple[list[int], tuple[int, int, int, int], int, int, str]] = {
+# (input shape, weight shape, group, stride, activation)
+ProbeSpec = tuple[list[int], tuple[int, int, int, int], int, int, str]
+PROBES: dict[str, ProbeSpec] = {
     "depthwise3x3_96x56": ([1, 96, 56, 56], (96, 1, 3, 3), 96, 1, "Relu"),
     "stem3x3s2_3to16x224": ([1, 3, 224, 224], (16, 3, 3, 3), 1, 2, "HardSwish"),
 }
@@ -43,7 +44,7 @@ _BYTES = FEATURE_NAMES.index("bytes_moved")
 _MACS = FEATURE_NAMES.index("macs")
 
 
-def add_conv(name: str, source: str, weight_shape: tuple[int, int, int, int], group: int, stride: int,
+def _conv(name: str, source: str, weight_shape: tuple[int, int, int, int], group: int, stride: int,
           rng: np.random.Generator, nodes: list[onnx.NodeProto], weights: list[onnx.TensorProto]) -> str:
     """Append a Conv with random weight and bias (same padding) to nodes and weights; return its output."""
     weight = numpy_helper.from_array(rng.standard_normal(weight_shape).astype(np.float32), f"{name}_w")
@@ -55,13 +56,13 @@ def add_conv(name: str, source: str, weight_shape: tuple[int, int, int, int], gr
     return f"{name}_out"
 
 
-def probe_model(probe: str, chain: int) -> onnx.ModelProto:
-    """The probe (nodes named probe*) beside an unrelated chain of `chain` 256-channel 3x3 convs."""
-    shape, weight_shape, group, stride, activation = PROBES[probe]
+def probe_model(probe: str, chain: int, probes: Mapping[str, ProbeSpec] = PROBES) -> onnx.ModelProto:
+    """The probe (nodes named probe*) of `probes` beside an unrelated chain of `chain` 256-channel 3x3 convs."""
+    shape, weight_shape, group, stride, activation = probes[probe]
     rng = np.random.default_rng(0)
     nodes: list[onnx.NodeProto] = []
     weights: list[onnx.TensorProto] = []
-    out = add_conv("probe", "x", weight_shape, group, stride, rng, nodes, weights)
+    out = _conv("probe", "x", weight_shape, group, stride, rng, nodes, weights)
     nodes.append(helper.make_node(activation, [out], ["y"], name="probe_act"))
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
@@ -70,8 +71,8 @@ def probe_model(probe: str, chain: int) -> onnx.ModelProto:
                                                     [1, _CHAIN_CHANNELS, _CHAIN_SIZE, _CHAIN_SIZE]))
         previous = "z"
         for i in range(chain):
-            previous = add_conv(f"chain{i}", previous, (_CHAIN_CHANNELS, _CHAIN_CHANNELS, 3, 3), 1, 1, rng, nodes,
-                             weights)
+            previous = _conv(f"chain{i}", previous, (_CHAIN_CHANNELS, _CHAIN_CHANNELS, 3, 3), 1, 1, rng,
+                             nodes, weights)
         outputs.append(helper.make_tensor_value_info(previous, TensorProto.FLOAT, None))
     graph = helper.make_graph(nodes, f"{probe}_{chain}", inputs, outputs, weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
