@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--skip-profile", action="store_true", help="reuse the table already in --home")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
     parser.add_argument("--archs", default="", help="comma-separated subset of the zoo (default: all)")
+    parser.add_argument("--context-calibration", action="store_true",
+                        help="pass --context-calibration to latpred profile (the context probes, once per device)")
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="latpred-accuracy-"))
@@ -116,7 +118,8 @@ def main() -> None:
     started = time.time()
     if not args.skip_profile:
         latpred("profile", "--device", DEVICE, "--backend", "onnxruntime", "--threads", "1",
-                "--budget-minutes", str(args.budget_minutes), env=env)
+                "--budget-minutes", str(args.budget_minutes),
+                *(["--context-calibration"] if args.context_calibration else []), env=env)
     latpred("train", "--device", DEVICE, env=env)
     profile_minutes = (time.time() - started) / 60
 
@@ -154,6 +157,8 @@ def main() -> None:
     result = {
         "device": DEVICE,
         "budget_minutes": args.budget_minutes,
+        "context_calibration": args.context_calibration,
+        "context": predictor.context.to_dict() if predictor.context else None,
         "profile_and_train_minutes": round(profile_minutes, 1),
         "table_size": predictor.measurement_count,
         "summary": summary,
