@@ -36,6 +36,7 @@ __all__ = [
     "Baseline",
     "InvalidRegressorError",
     "OpRegressor",
+    "SIBLING_OP_TYPES",
     "RegressorSet",
     "fit_baseline",
     "kernel_size",
@@ -87,6 +88,19 @@ _EXTRAPOLATION_SHARE = 0.2
 _MIN_BASELINE_MS = 1e-6
 _BYTES_MOVED = FEATURE_NAMES.index("bytes_moved")
 _MACS = FEATURE_NAMES.index("macs")
+
+
+# onnxruntime's fused kernels are their base kernel with the activation applied in its output loop (FusedConv
+# is Conv + Relu/Clip/..., FusedGemm Gemm + activation): the same work, the same shapes. Each trains on its
+# own keys and, for training only, its sibling's (the activation is a feature), so a shape measured only
+# fused or only unfused informs both. mnasnet1_0 pruned 30% of accuracy run 10: its four 806-channel 5x5
+# depthwise FusedConvs at 7x7 were a miss predicted 0.36 ms against 0.62 ms measured, while the table held
+# the same conv unfused at 0.57 ms (benchmarks/kernel_breakdown.py).
+SIBLING_OP_TYPES: dict[str, tuple[str, ...]] = {
+    "Conv": ("FusedConv",), "FusedConv": ("Conv",),
+    "Gemm": ("FusedGemm",), "FusedGemm": ("Gemm",),
+    "MatMul": ("FusedMatMul",), "FusedMatMul": ("MatMul",),
+}
 
 
 class InvalidRegressorError(LatpredError, ValueError):
@@ -385,37 +399,54 @@ def _cross_fitted_coverage(lo_ms: np.ndarray, hi_ms: np.ndarray, measured_ms: np
     return covered / n
 
 
+def _checked_latencies(keys: Sequence[KernelKey], latencies_ms: Sequence[float] | np.ndarray) -> np.ndarray:
+    latency = np.asarray(latencies_ms, dtype=np.float64)
+    if latency.ndim != 1 or len(latency) != len(keys):
+        raise ValueError(f"got {len(keys)} keys but latencies of shape {latency.shape}")
+    if not np.all(np.isfinite(latency)) or np.any(latency <= 0):
+        raise ValueError("latencies_ms must be finite and > 0")
+    return latency
+
+
 def train_op_regressor(
     keys: Sequence[KernelKey], latencies_ms: Sequence[float] | np.ndarray, seed: int = 0,
     baseline_form: str | None = None,
+    siblings: tuple[Sequence[KernelKey], Sequence[float] | np.ndarray] | None = None,
 ) -> tuple[OpRegressor, dict[str, Any]]:
     """Train the regressor of one op type; metrics come from a 20% hold-out, the returned model from all data.
 
     With fewer than 10 samples there is no hold-out: metrics are in-sample and `held_out` is False.
-    `baseline_form` forces a baseline form (for comparisons); None chooses it per op type.
+    `baseline_form` forces a baseline form (for comparisons); None chooses it per op type. `siblings`:
+    (keys, latencies) of its SIBLING_OP_TYPES, added to every training part, never to the hold-out, so the
+    metrics are the op type's own.
     Raises ValueError for mismatched lengths, fewer than 2 samples, non-positive latencies or mixed op types.
     """
-    latency = np.asarray(latencies_ms, dtype=np.float64)
-    if latency.ndim != 1 or len(latency) != len(keys):
-        raise ValueError(f"got {len(keys)} keys but latencies of shape {latency.shape}")
+    latency = _checked_latencies(keys, latencies_ms)
     if len(keys) < 2:
         raise ValueError(f"need at least 2 samples to train a regressor, got {len(keys)}")
-    if not np.all(np.isfinite(latency)) or np.any(latency <= 0):
-        raise ValueError("latencies_ms must be finite and > 0")
     op_types = sorted({key.op_type for key in keys})
     if len(op_types) != 1:
         raise ValueError(f"one regressor covers one op type, got {op_types}")
     op_type = op_types[0]
-    features = features_matrix(keys)
-    log_latency = np.log(latency)
     n_samples = len(latency)
+    sibling_keys: list[KernelKey] = []
+    if siblings is not None and len(siblings[0]):
+        sibling_keys = list(siblings[0])
+        allowed = set(SIBLING_OP_TYPES.get(op_type, ()))
+        strangers = sorted({key.op_type for key in sibling_keys} - allowed)
+        if strangers:
+            raise ValueError(f"{strangers} are not sibling op types of {op_type} ({sorted(allowed)})")
+        latency = np.concatenate([latency, _checked_latencies(sibling_keys, siblings[1])])
+    features = features_matrix([*keys, *sibling_keys])
+    log_latency = np.log(latency)
+    extra = np.arange(n_samples, len(latency))
 
     metrics: dict[str, Any]
     interval_shift = (0.0, 0.0)
     if n_samples >= _MIN_HELD_OUT_SAMPLES:
         order = np.random.default_rng(seed).permutation(n_samples)
         n_test = max(1, int(round(n_samples * _TEST_SHARE)))
-        test, train = order[:n_test], order[n_test:]
+        test, train = order[:n_test], np.concatenate([order[n_test:], extra])
         train_baseline = fit_baseline(features[train], latency[train], baseline_form)
         valid = (features[test], log_latency[test])
         held_out = {
@@ -433,15 +464,16 @@ def train_op_regressor(
             metrics["interval_coverage"] = _cross_fitted_coverage(lo_ms, hi_ms, latency[test])
     else:
         rounds = {goal.name: min(_SMALL_DATA_ROUNDS, goal.max_rounds) for goal in _OBJECTIVES}
-        metrics = {"n_train": n_samples, "n_test": 0, "held_out": False}
+        metrics = {"n_train": len(latency), "n_test": 0, "held_out": False}
     baseline = fit_baseline(features, latency, baseline_form)
     boosters = {
         goal.name: _fit(goal, features, log_latency, baseline, seed, rounds=rounds[goal.name]) for goal in _OBJECTIVES
     }
     regressor = OpRegressor(op_type, baseline, boosters["median"], boosters["lo"], boosters["hi"], interval_shift)
     if not metrics["held_out"]:
-        metrics.update(_accuracy(latency, *regressor.predict_features(features)))
+        metrics.update(_accuracy(latency[:n_samples], *regressor.predict_features(features[:n_samples])))
     metrics["n_samples"] = n_samples
+    metrics["n_sibling_samples"] = len(sibling_keys)
     metrics["rounds"] = rounds
     logger.debug("trained %s on %d samples: %s", op_type, n_samples, metrics)
     return regressor, metrics
@@ -457,11 +489,7 @@ def out_of_fold_latencies(
     a fold's training part has fewer than 10 keys, the baseline alone (fitted on them) predicts.
     Cheaper than `train_op_regressor`: one booster per fold with a fixed budget, no hold-out or quantiles.
     """
-    latency = np.asarray(latencies_ms, dtype=np.float64)
-    if latency.ndim != 1 or len(latency) != len(keys):
-        raise ValueError(f"got {len(keys)} keys but latencies of shape {latency.shape}")
-    if not np.all(np.isfinite(latency)) or np.any(latency <= 0):
-        raise ValueError("latencies_ms must be finite and > 0")
+    latency = _checked_latencies(keys, latencies_ms)
     n_samples = len(latency)
     if n_samples < 2:
         return latency.copy()
@@ -577,7 +605,11 @@ def train_device_regressors(
             results[op_type] = {"skipped": f"only {n_samples} samples", "n_samples": n_samples}
             logger.info("device %r: %s skipped, only %d samples (< %d)", device.name, op_type, n_samples, min_samples)
         else:
-            regressor, metrics = train_op_regressor(*data.training_set(factors))
+            siblings = [by_op[name].training_set(factors) for name in SIBLING_OP_TYPES.get(op_type, ())
+                        if name in by_op]
+            sibling_set = (([key for keys, _ in siblings for key in keys],
+                            [ms for _, latencies in siblings for ms in latencies]) if siblings else None)
+            regressor, metrics = train_op_regressor(*data.training_set(factors), siblings=sibling_set)
             metrics["data_version"] = _data_version(data.rows)
             save_regressor(session, device, op_type, regressor.to_text(), metrics, metrics["data_version"])
             results[op_type] = metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -193,6 +194,46 @@ def test_bad_training_input_is_refused() -> None:
         train_op_regressor(keys[:1], [1.0])
 
 
+def _fused(keys: list[KernelKey]) -> list[KernelKey]:
+    return [replace(key, op_type="FusedConv", activation="Relu") for key in keys]
+
+
+def _aligned_law(keys: list[KernelKey]) -> np.ndarray:
+    """Twice as slow where Cout is not a multiple of 16 (a fast path lost); the fused activation costs 5%."""
+    features = features_matrix(keys)
+    macs, cout = features[:, FEATURE_NAMES.index("macs")], features[:, FEATURE_NAMES.index("cout")]
+    fused = np.array([key.op_type == "FusedConv" for key in keys])
+    return (macs / 1e9 * np.where(cout % 16 != 0, 2.0, 1.0) + 0.01) * np.where(fused, 1.05, 1.0)
+
+
+def test_a_fused_op_type_learns_from_its_unfused_sibling() -> None:
+    """FusedConv measured only at aligned channel counts, Conv at all: the unaligned jump carries over."""
+    fused = [key for key in _fused(random_conv_keys(600, seed=21, op_type="Conv"))
+             if key.outputs[0][1] % 16 == 0]
+    convs = random_conv_keys(300, seed=22, op_type="Conv")
+    fresh = [key for key in _fused(random_conv_keys(300, seed=23, op_type="Conv")) if key.outputs[0][1] % 16][:50]
+    truth = _aligned_law(fresh)
+    alone, _ = train_op_regressor(fused, _aligned_law(fused))
+    helped, metrics = train_op_regressor(fused, _aligned_law(fused), siblings=(convs, _aligned_law(convs)))
+    error_alone = np.median(np.abs(alone.predict(fresh)[0] / truth - 1))
+    error_helped = np.median(np.abs(helped.predict(fresh)[0] / truth - 1))
+    assert error_alone > 0.3
+    assert error_helped < 0.15
+    # The hold-out and the counts are the op type's own; the siblings only train.
+    assert (metrics["n_samples"], metrics["n_test"], metrics["n_sibling_samples"]) == (30, 6, 300)
+    assert metrics["n_train"] == 24 + 300
+    assert helped.op_type == "FusedConv"
+
+
+def test_only_sibling_op_types_are_taken_as_siblings() -> None:
+    fused = _fused(random_conv_keys(20, seed=24, op_type="Conv"))
+    strangers = random_conv_keys(20, seed=25)
+    with pytest.raises(ValueError, match="not sibling op types of FusedConv"):
+        train_op_regressor(fused, np.ones(20), siblings=(strangers, np.ones(20)))
+    with pytest.raises(ValueError, match="latencies"):
+        train_op_regressor(fused, np.ones(20), siblings=(random_conv_keys(20, seed=26, op_type="Conv"), np.ones(3)))
+
+
 def test_regressor_set_batches_mixed_op_types_in_order(trained: tuple[OpRegressor, dict]) -> None:
     regressor, _ = trained
     gemms = gemm_keys(range(1, 41))
@@ -246,6 +287,8 @@ def test_train_device_regressors_stores_what_regressor_set_loads(store_engine: E
     gemms = [KernelKey(op_type="Gemm", inputs=((m, k),), outputs=((m, 64),), weight=(k, 64)) for m, k in shapes]
     gemm_truth = np.array([2e-5 * m * k / 32 + 0.004 for m, k in shapes])
     softmax = [KernelKey(op_type="Softmax", inputs=((1, n),), outputs=((1, n),)) for n in (10, 100, 1000)]
+    convs_plain = random_conv_keys(30, seed=12, op_type="Conv")
+    fused = _fused(random_conv_keys(12, seed=13, op_type="Conv"))
     factory = session_factory(store_engine)
     with session_scope(factory) as session:
         device = upsert_device(session, name="cpu-test", backend="onnxruntime",
@@ -253,24 +296,30 @@ def test_train_device_regressors_stores_what_regressor_set_loads(store_engine: E
                                host="test")
         # Gemm measured in three runs: the median of medians (the truth x 1.01) wins over a 5x outlier run.
         add_measurements(session, device, "run-1", _measurements(convs, conv_truth)
-                         + _measurements(gemms, gemm_truth * 1.01) + _measurements(softmax, np.full(3, 0.01)))
+                         + _measurements(gemms, gemm_truth * 1.01) + _measurements(softmax, np.full(3, 0.01))
+                         + _measurements(convs_plain, _aligned_law(convs_plain))
+                         + _measurements(fused, _aligned_law(fused)))
         add_measurements(session, device, "run-2", _measurements(gemms, gemm_truth))
         add_measurements(session, device, "run-3", _measurements(gemms, gemm_truth * 5))
     calls: list[tuple[str, int, int]] = []
     with session_scope(factory) as session:
         results = train_device_regressors(session, device, progress=lambda *args: calls.append(args))
-    assert calls == [("Gemm", 1, 3), ("NchwcConv", 2, 3), ("Softmax", 3, 3)]
+    assert calls == [("Conv", 1, 5), ("FusedConv", 2, 5), ("Gemm", 3, 5), ("NchwcConv", 4, 5), ("Softmax", 5, 5)]
     assert results["Softmax"] == {"skipped": "only 3 samples", "n_samples": 3}
     assert results["Gemm"]["n_samples"] == 20 and results["NchwcConv"]["n_samples"] == 80
+    # Conv and FusedConv train on each other's keys too (SIBLING_OP_TYPES); other op types on their own.
+    assert (results["FusedConv"]["n_samples"], results["FusedConv"]["n_sibling_samples"]) == (12, 30)
+    assert (results["Conv"]["n_samples"], results["Conv"]["n_sibling_samples"]) == (30, 12)
+    assert results["NchwcConv"]["n_sibling_samples"] == 0
     assert results["NchwcConv"]["held_out"] is True and results["NchwcConv"]["mape"] < 0.25
 
     with session_scope(factory) as session:
         stored = load_regressors(session, device)
-        assert sorted(stored) == ["Gemm", "NchwcConv"]
+        assert sorted(stored) == ["Conv", "FusedConv", "Gemm", "NchwcConv"]
         assert stored["Gemm"].metrics == results["Gemm"]
         assert stored["Gemm"].data_version == results["Gemm"]["data_version"]
         regressors = RegressorSet.load(session, device)
-    assert regressors.op_types == ["Gemm", "NchwcConv"] and not regressors.has("Softmax")
+    assert regressors.op_types == ["Conv", "FusedConv", "Gemm", "NchwcConv"] and not regressors.has("Softmax")
     median, lo, hi = regressors.predict(gemms + convs[:10])
     expected = np.concatenate([gemm_truth, conv_truth[:10]])
     assert np.median(np.abs(median - expected) / expected) < 0.2
