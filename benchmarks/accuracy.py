@@ -44,6 +44,7 @@ from predictor.store import create_store_engine, get_device, session_factory  # 
 from predictor.validation import measure_against_table, summarize_validation, validation_row  # noqa: E402
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL  # noqa: E402
 from profiler.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from profiler.calibration import calibrate_by_default  # noqa: E402
 from profiler.runner import measure_reference_ms  # noqa: E402
 
 DEVICE = "bench-cpu-1t"
@@ -109,8 +110,9 @@ def main() -> None:
     parser.add_argument("--skip-profile", action="store_true", help="reuse the table already in --home")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
     parser.add_argument("--archs", default="", help="comma-separated subset of the zoo (default: all)")
-    parser.add_argument("--context-calibration", action="store_true",
-                        help="pass --context-calibration to latpred profile (the context probes, once per device)")
+    parser.add_argument("--context-calibration", action=argparse.BooleanOptionalAction, default=None,
+                        help="pass --context-calibration or --no-context-calibration to latpred profile (default: "
+                             "neither, so its default: the context probes with a budget of 5 minutes or more)")
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="latpred-accuracy-"))
@@ -119,7 +121,8 @@ def main() -> None:
     if not args.skip_profile:
         latpred("profile", "--device", DEVICE, "--backend", "onnxruntime", "--threads", "1",
                 "--budget-minutes", str(args.budget_minutes),
-                *(["--context-calibration"] if args.context_calibration else []), env=env)
+                *({True: ["--context-calibration"], False: ["--no-context-calibration"], None: []}
+                  [args.context_calibration]), env=env)
     latpred("train", "--device", DEVICE, env=env)
     profile_minutes = (time.time() - started) / 60
 
@@ -157,7 +160,9 @@ def main() -> None:
     result = {
         "device": DEVICE,
         "budget_minutes": args.budget_minutes,
-        "context_calibration": args.context_calibration,
+        # Whether this run's profile calibrated (None: it reused a table, --skip-profile).
+        "context_calibration": (None if args.skip_profile
+                                else calibrate_by_default(args.context_calibration, False, args.budget_minutes)),
         "context": predictor.context.to_dict() if predictor.context else None,
         "profile_and_train_minutes": round(profile_minutes, 1),
         "table_size": predictor.measurement_count,

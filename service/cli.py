@@ -223,11 +223,15 @@ def profile(
     token: Annotated[str | None, typer.Option(help="bearer token for --to")] = None,
     refinement: Annotated[bool, typer.Option(
         help="after the priors, draw variants near the worst-predicted models (else random variants)")] = True,
-    context_calibration: Annotated[bool, typer.Option(
-        help="first measure, once per device, how memory-bound kernels slow down in bigger models")] = False,
+    context_calibration: Annotated[bool | None, typer.Option(
+        "--context-calibration/--no-context-calibration",
+        help="first measure, once per device, how memory-bound kernels slow down in bigger models (about a "
+             "minute); default: on when profiling the default space with a budget of at least 5 minutes, "
+             "off with --for-model")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Benchmark kernels on this host into the device's table (budgeted, resumable)."""
+    from profiler.calibration import calibrate_by_default
     from profiler.plan import default_plan, model_plan
     from profiler.progress import progress_reporter
     from profiler.refine import AdaptiveRefinement
@@ -263,7 +267,8 @@ def profile(
         sink = StoreSink(store.sessions, device)
     with progress_reporter(f"profiling {device}") as progress:
         report = ProfileRunner(device, profiler_backend, sink, progress=progress, observer=observer,
-                               calibrate_context=context_calibration).run(items, budget_minutes)
+                               calibrate_context=calibrate_by_default(context_calibration, for_model is not None,
+                                                                      budget_minutes)).run(items, budget_minutes)
     if as_json:
         emit_json(report.to_dict() | {"end_to_end": len(report.end_to_end)})
         return

@@ -10,13 +10,39 @@ from predictor.overhead import choose_context_from_probes, fit_overhead
 from predictor.store import get_device, list_runs, session_factory, session_scope
 from profiler.backends.base import MeasureProtocol
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
-from profiler.calibration import CALIBRATION_ITEM, PROBES, measure_context_probes, probe_model
+from profiler.calibration import (
+    AUTO_MIN_BUDGET_MINUTES,
+    CALIBRATION_ITEM,
+    PROBES,
+    calibrate_by_default,
+    measure_context_probes,
+    probe_model,
+)
 from profiler.runner import ProfileRunner
 from profiler.sinks import StoreSink
 from tests import factories
 from tests.profiler.test_runner import FAST, plan, register
 
 TINY = MeasureProtocol(warmup_runs=1, min_repeats=3, max_repeats=5, max_seconds=0.1)
+
+
+def test_calibration_is_on_by_default_for_the_default_space_with_a_budget_for_it() -> None:
+    assert calibrate_by_default(None, for_model=False, budget_minutes=30.0) is True
+    assert calibrate_by_default(None, for_model=False, budget_minutes=AUTO_MIN_BUDGET_MINUTES) is True
+    assert calibrate_by_default(None, for_model=False, budget_minutes=1.0) is False
+    assert calibrate_by_default(None, for_model=True, budget_minutes=30.0) is False
+    assert calibrate_by_default(True, for_model=True, budget_minutes=0.1) is True
+    assert calibrate_by_default(False, for_model=False, budget_minutes=30.0) is False
+
+
+def test_the_cli_help_states_the_default() -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    result = CliRunner().invoke(app, ["profile", "--help"], env={"COLUMNS": "300", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    assert f"budget of at least {AUTO_MIN_BUDGET_MINUTES:g} minutes" in " ".join(result.output.split())
 
 
 def test_probe_models_grow_by_the_chain_and_keep_the_probe() -> None:
