@@ -605,12 +605,14 @@ def train_device_regressors(
             results[op_type] = {"skipped": f"only {n_samples} samples", "n_samples": n_samples}
             logger.info("device %r: %s skipped, only %d samples (< %d)", device.name, op_type, n_samples, min_samples)
         else:
-            siblings = [by_op[name].training_set(factors) for name in SIBLING_OP_TYPES.get(op_type, ())
-                        if name in by_op]
+            sibling_data = [by_op[name] for name in SIBLING_OP_TYPES.get(op_type, ()) if name in by_op]
+            siblings = [sibling.training_set(factors) for sibling in sibling_data]
             sibling_set = (([key for keys, _ in siblings for key in keys],
                             [ms for _, latencies in siblings for ms in latencies]) if siblings else None)
             regressor, metrics = train_op_regressor(*data.training_set(factors), siblings=sibling_set)
-            metrics["data_version"] = _data_version(data.rows)
+            # The version covers every row the regressor learned from, its siblings' too.
+            metrics["data_version"] = _data_version(data.rows + [row for sibling in sibling_data
+                                                                 for row in sibling.rows])
             save_regressor(session, device, op_type, regressor.to_text(), metrics, metrics["data_version"])
             results[op_type] = metrics
             logger.info("device %r: %s trained on %d samples, held-out MAPE %.3f", device.name, op_type,

@@ -335,4 +335,11 @@ def test_train_device_regressors_stores_what_regressor_set_loads(store_engine: E
         newer = train_device_regressors(session, device, min_samples=2)
     assert newer["Gemm"]["data_version"] != results["Gemm"]["data_version"]
     assert newer["NchwcConv"]["data_version"] == results["NchwcConv"]["data_version"]
+    assert newer["FusedConv"]["data_version"] == results["FusedConv"]["data_version"]
+    # A sibling's new measurement is new data for both.
+    with session_scope(factory) as session:
+        add_measurements(session, device, "run-5", _measurements(convs_plain[:1], np.array([0.5])))
+        sibling_news = train_device_regressors(session, device)
+    assert sibling_news["FusedConv"]["data_version"] != results["FusedConv"]["data_version"]
+    assert sibling_news["Conv"]["data_version"] != results["Conv"]["data_version"]
     assert newer["Softmax"]["n_samples"] == 3 and newer["Softmax"]["held_out"] is False
