@@ -113,6 +113,8 @@ def main() -> None:
     parser.add_argument("--context-calibration", action=argparse.BooleanOptionalAction, default=None,
                         help="pass --context-calibration or --no-context-calibration to latpred profile (default: "
                              "neither, so its default: the context probes with a budget of 5 minutes or more)")
+    parser.add_argument("--no-refinement", action="store_true",
+                        help="pass --no-refinement to latpred profile (random variants after the priors)")
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="latpred-accuracy-"))
@@ -122,7 +124,7 @@ def main() -> None:
         latpred("profile", "--device", DEVICE, "--backend", "onnxruntime", "--threads", "1",
                 "--budget-minutes", str(args.budget_minutes),
                 *({True: ["--context-calibration"], False: ["--no-context-calibration"], None: []}
-                  [args.context_calibration]), env=env)
+                  [args.context_calibration]), *(["--no-refinement"] if args.no_refinement else []), env=env)
     latpred("train", "--device", DEVICE, env=env)
     profile_minutes = (time.time() - started) / 60
 
@@ -164,6 +166,7 @@ def main() -> None:
         "context_calibration": (None if args.skip_profile
                                 else calibrate_by_default(args.context_calibration, False, args.budget_minutes)),
         "context": predictor.context.to_dict() if predictor.context else None,
+        "refinement": None if args.skip_profile else not args.no_refinement,
         "profile_and_train_minutes": round(profile_minutes, 1),
         "table_size": predictor.measurement_count,
         "summary": summary,
