@@ -534,11 +534,16 @@ class _OpData:
                 [statistics.median(self.medians[h]) / factors.get(h, 1.0) for h in hashes])
 
 
-def training_sets(session: Session, device: Device) -> dict[str, tuple[list[KernelKey], list[float]]]:
-    """What `train_device_regressors` trains each op type on: (keys, latencies_ms) per op type."""
+def _measurements_and_sets(session: Session, device: Device
+                           ) -> tuple[dict[str, _OpData], dict[str, tuple[list[KernelKey], list[float]]]]:
     by_op = _collect_measurements(session, device)
     factors = _context_factors(session, device, by_op)
-    return {op_type: data.training_set(factors) for op_type, data in by_op.items()}
+    return by_op, {op_type: data.training_set(factors) for op_type, data in by_op.items()}
+
+
+def training_sets(session: Session, device: Device) -> dict[str, tuple[list[KernelKey], list[float]]]:
+    """Each op type's own (keys, latencies_ms) as `train_device_regressors` trains on them (its siblings' beside)."""
+    return _measurements_and_sets(session, device)[1]
 
 
 def _context_factors(session: Session, device: Device, by_op: Mapping[str, _OpData]) -> dict[str, float] | None:
@@ -594,8 +599,7 @@ def train_device_regressors(
     """
     if min_samples < 2:
         raise ValueError(f"min_samples must be >= 2 (a regressor needs two samples), got {min_samples}")
-    by_op = _collect_measurements(session, device)
-    factors = _context_factors(session, device, by_op)
+    by_op, sets = _measurements_and_sets(session, device)
     results: dict[str, dict[str, Any]] = {}
     total = len(by_op)
     for done, op_type in enumerate(sorted(by_op), start=1):
@@ -605,14 +609,13 @@ def train_device_regressors(
             results[op_type] = {"skipped": f"only {n_samples} samples", "n_samples": n_samples}
             logger.info("device %r: %s skipped, only %d samples (< %d)", device.name, op_type, n_samples, min_samples)
         else:
-            sibling_data = [by_op[name] for name in SIBLING_OP_TYPES.get(op_type, ()) if name in by_op]
-            siblings = [sibling.training_set(factors) for sibling in sibling_data]
-            sibling_set = (([key for keys, _ in siblings for key in keys],
-                            [ms for _, latencies in siblings for ms in latencies]) if siblings else None)
-            regressor, metrics = train_op_regressor(*data.training_set(factors), siblings=sibling_set)
+            sibling_ops = [name for name in SIBLING_OP_TYPES.get(op_type, ()) if name in by_op]
+            sibling_set = (([key for name in sibling_ops for key in sets[name][0]],
+                            [ms for name in sibling_ops for ms in sets[name][1]]) if sibling_ops else None)
+            regressor, metrics = train_op_regressor(*sets[op_type], siblings=sibling_set)
             # The version covers every row the regressor learned from, its siblings' too.
-            metrics["data_version"] = _data_version(data.rows + [row for sibling in sibling_data
-                                                                 for row in sibling.rows])
+            metrics["data_version"] = _data_version(data.rows + [row for name in sibling_ops
+                                                                 for row in by_op[name].rows])
             save_regressor(session, device, op_type, regressor.to_text(), metrics, metrics["data_version"])
             results[op_type] = metrics
             logger.info("device %r: %s trained on %d samples, held-out MAPE %.3f", device.name, op_type,
