@@ -40,11 +40,11 @@ logger = logging.getLogger(__name__)
 
 # The id a run records in its items_done once the device is calibrated: later runs skip the stage.
 CALIBRATION_ITEM = "context-calibration"
-# The stage takes about a minute (0.8 to 1.5 min on the hosts of accuracy runs 9 and 10): by default it runs
-# when a device's default space is profiled with at least this budget. With it, accuracy run 10 met every
-# target; its re-prediction without the context model lost 2.5 points on compressed models
-# (benchmarks/results/repredict_run10_context.json). A targeted profile (--for-model) measures the model
-# itself, in its own context, and skips it unless asked.
+# The stage takes about a minute (it ended 0.8 to 1.2 min into the profiles of accuracy runs 10-12): by
+# default it runs when a device's default space is profiled with at least this budget. With it, runs 10 and
+# 12 met every accuracy target and run 11 all but the compressed one; re-predicted without the context model,
+# fp32 and compressed MAPE came out higher in runs 10 and 11 (benchmarks/results/repredict_run1*_context.json).
+# A targeted profile (--for-model) measures the model itself, in its own context, and skips it unless asked.
 AUTO_MIN_BUDGET_MINUTES = 5.0
 CHAINS = (0, 2, 4, 8, 16, 32)
 # (input shape, weight shape, group, stride, activation)
