@@ -147,11 +147,12 @@ def main() -> None:
             config = parse_config(raw)
             estimate = predictor.estimate(prepared.kernels(config))
             compressed = prepared.compressed(config)
-            measured, scaled, reference_now = measure_against_table(
-                backend, compressed, protocol, predictor.reference_ms, lambda: measure_reference_ms(backend))
+            measured, scaled, reference_now, reference = measure_against_table(
+                backend, compressed, protocol, predictor.reference_baselines, lambda: measure_reference_ms(backend))
             row = validation_row(name, config_name, estimate.latency_ms, measured, scaled,
                                  estimate.table_hit_rate, list(estimate.interval_ms))
             row |= {"held_out": name not in prior_archs, "sources": estimate.sources, "reference_ms": reference_now,
+                    "reference": reference,
                     "macs": macs_of(model) if config_name == "fp32" else None}
             rows.append(row)
             print(f"{name:22s} {config_name:14s} predicted {estimate.latency_ms:9.3f} ms  measured {measured:9.3f} ms"

@@ -52,7 +52,7 @@ def main() -> None:
     estimate = predictor.estimate(prepared.kernels(config))
     model = prepared.compressed(config)
     wall = backend.measure_model(model, PROFILING_PROTOCOL)
-    baseline = predictor.reference_ms
+    baseline = predictor.reference_baselines.get(wall.reference_kind)
     factor = baseline / wall.reference_ms if baseline and wall.reference_ms else 1.0
     measured = {t.kernel.name: t.timing.median_ms * factor
                 for t in backend.measure_kernels(model, PROFILING_PROTOCOL, wall=wall)}

@@ -122,6 +122,19 @@ def flat_axes_of(session: Session, device: Device) -> dict[str, list[str]]:
     return flat
 
 
+def _reference_baselines(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """Each reference kind's baseline time as the latest run report holding it names it."""
+    baselines: dict[str, float] = {}
+    for report in reports:
+        by_kind = report.get("baseline_references")
+        named = dict(by_kind) if isinstance(by_kind, dict) else {}
+        named.setdefault("fp32", report.get("baseline_reference_ms"))
+        for kind, value in named.items():
+            if isinstance(value, (int, float)) and value > 0:
+                baselines[str(kind)] = float(value)
+    return baselines
+
+
 class DevicePredictor:
     """Everything needed to predict on one device, loaded once from the store."""
 
@@ -145,7 +158,9 @@ class DevicePredictor:
         self.fallback = tuple(fallback) if fallback is not None else None
         # The device's context effect; then table, regressor and fallback values are context-free.
         self.context = context if context is not None and context.active else None
-        # The reference kernel's time in the device's baseline state, which the table is scaled to.
+        # The reference kernels' times in the device's baseline state, which the table is scaled to, by kind
+        # ("fp32", "int8": profiler.backends.base.REFERENCE_KINDS); reference_ms is the fp32 one's.
+        self.reference_baselines: dict[str, float] = {}
         self.reference_ms: float | None = None
         # What each key came to (see _memo): ranking asks about the same kernels over and over, so each key
         # is looked up or predicted once.
@@ -208,11 +223,10 @@ class DevicePredictor:
         # The table is in the device's baseline state: the reference kernel's time its runs' reports name as
         # baseline (every run scales to the first run's, profiler.runner). Measurements held against the table
         # are scaled to the same. Unpaired runs timed by thread CPU time are not scaled, so then neither are they.
-        baselines = [float(report["baseline_reference_ms"]) for report in reports
-                     if isinstance(report.get("baseline_reference_ms"), (int, float))
-                     and report["baseline_reference_ms"] > 0]
         scaled = all(report.get("paired") or report.get("clock") != "thread_cpu" for report in reports)
-        predictor.reference_ms = baselines[-1] if baselines and scaled else None
+        if scaled:
+            predictor.reference_baselines = _reference_baselines(reports)
+        predictor.reference_ms = predictor.reference_baselines.get("fp32")
         return predictor
 
     @property

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import onnx
@@ -14,7 +14,7 @@ from predictor.estimate import DevicePredictor
 from predictor.prepared import PreparedModel
 from predictor.runtime import RuntimeSpec
 
-__all__ = ["measure_against_table", "summarize_validation", "validate_models"]
+__all__ = ["GroundTruth", "measure_against_table", "summarize_validation", "validate_models"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,23 +29,39 @@ class _Timing(Protocol):
     @property
     def reference_ms(self) -> float | None: ...
 
+    @property
+    def reference_kind(self) -> str: ...
+
 
 class _Measurer(Protocol):
-    def measure_model(self, model: onnx.ModelProto, protocol: Any) -> _Timing: ...
+    def measure_model(self, model: onnx.ModelProto, protocol: Any, paired: bool | None = None,
+                      reference: str | None = None) -> _Timing: ...
 
 
-def measure_against_table(backend: _Measurer, model: onnx.ModelProto, protocol: Any, baseline_ms: float | None,
-                          reference_ms: Callable[[], float] | None = None) -> tuple[float, float | None, float | None]:
-    """Measure a model as the ground truth for a device's table: (raw ms, ms in the baseline state, reference ms).
+class GroundTruth(NamedTuple):
+    """A measurement held against a device's table."""
 
-    The reference kernel's time comes from the backend's paired runs (Timing.reference_ms) or else from
-    `reference_ms`, timed right after; the scaled value is None without a reference or without a baseline.
+    measured_ms: float
+    scaled_ms: float | None  # in the device's baseline state (None without a reference or a baseline)
+    reference_ms: float | None  # the reference kernel's time during the runs
+    reference: str  # which reference kernel ("fp32", "int8")
+
+
+def measure_against_table(backend: _Measurer, model: onnx.ModelProto, protocol: Any, baselines: Mapping[str, float],
+                          reference_ms: Callable[[], float] | None = None) -> GroundTruth:
+    """Measure a model as the ground truth for a device's table (`baselines`: DevicePredictor.reference_baselines).
+
+    The reference kernel's time comes from the backend's paired runs (Timing.reference_ms, the reference of
+    the model's kind) or else from `reference_ms`, the fp32 reference timed right after. A device whose
+    reports name no int8 baseline (profiled before the int8 reference) is held to the fp32 one.
     """
-    timing = backend.measure_model(model, protocol)
+    timing = backend.measure_model(model, protocol, reference=None if "int8" in baselines else "fp32")
     reference_now = timing.reference_ms
+    kind = getattr(timing, "reference_kind", "fp32") if reference_now is not None else "fp32"
     if reference_now is None and reference_ms is not None:
         reference_now = reference_ms()
-    return timing.median_ms, compensate(timing.median_ms, reference_now, baseline_ms), reference_now
+    return GroundTruth(timing.median_ms, compensate(timing.median_ms, reference_now, baselines.get(kind)),
+                       reference_now, kind)
 
 
 def validate_models(
@@ -70,8 +86,8 @@ def validate_models(
         for config_name, config in [("baseline", CompressionConfig()), *candidates]:
             estimate = predictor.estimate(prepared.kernels(config))
             compressed = prepared.compressed(config)
-            measured, scaled, _ = measure_against_table(backend, compressed, protocol, predictor.reference_ms,
-                                                        reference_ms)
+            measured, scaled, _, _ = measure_against_table(backend, compressed, protocol,
+                                                           predictor.reference_baselines, reference_ms)
             rows.append(validation_row(model_name, config_name, estimate.latency_ms, measured, scaled,
                                        estimate.table_hit_rate, list(estimate.interval_ms)))
             logger.info("%s/%s: predicted %.3f ms, measured %.3f ms", model_name, config_name,

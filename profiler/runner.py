@@ -21,7 +21,14 @@ from predictor.compress import apply_config
 from predictor.config import CompressionConfig, LayerCompression
 from predictor.kernels import KernelKey
 from predictor.store import MeasurementIn
-from profiler.backends.base import PROFILING_PROTOCOL, Backend, KernelTiming, MeasureProtocol, reference_model
+from profiler.backends.base import (
+    PROFILING_PROTOCOL,
+    REFERENCE_KINDS,
+    Backend,
+    KernelTiming,
+    MeasureProtocol,
+    reference_model,
+)
 from profiler.calibration import CALIBRATION_ITEM, CHAINS, measure_context_probes
 from profiler.plan import WorkItem
 
@@ -45,7 +52,7 @@ class Sink(Protocol):
 
     def done_items(self) -> set[str]: ...
 
-    def previous_references(self) -> list[float]: ...
+    def previous_references(self, kind: str = "fp32") -> list[float]: ...
 
     def start(self, run_id: str, budget_minutes: float | None) -> None: ...
 
@@ -74,9 +81,11 @@ class RunReport:
     measured_per_op: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     flat_axes: dict[str, list[str]] = field(default_factory=dict)
     flat_evidence: dict[str, dict[str, float]] = field(default_factory=dict)
-    drift: list[dict[str, float]] = field(default_factory=list)
-    reference_ms: float | None = None
-    baseline_reference_ms: float | None = None
+    drift: list[dict[str, Any]] = field(default_factory=list)
+    reference_ms: float | None = None  # the fp32 reference's, as references["fp32"]
+    baseline_reference_ms: float | None = None  # as baseline_references["fp32"]
+    references: dict[str, float] = field(default_factory=dict)  # each reference kind's time at the start
+    baseline_references: dict[str, float] = field(default_factory=dict)  # each kind's in the baseline state
     end_to_end: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     budget_minutes: float | None = None
@@ -99,6 +108,8 @@ class RunReport:
             "drift": self.drift,
             "reference_ms": self.reference_ms,
             "baseline_reference_ms": self.baseline_reference_ms,
+            "references": dict(self.references),
+            "baseline_references": dict(self.baseline_references),
             "end_to_end": self.end_to_end,
             "elapsed_s": round(self.elapsed_s, 1),
             "budget_minutes": self.budget_minutes,
@@ -126,7 +137,8 @@ class RunReport:
                              f"over {int(evidence.get('pairs', 0))} pairs)")
         if self.drift:
             worst = max(self.drift, key=lambda d: abs(d["ratio"] - 1))
-            lines.append(f"  DRIFT: reference kernel changed by up to {(worst['ratio'] - 1) * 100:+.1f}% "
+            lines.append(f"  DRIFT: {worst.get('reference', 'fp32')} reference kernel changed by up to "
+                         f"{(worst['ratio'] - 1) * 100:+.1f}% "
                          f"(at {worst['elapsed_s']:.0f}s; {len(self.drift)} of {len(self.end_to_end)} models); "
                          + (f"measurements compensated to the baseline {self.baseline_reference_ms or 0:.3f} ms"
                             if self.paired or self.clock != "thread_cpu"
@@ -243,13 +255,19 @@ class ProfileRunner:
         done_before = self.sink.done_items()
         self.sink.start(run_id, budget_minutes)
         sparsity_pairs: dict[str, list[float]] = defaultdict(list)
-        self._reference_ms()  # the first runs of a fresh process are slow: warm up before the baseline
-        report.reference_ms = self._reference_ms()
         # Every measurement is scaled to the device's baseline state: the reference kernel's time when the
         # device's first run started, the same for every later run, so all runs' rows share one scale and a
-        # shared host that slows down by half for a minute cannot write a slow minute into the table.
-        previous = self.sink.previous_references()
-        report.baseline_reference_ms = previous[0] if previous else report.reference_ms
+        # shared host that slows down by half for a minute cannot write a slow minute into the table. A
+        # backend that pairs runs has one reference per kind (backends.base.REFERENCE_KINDS), each with its
+        # baseline: the first run that timed it (a device profiled before the int8 reference gets its int8
+        # baseline from its next run).
+        for kind in REFERENCE_KINDS if getattr(self.backend, "paired", False) else REFERENCE_KINDS[:1]:
+            self._reference_ms(kind=kind)  # the first runs of a fresh process are slow: warm up first
+            report.references[kind] = self._reference_ms(kind=kind)
+            previous = self.sink.previous_references(kind)
+            report.baseline_references[kind] = previous[0] if previous else report.references[kind]
+        report.reference_ms = report.references["fp32"]
+        report.baseline_reference_ms = report.baseline_references["fp32"]
         status = "finished"
         try:
             if self.calibrate_context and CALIBRATION_ITEM not in done_before:
@@ -326,13 +344,14 @@ class ProfileRunner:
             wall = self.backend.measure_model(model, self.protocol)
             # Paired timing says how fast the host was during the runs themselves; else a quick look now.
             reference_now = wall.reference_ms or self._reference_ms(quick=True)
+            kind = wall.reference_kind if wall.reference_ms else "fp32"
             report.paired = wall.reference_ms is not None
             timings = self.backend.measure_kernels(model, self.protocol, wall=wall)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base; one model must not end the run
             logger.warning("skipping %s: %s", item.label, " ".join(str(exc).split())[:300])
             report.items_failed.append(item.label)
             return None
-        factor = self._compensation(report, reference_now)
+        factor = self._compensation(report, reference_now, kind)
         rows = [replace(row, median_ms=row.median_ms * factor, p10_ms=row.p10_ms * factor,
                         p90_ms=row.p90_ms * factor) for row in _rows_from_timings(timings)]
         if not record:
@@ -341,35 +360,40 @@ class ProfileRunner:
             "label": item.label,
             "measured_ms": wall.median_ms * factor,
             "compensation": round(factor, 4),
+            "reference": kind,
             "kernel_hashes": [t.kernel.key.key_hash for t in timings],
         })
         return rows
 
-    def _compensation(self, report: RunReport, reference_now: float) -> float:
+    def _compensation(self, report: RunReport, reference_now: float, kind: str = "fp32") -> float:
         """Factor from the machine's state now to the device's baseline state (drift is recorded).
+
+        `reference_now`: the `kind` reference's time now (backends.base.REFERENCE_KINDS).
 
         Paired runs are scaled by their reference runs. Unpaired runs are scaled by a quick reference timing
         when timed by wall time (a busy host's load would go into the table); unpaired runs timed by thread CPU
         time are not: scaling them by the quick timing's own noise made them worse (validation MAPE 7.0% raw
         vs 9.9% scaled on an idle host), and drift is only reported.
         """
-        assert report.reference_ms is not None and report.baseline_reference_ms is not None
-        ratio = reference_now / report.reference_ms
+        start, baseline = report.references.get(kind), report.baseline_references.get(kind)
+        assert start is not None and baseline is not None, f"no {kind} reference timed at the start"
+        ratio = reference_now / start
         scaled = report.paired or report.clock != "thread_cpu"
         if abs(ratio - 1.0) > _DRIFT_THRESHOLD:
             logger.info("drift: reference kernel at %.0f%% of its start time%s", ratio * 100,
                         " (compensated)" if scaled else "")
-            report.drift.append({"elapsed_s": round(self.clock() - self._started, 1), "ratio": round(ratio, 4)})
+            report.drift.append({"elapsed_s": round(self.clock() - self._started, 1), "ratio": round(ratio, 4),
+                                 "reference": kind})
         if not scaled:
             return 1.0
-        return min(_MAX_COMPENSATION, max(1 / _MAX_COMPENSATION, report.baseline_reference_ms / reference_now))
+        return min(_MAX_COMPENSATION, max(1 / _MAX_COMPENSATION, baseline / reference_now))
 
-    def _reference_ms(self, quick: bool = False) -> float:
+    def _reference_ms(self, quick: bool = False, kind: str = "fp32") -> float:
         if quick:
             return measure_reference_ms(self.backend)
         protocol = replace(self.protocol, min_repeats=max(self.protocol.min_repeats, 20))
         # The reference itself is not timed in pairs with the reference.
-        return self.backend.measure_model(reference_model(), protocol, paired=False).median_ms
+        return self.backend.measure_model(reference_model(kind), protocol, paired=False).median_ms
 
     @staticmethod
     def _collect_sparsity_pairs(rows: list[MeasurementIn], table: dict[str, float],

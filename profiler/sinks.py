@@ -24,12 +24,19 @@ __all__ = ["HttpSink", "StoreSink", "UploadError", "reference_times"]
 logger = logging.getLogger(__name__)
 
 
-def reference_times(reports: list[dict[str, Any]]) -> list[float]:
-    """Reference-kernel times that earlier runs' reports recorded (their baselines and starts)."""
+def reference_times(reports: list[dict[str, Any]], kind: str = "fp32") -> list[float]:
+    """Times of the `kind` reference kernel that earlier runs' reports recorded (their baselines and starts).
+
+    The fp32 reference's are in "baseline_reference_ms" and "reference_ms"; every kind's (reports since the
+    int8 reference) in "baseline_references" and "references".
+    """
     times = []
     for report in reports:
-        for field in ("baseline_reference_ms", "reference_ms"):
-            value = report.get(field)
+        for field, by_kind in (("baseline_reference_ms", "baseline_references"), ("reference_ms", "references")):
+            kinds = report.get(by_kind)
+            value = kinds.get(kind) if isinstance(kinds, dict) else None
+            if value is None and kind == "fp32":
+                value = report.get(field)
             if isinstance(value, (int, float)) and value > 0:
                 times.append(float(value))
     return times
@@ -55,10 +62,10 @@ class StoreSink:
             runs = list_runs(session, get_device(session, self.device_name))
             return {item for run in runs for item in (run.report or {}).get("items_done", [])}
 
-    def previous_references(self) -> list[float]:
+    def previous_references(self, kind: str = "fp32") -> list[float]:
         with session_scope(self.sessions) as session:
             runs = list_runs(session, get_device(session, self.device_name))
-            return reference_times([run.report or {} for run in runs])
+            return reference_times([run.report or {} for run in runs], kind)
 
     def start(self, run_id: str, budget_minutes: float | None) -> None:
         with session_scope(self.sessions) as session:
@@ -130,9 +137,9 @@ class HttpSink:
         device = self._request("GET", f"/api/devices/{self.device_name}")
         return {item for run in device.get("runs", []) for item in (run.get("report") or {}).get("items_done", [])}
 
-    def previous_references(self) -> list[float]:
+    def previous_references(self, kind: str = "fp32") -> list[float]:
         device = self._request("GET", f"/api/devices/{self.device_name}")
-        return reference_times([run.get("report") or {} for run in device.get("runs", [])])
+        return reference_times([run.get("report") or {} for run in device.get("runs", [])], kind)
 
     def start(self, run_id: str, budget_minutes: float | None) -> None:
         self._request("POST", f"/api/devices/{self.device_name}/runs",

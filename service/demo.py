@@ -81,8 +81,8 @@ def run_demo(settings: Settings, budget_minutes: float, as_json: bool, emit_line
     protocol = GROUND_TRUTH_PROTOCOL
     measured: dict[str, float] = {}
     for name, config in candidates:
-        raw, scaled, _ = measure_against_table(backend, prepared.compressed(config), protocol, predictor.reference_ms,
-                                               lambda: measure_reference_ms(backend))
+        raw, scaled, _, _ = measure_against_table(backend, prepared.compressed(config), protocol,
+                                                  predictor.reference_baselines, lambda: measure_reference_ms(backend))
         # Scaled to the device's baseline state, as the table is: the host's load is not the model's cost.
         measured[name] = scaled or raw
     rows = []

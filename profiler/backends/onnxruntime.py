@@ -47,6 +47,7 @@ from profiler.backends.base import (
     MeasureProtocol,
     Timing,
     median_is_stable,
+    reference_kind,
     reference_model,
     summarize_ms,
 )
@@ -60,6 +61,9 @@ _SPLIT_SCALE = (0.1, 2.0)
 # Reference runs after each block of paired runs; the last one is the block's pair and a block lasts as long as
 # they do, so pairing costs at most as much time as the runs (1: the cold run is the pair, see the module docstring).
 _REFERENCE_RUNS_PER_BLOCK = 1
+# Nodes of a quantized model (QDQ or integer ops): only such a model can need the int8 reference.
+_QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
+                            "ConvInteger", "DynamicQuantizeLinear"})
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +112,7 @@ class OnnxRuntimeBackend:
         self._profiler_overhead_ms: float | None = None
         # measure_model's default: time runs in pairs with the reference kernel (see the module docstring).
         self.paired = paired
-        self._reference: _Pairing | None = None
+        self._references: dict[str, _Pairing] = {}
 
     def runtime(self) -> RuntimeSpec:
         return self._runtime
@@ -139,14 +143,20 @@ class OnnxRuntimeBackend:
         session.run(None, feeds)
         return (self._clock() - start) * 1000.0
 
-    def _pairing(self) -> _Pairing:
-        if self._reference is None:
-            session = self._session(reference_model())
+    def _pairing(self, kind: str) -> _Pairing:
+        if kind not in self._references:
+            session = self._session(reference_model(kind))
             feeds = random_feeds(session)
             for _ in range(3):
                 session.run(None, feeds)
-            self._reference = _Pairing(session, feeds, self._timed_ms(session, feeds))
-        return self._reference
+            self._references[kind] = _Pairing(session, feeds, self._timed_ms(session, feeds))
+        return self._references[kind]
+
+    def reference_kind_of(self, model: onnx.ModelProto) -> str:
+        """The reference a model's runs are paired with (base.reference_kind; fp32 without quantized nodes)."""
+        if not any(node.op_type in _QUANTIZED_OPS for node in model.graph.node):
+            return "fp32"
+        return reference_kind(self.extract_kernels(model))
 
     def _run_until_stable(self, session, feeds, protocol: MeasureProtocol,  # type: ignore[no-untyped-def]
                           pairing: _Pairing | None = None) -> tuple[list[float], list[float]]:
@@ -185,8 +195,12 @@ class OnnxRuntimeBackend:
             pairing.last_ms = self._timed_ms(pairing.session, pairing.feeds)
         references.extend([pairing.last_ms] * (len(samples) - len(references)))
 
-    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None) -> Timing:
-        pairing = self._pairing() if (self.paired if paired is None else paired) else None
+    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None,
+                      reference: str | None = None) -> Timing:
+        pairing = kind = None
+        if self.paired if paired is None else paired:
+            kind = reference or self.reference_kind_of(model)
+            pairing = self._pairing(kind)
         per_session: list[tuple[list[float], list[float]]] = []
         for _ in range(max(1, protocol.sessions)):
             session = self._session(model)
@@ -196,9 +210,10 @@ class OnnxRuntimeBackend:
         per_session.sort(key=lambda pair: float(np.median(_ratios(*pair) if pairing else pair[0])))
         samples, references = per_session[len(per_session) // 2]
         timing = replace(summarize_ms(samples), repeats=sum(len(s) for s, _ in per_session))
-        if pairing is None:
+        if pairing is None or kind is None:
             return timing
-        return replace(timing, reference_ms=timing.median_ms / float(np.median(_ratios(samples, references))))
+        return replace(timing, reference_ms=timing.median_ms / float(np.median(_ratios(samples, references))),
+                       reference_kind=kind)
 
     def empty_run_ms(self, protocol: MeasureProtocol) -> float:
         """Wall time of one run of a model that does (almost) nothing: the per-run overhead."""

@@ -449,9 +449,10 @@ class TensorRTBackend:
         built = self._build(model)
         return kernels_from_engine_info(built.info, built.model, precision=self.precision)
 
-    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None) -> Timing:
+    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None,
+                      reference: str | None = None) -> Timing:
         # A GPU timed by CUDA events does not pair runs with a reference kernel: Timing.reference_ms stays None.
-        del paired
+        del paired, reference
         built = self._build(model)
         cudart = self._cudart
         with _Execution(self._trt, cudart, built.engine) as execution:

@@ -60,7 +60,8 @@ class _DriftingBackend(OnnxRuntimeBackend):
         super().__init__(threads=threads, paired=paired)
         self.reference_calls = 0
 
-    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None) -> Timing:
+    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None,
+                      reference: str | None = None) -> Timing:
         if model.graph.name == reference_model().graph.name:
             self.reference_calls += 1
             value = 1.0 if self.reference_calls <= 2 else 2.0  # warm-up and baseline, then every item
