@@ -137,10 +137,11 @@ class RunReport:
                              f"over {int(evidence.get('pairs', 0))} pairs)")
         if self.drift:
             worst = max(self.drift, key=lambda d: abs(d["ratio"] - 1))
+            baseline = self.baseline_references.get(worst.get("reference", "fp32"), self.baseline_reference_ms or 0)
             lines.append(f"  DRIFT: {worst.get('reference', 'fp32')} reference kernel changed by up to "
                          f"{(worst['ratio'] - 1) * 100:+.1f}% "
                          f"(at {worst['elapsed_s']:.0f}s; {len(self.drift)} of {len(self.end_to_end)} models); "
-                         + (f"measurements compensated to the baseline {self.baseline_reference_ms or 0:.3f} ms"
+                         + (f"measurements compensated to the baseline {baseline:.3f} ms"
                             if self.paired or self.clock != "thread_cpu"
                             else "runs timed by thread CPU time, not scaled"))
         else:

@@ -113,6 +113,7 @@ def test_each_kind_is_compensated_by_its_own_reference_and_baseline(store_engine
     assert by_label["block/int8"]["compensation"] == pytest.approx(0.5)
     assert [(d["reference"], d["ratio"]) for d in report.drift] == [("int8", pytest.approx(2.0))]
     assert "DRIFT: int8 reference" in "\n".join(report.summary_lines())
+    assert "compensated to the baseline 0.500 ms" in "\n".join(report.summary_lines())
 
     # A later run keeps the first run's baselines, kind by kind.
     again = model_plan(factories.residual_model(), "residual", [("int8", _INT8)])
