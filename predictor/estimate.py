@@ -122,16 +122,29 @@ def flat_axes_of(session: Session, device: Device) -> dict[str, list[str]]:
     return flat
 
 
+def reported_reference_ms(report: dict[str, Any], kind: str, baseline: bool = True) -> float | None:
+    """The `kind` reference kernel's time a run report names: its baseline, or (`baseline` False) its start.
+
+    Every kind's are in "baseline_references" / "references" (reports since the int8 reference); the fp32
+    reference's also in "baseline_reference_ms" / "reference_ms", the only place older reports have them.
+    """
+    field, by_kind = ("baseline_reference_ms", "baseline_references") if baseline else ("reference_ms", "references")
+    kinds = report.get(by_kind)
+    value = kinds.get(kind) if isinstance(kinds, dict) else None
+    if value is None and kind == "fp32":
+        value = report.get(field)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
 def _reference_baselines(reports: list[dict[str, Any]]) -> dict[str, float]:
     """Each reference kind's baseline time as the latest run report holding it names it."""
     baselines: dict[str, float] = {}
     for report in reports:
-        by_kind = report.get("baseline_references")
-        named = dict(by_kind) if isinstance(by_kind, dict) else {}
-        named.setdefault("fp32", report.get("baseline_reference_ms"))
-        for kind, value in named.items():
-            if isinstance(value, (int, float)) and value > 0:
-                baselines[str(kind)] = float(value)
+        kinds = report.get("baseline_references")
+        for kind in {"fp32", *(kinds if isinstance(kinds, dict) else ())}:
+            value = reported_reference_ms(report, str(kind))
+            if value is not None:
+                baselines[str(kind)] = value
     return baselines
 
 

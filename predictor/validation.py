@@ -57,7 +57,7 @@ def measure_against_table(backend: _Measurer, model: onnx.ModelProto, protocol: 
     """
     timing = backend.measure_model(model, protocol, reference=None if "int8" in baselines else "fp32")
     reference_now = timing.reference_ms
-    kind = getattr(timing, "reference_kind", "fp32") if reference_now is not None else "fp32"
+    kind = timing.reference_kind  # "fp32" where unpaired, as the fallback `reference_ms` is
     if reference_now is None and reference_ms is not None:
         reference_now = reference_ms()
     return GroundTruth(timing.median_ms, compensate(timing.median_ms, reference_now, baselines.get(kind)),

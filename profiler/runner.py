@@ -345,7 +345,7 @@ class ProfileRunner:
             wall = self.backend.measure_model(model, self.protocol)
             # Paired timing says how fast the host was during the runs themselves; else a quick look now.
             reference_now = wall.reference_ms or self._reference_ms(quick=True)
-            kind = wall.reference_kind if wall.reference_ms else "fp32"
+            kind = wall.reference_kind  # "fp32" where unpaired: the quick timing is the fp32 reference's
             report.paired = wall.reference_ms is not None
             timings = self.backend.measure_kernels(model, self.protocol, wall=wall)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base; one model must not end the run

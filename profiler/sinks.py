@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from predictor.estimate import reported_reference_ms
 from predictor.store import (
     MeasurementIn,
     add_measurements,
@@ -27,19 +28,11 @@ logger = logging.getLogger(__name__)
 def reference_times(reports: list[dict[str, Any]], kind: str = "fp32") -> list[float]:
     """Times of the `kind` reference kernel that earlier runs' reports recorded (their baselines and starts).
 
-    The fp32 reference's are in "baseline_reference_ms" and "reference_ms"; every kind's (reports since the
-    int8 reference) in "baseline_references" and "references".
+    Each report gives its baseline, then its start (predictor.estimate.reported_reference_ms reads them).
     """
-    times = []
-    for report in reports:
-        for field, by_kind in (("baseline_reference_ms", "baseline_references"), ("reference_ms", "references")):
-            kinds = report.get(by_kind)
-            value = kinds.get(kind) if isinstance(kinds, dict) else None
-            if value is None and kind == "fp32":
-                value = report.get(field)
-            if isinstance(value, (int, float)) and value > 0:
-                times.append(float(value))
-    return times
+    return [value for report in reports
+            for value in (reported_reference_ms(report, kind), reported_reference_ms(report, kind, baseline=False))
+            if value is not None]
 
 
 class UploadError(RuntimeError):

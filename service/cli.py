@@ -364,7 +364,7 @@ def measure(
     document = {"model": str(model), "device": device, "config": compression.model_dump(exclude_none=True),
                 "measured_ms": timing.median_ms, "p10_ms": timing.p10_ms, "p90_ms": timing.p90_ms,
                 "repeats": timing.repeats, "reference_ms": reference_now,
-                "reference": timing.reference_kind if timing.reference_ms else "fp32",
+                "reference": timing.reference_kind,
                 "clock": getattr(backend, "clock_name", "wall")}
     if as_json:
         emit_json(document)

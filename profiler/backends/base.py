@@ -66,7 +66,7 @@ class Timing:
     # time during these runs as the pairs see it, median_ms / median(run / its reference run). A shared
     # host's slow minute slows both, so median_ms x baseline / reference_ms is the time in the baseline state.
     reference_ms: float | None = None
-    # Which reference kernel (REFERENCE_KINDS) the runs were paired with.
+    # Which reference kernel (REFERENCE_KINDS) the runs were paired with; "fp32" where they were not.
     reference_kind: str = "fp32"
 
 
