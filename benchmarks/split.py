@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/split.py --reference-runs 1 --out benchmarks/results/split_reference1.json
     .venv/bin/python benchmarks/split.py --reference-runs 2 --out benchmarks/results/split_reference2.json
+    .venv/bin/python benchmarks/split.py --out benchmarks/results/split_event.json
 
 The profiler (profiler.backends.onnxruntime.measure_kernels) times each node with onnxruntime's per-node
 profiler and scales the nodes so that they add up to the model's time without the profiler less an empty
@@ -12,7 +13,12 @@ the same share on every node. Both add up to the model's time, so they differ on
 in one model predicts another: this script profiles models that share kernel keys (the zoo at 224x224 and
 a few compressed variants), and for each rule predicts every model's shared kernels from the other models'
 measurements of the same keys (scaled by each model's paired reference time, so host speed cancels). It
-also prints the per-node remainder of each model. Both rules come from the same profiled runs.
+also prints the per-node remainder of each model. The rules come from the same profiled runs.
+
+The third rule, "event" (what the profiler does since split_event.json), is the proportional one after
+the profiler's own time inside each node's event is taken off (the backend's profiler_event_ms, calibrated
+on a chain of trivial nodes: a Relu on 16 floats costs 0.3 us of a 3 us event), so tiny kernels no longer
+take a share of the profiler's time in proportion to their count.
 
 `--reference-runs`: the reference conv's runs after each block of paired runs, the last being the pair
 (profiler.backends.onnxruntime._REFERENCE_RUNS_PER_BLOCK; 1, the first and cold run, is what the profiler
@@ -62,6 +68,14 @@ def per_node(raw: dict[str, float], in_graph_ms: float) -> dict[str, float]:
     return {node: max(ms + share, 1e-4) for node, ms in raw.items()}
 
 
+def event_corrected(event_ms: float) -> Any:
+    """The profiler's rule: the event time off each node, then in proportion (split_node_times)."""
+    def rule(raw: dict[str, float], in_graph_ms: float) -> dict[str, float]:
+        split = ort_backend.split_node_times({node: [ms] for node, ms in raw.items()}, in_graph_ms, event_ms)
+        return {node: values[0] for node, values in split.items()}
+    return rule
+
+
 RULES = {"proportional": proportional, "per_node": per_node}
 _SUBSTANTIAL_SHARE = 0.2
 
@@ -77,9 +91,14 @@ def main() -> None:
     recorded: list[tuple[dict[str, list[float]], float]] = []
     split = ort_backend.split_node_times
 
-    def recording_split(samples: dict[str, list[float]], in_graph_ms: float) -> dict[str, list[float]]:
+    def recording_split(samples: dict[str, list[float]], in_graph_ms: float,
+                        event_ms: float = 0.0) -> dict[str, list[float]]:
         recorded.append((samples, in_graph_ms))
-        return split(samples, in_graph_ms)
+        return split(samples, in_graph_ms, event_ms)
+
+    event_ms = backend.profiler_event_ms(PROFILING_PROTOCOL)
+    RULES["event"] = event_corrected(event_ms)
+    print(f"profiler event time per node: {event_ms * 1000:.2f} us", flush=True)
 
     ort_backend.split_node_times = recording_split  # type: ignore[assignment]
     # models[i]: label, and per rule {key hash: each kernel of that key's time in reference-kernel units}
@@ -114,7 +133,7 @@ def main() -> None:
 
     summaries = [{k: v for k, v in m.items() if k != "by_rule"} for m in models]
     result: dict[str, Any] = {"reference_runs": args.reference_runs, "models": summaries,
-                              "rules": {}}
+                              "profiler_costs_us": backend.profiler_calibration, "rules": {}}
     for rule in RULES:
         errors = []
         for index, model in enumerate(models):

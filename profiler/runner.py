@@ -94,6 +94,9 @@ class RunReport:
     paired: bool = False  # runs timed in pairs with the reference kernel, and scaled by it
     refinement: dict[str, Any] | None = None  # what the observer (adaptive refinement) did
     context_probes: list[dict[str, Any]] = field(default_factory=list)  # profiler.calibration's rows
+    # The per-node profiler's costs the backend calibrated (onnxruntime: overhead_us, event_us), taken off
+    # before a model's time is split between its kernels.
+    profiler_costs_us: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +121,7 @@ class RunReport:
             "paired": self.paired,
             "refinement": self.refinement,
             "context_probes": self.context_probes,
+            "profiler_costs_us": self.profiler_costs_us,
         }
 
     def summary_lines(self) -> list[str]:
@@ -153,6 +157,9 @@ class RunReport:
             lines.append(_refinement_line(self.refinement))
         if self.context_probes:
             lines.append(_calibration_line(self.context_probes))
+        if self.profiler_costs_us and "event_us" in self.profiler_costs_us:
+            lines.append(f"  per-node profiler events: {self.profiler_costs_us['event_us']:.2f} us each taken off "
+                         "before a model's time was split between its kernels")
         return lines
 
 
@@ -348,6 +355,8 @@ class ProfileRunner:
             kind = wall.reference_kind  # "fp32" where unpaired: the quick timing is the fp32 reference's
             report.paired = wall.reference_ms is not None
             timings = self.backend.measure_kernels(model, self.protocol, wall=wall)
+            if report.profiler_costs_us is None:
+                report.profiler_costs_us = getattr(self.backend, "profiler_calibration", None)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base; one model must not end the run
             logger.warning("skipping %s: %s", item.label, " ".join(str(exc).split())[:300])
             report.items_failed.append(item.label)

@@ -70,6 +70,10 @@ def test_run_measures_every_kernel_of_each_item_and_reports(store_engine: Engine
     assert len(report.end_to_end) == 3 and all(e["measured_ms"] > 0 for e in report.end_to_end)
     lines = "\n".join(report.summary_lines())
     assert "models profiled" in lines and ("no drift" in lines or "DRIFT" in lines)
+    # The profiler's per-node costs the split took off are on record (real calibration, so only their sign).
+    costs = runs[0].report["profiler_costs_us"]
+    assert costs["event_us"] > 0 and costs["overhead_us"] > 0
+    assert "per-node profiler events" in lines
 
 
 class _RecordingObserver:

@@ -1,0 +1,80 @@
+"""The in-graph split: a model's time shared between its kernels once the profiler's own time is off."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from profiler.backends.base import MeasureProtocol
+from profiler.backends.onnxruntime import OnnxRuntimeBackend, _node_times_ms, random_feeds, split_node_times
+from tests import factories
+
+PROTOCOL = MeasureProtocol(warmup_runs=3, min_repeats=20, max_repeats=200, max_seconds=1.0, sessions=1)
+
+
+def test_split_takes_the_event_time_off_each_node_then_scales_to_the_model() -> None:
+    samples = {"tiny": [0.003, 0.003, 0.0032], "big": [1.0, 1.01, 0.99]}
+    split = split_node_times(samples, in_graph_ms=1.0, event_ms=0.0027)
+    # 0.3 us and 1000 - 2.7 us left; scaled by 1.0 / (0.0003 + 0.9973) to add up to the model.
+    assert sum(float(np.median(v)) for v in split.values()) == pytest.approx(1.0)
+    assert float(np.median(split["tiny"])) == pytest.approx(0.0003 / 0.9976, rel=1e-6)
+    # In proportion to the events, the tiny node took ten times that.
+    proportional = split_node_times(samples, in_graph_ms=1.0)
+    assert float(np.median(proportional["tiny"])) == pytest.approx(0.003 / 1.003, rel=1e-6)
+
+
+def test_a_node_keeps_a_share_of_an_event_shorter_than_the_profilers_time() -> None:
+    split = split_node_times({"a": [0.002], "b": [0.004]}, in_graph_ms=0.0006, event_ms=0.0027)
+    # a: max(-0.7 us, 0.2 us) = 0.2 us; b: 1.3 us; scaled to 0.6 us in all.
+    assert split["a"][0] == pytest.approx(0.0006 * 0.0002 / 0.0015)
+    assert split["b"][0] == pytest.approx(0.0006 * 0.0013 / 0.0015)
+
+
+def _relu_chain_beside_conv(relus: int) -> onnx.ModelProto:
+    """A 3x3 conv of 64 channels at 28x28 (about a millisecond) followed by a chain of Relus on 16 floats."""
+    builder = factories.GraphBuilder()
+    x = builder.conv("input", "conv", 64, 64)
+    pooled = builder.node("GlobalAveragePool", [x], "pool")
+    flat = builder.node("Flatten", [pooled], "flatten")
+    y = builder.node("Slice", [flat, builder.const("starts", np.array([0])), builder.const("ends", np.array([16])),
+                               builder.const("axes", np.array([1]))], "slice")
+    for i in range(relus):
+        y = builder.node("Relu", [y], f"relu{i}")
+    return builder.model({"input": [1, 64, 28, 28]}, y, [1, 16])
+
+
+def test_calibrated_event_time_is_what_a_trivial_nodes_event_holds_beyond_its_cost() -> None:
+    backend = OnnxRuntimeBackend(1)
+    event_ms = backend.profiler_event_ms(PROTOCOL)
+    assert backend.profiler_calibration is not None
+    chain = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["t0"], ["t1"], name="relu")], "one",
+        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("t1", TensorProto.FLOAT, [1, 16])]), opset_imports=[helper.make_opsetid("", 17)])
+    chain.ir_version = 8
+    with tempfile.TemporaryDirectory() as tmp:
+        session = backend._session(chain, profile_dir=Path(tmp))
+        backend._run_until_stable(session, random_feeds(session), PROTOCOL)
+        events = _node_times_ms(Path(session.end_profiling()), skip_runs=PROTOCOL.warmup_runs)
+    relu_event_ms = float(np.median(events["relu"]))
+    # The event outlasts the Relu's own cost (a fraction of a microsecond), which is no less than nothing.
+    assert 0 < event_ms < relu_event_ms
+
+
+def test_many_tiny_kernels_no_longer_take_the_big_ones_time() -> None:
+    """Beside 96 Relus on 16 floats, a conv of about half a millisecond keeps most of the model's time."""
+    backend = OnnxRuntimeBackend(1)
+    model = _relu_chain_beside_conv(96)
+    timings = backend.measure_kernels(model, PROTOCOL, wall=backend.measure_model(model, PROTOCOL))
+    total_ms = sum(t.timing.median_ms for t in timings)
+    conv_ms = next(t.timing.median_ms for t in timings if t.kernel.key.op_type.endswith("Conv"))
+    relu_ms = sum(t.timing.median_ms for t in timings if t.kernel.key.op_type == "Relu")
+    # Shares of one measurement, not times: the Relus cost a few tens of microseconds in the model (0.3 us
+    # each on this host), far less than their events' profiler time; split in proportion to the events
+    # they took about 0.2 ms and the conv under two thirds of the model.
+    assert relu_ms < 0.5 * 96 * backend.profiler_event_ms(PROTOCOL)
+    assert conv_ms > 0.75 * total_ms
