@@ -17,7 +17,8 @@ also prints the per-node remainder of each model. The rules come from the same p
 
 The third rule, "event" (what the profiler does since split_event.json), is the proportional one after
 the profiler's own time inside each node's event is taken off (the backend's profiler_event_ms, calibrated
-on a chain of trivial nodes: a Relu on 16 floats costs 0.3 us of a 3 us event), so tiny kernels no longer
+on a chain of trivial nodes: 2.5 us in split_event.json, where a Relu on 16 floats costs a fraction of a
+microsecond), so tiny kernels no longer
 take a share of the profiler's time in proportion to their count.
 
 `--reference-runs`: the reference conv's runs after each block of paired runs, the last being the pair
@@ -125,11 +126,19 @@ def main() -> None:
                 if value is not None:
                     keys[timing.kernel.key.key_hash].append(value / wall.reference_ms)
             by_rule[rule] = dict(keys)
+        # What the proportional rule scales the raw events by, and the event rule the events less their time.
+        scales = {"proportional": statistics.median(in_graph_ms / sum(raw.values()) for raw, in_graph_ms in sessions),
+                  "event": statistics.median(in_graph_ms / sum(max(ms - event_ms, ort_backend._MIN_EVENT_SHARE * ms)
+                                                               for ms in raw.values())
+                                             for raw, in_graph_ms in sessions)}
         models.append({"label": label, "kernels": len(timings), "wall_ms": wall.median_ms,
                        "reference_ms": wall.reference_ms, "by_rule": by_rule,
-                       "remainder_us_per_node": statistics.median(remainders)})
+                       "remainder_us_per_node": statistics.median(remainders),
+                       "events_under_10us": sum(ms < 0.01 for ms in sessions[0][0].values()), "scales": scales})
         print(f"{label:60s} {len(timings):4d} kernels, {wall.median_ms:8.3f} ms, remainder"
-              f" {models[-1]['remainder_us_per_node']:+6.2f} us per node", flush=True)
+              f" {models[-1]['remainder_us_per_node']:+6.2f} us per node, {models[-1]['events_under_10us']} events"
+              f" under 10 us, scaled x{scales['proportional']:.3f} (events less their time x{scales['event']:.3f})",
+              flush=True)
 
     summaries = [{k: v for k, v in m.items() if k != "by_rule"} for m in models]
     result: dict[str, Any] = {"reference_runs": args.reference_runs, "models": summaries,

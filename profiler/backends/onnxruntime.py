@@ -58,8 +58,8 @@ _CALIBRATION_NODES = 64
 # Bounds on the factor from the profiler's per-node times to the model's cost (below 1 where the profiler's
 # own cost inflates many tiny nodes); beyond them the profile is broken (events missing), not merely scaled.
 _SPLIT_SCALE = (0.1, 2.0)
-# The least share of its profiler event a node keeps once the profiler's own time is taken off: a Relu on 16
-# floats costs 0.3 us of its 3.0 us event on this host (profiler_event_ms).
+# The least share of its profiler event a node keeps once the profiler's own time is taken off: a trivial node's
+# cost is a fraction of a microsecond, its event's a few (profiler_event_ms).
 _MIN_EVENT_SHARE = 0.1
 # Reference runs after each block of paired runs; the last one is the block's pair and a block lasts as long as
 # they do, so pairing costs at most as much time as the runs (1: the cold run is the pair, see the module docstring).
@@ -232,9 +232,9 @@ class OnnxRuntimeBackend:
     def profiler_event_ms(self, protocol: MeasureProtocol) -> float:
         """Time the profiler's event of a node holds beyond the node's own cost (same chain, same calibration).
 
-        A Relu on 16 floats costs 0.3 us in a run without the profiler and its event lasts 3.0 us; a kernel of
-        milliseconds carries the same few microseconds. Split in proportion to the events, a model's tiny
-        kernels took about ten times their cost from its big ones (see split_node_times).
+        A Relu on 16 floats costs a fraction of a microsecond in a run without the profiler, its event 2.5 us
+        more (benchmarks/results/split_event.json); a kernel of milliseconds carries the same few microseconds.
+        Split in proportion to the events, a model's tiny kernels took that time from its big ones.
         """
         return self._profiler_costs(protocol)[1]
 
@@ -359,8 +359,8 @@ def split_node_times(samples: dict[str, list[float]], in_graph_ms: float,
     The profiler's own time inside each event (`event_ms`, the same for a Relu as for a big conv) comes off
     first; a node keeps at least _MIN_EVENT_SHARE of its event, the share a trivial node's cost is of its
     event. Without it the split hands the profiler's time to the nodes in proportion: mobilenet_v3_small
-    pruned 50% (67 of its 104 kernels under 10 us) had its kernels scaled by 0.69, their events less that
-    time by 0.88, and a ResNet-18 by 1.005 either way.
+    pruned 50% (67 of its 104 events under 10 us) had its events scaled by 0.825, their events less that
+    time by 1.012, a ResNet-18 by 1.079 and 1.081 (benchmarks/results/split_event.json).
     """
     corrected = {node: [max(value - event_ms, _MIN_EVENT_SHARE * value) for value in values]
                  for node, values in samples.items()}

@@ -74,7 +74,7 @@ def test_many_tiny_kernels_no_longer_take_the_big_ones_time() -> None:
     conv_ms = next(t.timing.median_ms for t in timings if t.kernel.key.op_type.endswith("Conv"))
     relu_ms = sum(t.timing.median_ms for t in timings if t.kernel.key.op_type == "Relu")
     # Shares of one measurement, not times: the Relus cost a few tens of microseconds in the model (0.3 us
-    # each on this host), far less than their events' profiler time; split in proportion to the events
+    # or less each), far less than their events' profiler time; split in proportion to the events
     # they took about 0.2 ms and the conv under two thirds of the model.
     assert relu_ms < 0.5 * 96 * backend.profiler_event_ms(PROTOCOL)
     assert conv_ms > 0.75 * total_ms
