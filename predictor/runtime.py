@@ -181,6 +181,9 @@ class _Worker:
             self.kill()
             raise RuntimeError(f"the optimizer worker did not start within {_WORKER_START_TIMEOUT_S:g} s")
         self.connection.recv()  # "ready": onnxruntime is imported
+        # Address space its heap kept from earlier jobs (bytes above its idle size after its last job): a later
+        # job runs with its limit on top of the idle size, so memory kept is memory that job gets for free.
+        self.kept_bytes = 0
 
     def kill(self) -> None:
         self.process.kill()
@@ -196,7 +199,7 @@ class _WorkerPool:
 
     def optimize(self, data: bytes, runtime: RuntimeSpec, level: str, limits: OptimizerLimits) -> bytes:
         too_slow = f"the runtime's optimizer ran past the time limit of {limits.timeout_s:g} s on this model"
-        worker = self._checkout()
+        worker = self._checkout(limits)
         healthy = False
         try:
             # Only the optimizer's own time counts, not the wait for a free worker or its start.
@@ -205,13 +208,14 @@ class _WorkerPool:
             if not worker.connection.poll(limits.timeout_s):
                 raise InvalidModelError(too_slow)
             try:
-                outcome, payload, worn = worker.connection.recv()
+                outcome, payload, kept_bytes = worker.connection.recv()
             except EOFError:
                 worker.process.join(timeout=10)
                 code = worker.process.exitcode
                 raise InvalidModelError(f"the runtime's optimizer crashed on this model (exit code {code})"
                                         + _under_memory_limit(limits)) from None
-            healthy = not worn
+            worker.kept_bytes = kept_bytes
+            healthy = not _worn(worker, limits)
         finally:
             self._checkin(worker, healthy)
         if time.monotonic() - started > limits.timeout_s:  # poll waits whole milliseconds at least
@@ -227,16 +231,18 @@ class _WorkerPool:
             raise RuntimeError(f"the optimizer worker failed: {payload}")
         return bytes(payload)
 
-    def _checkout(self) -> _Worker:
+    def _checkout(self, limits: OptimizerLimits) -> _Worker:
         with self._available:
             while not self._idle and self._started >= _MAX_WORKERS:
                 self._available.wait()
             while self._idle:
                 worker = self._idle.pop()
-                if worker.process.is_alive():
+                if worker.process.is_alive() and not _worn(worker, limits):
                     return worker
-                self._started -= 1  # died while idle (killed from outside): start another
-                worker.connection.close()
+                # Died while idle (killed from outside), or kept more from earlier jobs under a looser limit than
+                # this job's limit allows: start another.
+                self._started -= 1
+                worker.kill()
             self._started += 1
         try:
             return _Worker()
@@ -312,10 +318,20 @@ def _serve_optimizer(connection: Connection) -> None:
         except Exception as exc:  # reported to the parent, which raises it there
             answer = ("error", f"{type(exc).__name__}: {exc}")
         del data
-        # A worker whose heap kept much of what a job allocated would leave the next job less than its limit.
+        # What the heap kept of the job's allocations: the parent retires a worker that kept much, under the
+        # next job's limit (_worn).
         now_bytes = _address_space_bytes()
-        worn = bool(memory_mb and idle_bytes and now_bytes and now_bytes - idle_bytes > memory_mb * 2**20 / 2)
-        connection.send((*answer, worn))
+        connection.send((*answer, max(0, now_bytes - idle_bytes) if idle_bytes and now_bytes else 0))
+
+
+def _worn(worker: _Worker, limits: OptimizerLimits) -> bool:
+    """Whether the worker's heap kept more than half of the job's memory limit: it would run past the limit.
+
+    glibc keeps freed blocks of up to 32 MB in the heap once such blocks were freed, so a job under a tight
+    limit run by a worker that earlier ran a big model under a loose one could allocate from what that model
+    left, never meeting its limit (the memory-limit test passed or failed by which worker it drew).
+    """
+    return limits.memory_mb is not None and worker.kept_bytes > limits.memory_mb * 2**20 / 2
 
 
 def _under_memory_limit(limits: OptimizerLimits) -> str:

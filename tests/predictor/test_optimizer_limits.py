@@ -68,6 +68,36 @@ def test_memory_limit_is_reported_as_such_and_the_worker_recovers() -> None:
     assert "Gemm" in op_types(optimize_model(model, RUNTIME, limits=LIMITS))
 
 
+def test_a_tight_memory_limit_holds_on_a_worker_that_ran_big_models_under_a_loose_one() -> None:
+    """A worker's heap keeps freed 16 MB blocks; a job under 1 MB must not get them for free (it did in about
+    half of the tries before workers were retired by what they kept, under the next job's limit)."""
+    model = factories.gemm_model(k=2048, n=2048)  # a 16 MB weight
+    loose = OptimizerLimits(timeout_s=60, memory_mb=4096)
+    with optimizer_limits(loose):
+        for _ in range(3):
+            assert [kernel.op_type for kernel in extract_kernels(model, RUNTIME)] == ["Gemm"]
+    with optimizer_limits(OptimizerLimits(timeout_s=60, memory_mb=1)), \
+            pytest.raises(InvalidModelError, match=r"memory limit of 1 MB"):
+        extract_kernels(model, RUNTIME)
+
+
+def test_a_worker_that_kept_more_than_half_a_jobs_limit_is_retired_before_that_job() -> None:
+    model = factories.gemm_model(k=64, n=64)
+    optimize_model(model, RUNTIME, limits=LIMITS)
+    for worker in runtime._workers()._idle:
+        worker.kept_bytes = 64 * 2**20  # as if its heap kept 64 MB of an earlier job's
+    kept = idle_worker_pids()
+    # Under a loose limit the workers are still good: the one that runs the job is one of them.
+    optimize_model(model, RUNTIME, limits=OptimizerLimits(timeout_s=60, memory_mb=1024))
+    assert idle_worker_pids() & kept
+    for worker in runtime._workers()._idle:
+        worker.kept_bytes = 64 * 2**20
+    kept = idle_worker_pids()
+    # Under 100 MB, 64 MB kept is too much: a fresh worker runs it, and the retired ones are gone.
+    optimize_model(model, RUNTIME, limits=OptimizerLimits(timeout_s=60, memory_mb=100))
+    assert not idle_worker_pids() & kept
+
+
 def test_an_unloadable_model_says_why_as_it_does_in_process() -> None:
     model = factories.gemm_model()
     model.graph.node[0].input[1] = "missing"
