@@ -128,7 +128,7 @@ def main() -> None:
             by_rule[rule] = dict(keys)
         # What the proportional rule scales the raw events by, and the event rule the events less their time.
         scales = {"proportional": statistics.median(in_graph_ms / sum(raw.values()) for raw, in_graph_ms in sessions),
-                  "event": statistics.median(in_graph_ms / sum(max(ms - event_ms, ort_backend._MIN_EVENT_SHARE * ms)
+                  "event": statistics.median(in_graph_ms / sum(ort_backend.less_event_time(ms, event_ms)
                                                                for ms in raw.values())
                                              for raw, in_graph_ms in sessions)}
         models.append({"label": label, "kernels": len(timings), "wall_ms": wall.median_ms,

@@ -52,7 +52,7 @@ from profiler.backends.base import (
     summarize_ms,
 )
 
-__all__ = ["OnnxRuntimeBackend", "random_feeds"]
+__all__ = ["OnnxRuntimeBackend", "less_event_time", "random_feeds", "split_node_times"]
 
 _CALIBRATION_NODES = 64
 # Bounds on the factor from the profiler's per-node times to the model's cost (below 1 where the profiler's
@@ -352,6 +352,11 @@ def _empty_model() -> onnx.ModelProto:
     return model
 
 
+def less_event_time(event_time_ms: float, event_ms: float) -> float:
+    """A node's profiled time less the profiler's own `event_ms`, keeping at least _MIN_EVENT_SHARE of it."""
+    return max(event_time_ms - event_ms, _MIN_EVENT_SHARE * event_time_ms)
+
+
 def split_node_times(samples: dict[str, list[float]], in_graph_ms: float,
                      event_ms: float = 0.0) -> dict[str, list[float]]:
     """Each node's profiled run times, less the profiler's `event_ms`, scaled so their medians add up to `in_graph_ms`.
@@ -362,8 +367,7 @@ def split_node_times(samples: dict[str, list[float]], in_graph_ms: float,
     pruned 50% (67 of its 104 events under 10 us) had its events scaled by 0.825, their events less that
     time by 1.012, a ResNet-18 by 1.079 and 1.081 (benchmarks/results/split_event.json).
     """
-    corrected = {node: [max(value - event_ms, _MIN_EVENT_SHARE * value) for value in values]
-                 for node, values in samples.items()}
+    corrected = {node: [less_event_time(value, event_ms) for value in values] for node, values in samples.items()}
     node_total = sum(float(np.median(values)) for values in corrected.values())
     scale = min(_SPLIT_SCALE[1], max(_SPLIT_SCALE[0], in_graph_ms / node_total)) if node_total > 0 else 1.0
     return {node: [value * scale for value in values] for node, values in corrected.items()}
