@@ -26,7 +26,7 @@ from predictor.graph import infer_tensor_infos
 from predictor.kernels import Kernel, KernelKey, kernels_from_optimized
 from predictor.memo import BoundedMemo
 from predictor.pruning import ChannelGroups, analyze_channel_groups, kept_channels
-from predictor.runtime import RuntimeSpec, optimize_model
+from predictor.runtime import RuntimeSpec, nchwc_block_size, optimize_model
 
 __all__ = ["FastConfigPath", "nchwc_block_size"]
 
@@ -41,39 +41,6 @@ _MEMO_ENTRIES = 50_000  # per model and memo: bounded memory (predictor.memo)
 
 Segments = tuple[tuple[int, int], ...]  # (fp32 channel group, channels in the unpruned model)
 DimTags = tuple[Segments | None, ...]
-
-_block_sizes: dict[tuple[str, str], int] = {}
-
-
-def nchwc_block_size(runtime: RuntimeSpec) -> int:
-    """Channel block of onnxruntime's NCHWc layout on this CPU (8 with AVX2, 16 with AVX-512); 0 if none."""
-    cache_key = (runtime.execution_provider, runtime.runtime_version)
-    if cache_key not in _block_sizes:
-        from predictor.kernels import extract_kernels
-
-        block = 0
-        for channels in (8, 16):
-            kernels = extract_kernels(_probe_conv(channels), runtime)
-            if any(k.op_type.startswith("Nchwc") for k in kernels):
-                block = channels
-                break
-        _block_sizes[cache_key] = block
-    return _block_sizes[cache_key]
-
-
-def _probe_conv(channels: int) -> onnx.ModelProto:
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.ones((channels, channels, 3, 3), np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="probe", pads=[1, 1, 1, 1])], "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 8, 8])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
 
 @dataclass(frozen=True)
 class _TaggedKernel:
@@ -234,7 +201,7 @@ class FastConfigPath:
         """The rewrite plans of a layer's kernels, and whether the layer runs in the blocked layout."""
         found = self._form_plans.get(id(form))
         if found is None:
-            plans = tuple(_RewritePlan(tagged, index=next(self._plan_ids)) for tagged in form)
+            plans = tuple(_RewritePlan(tagged, index=next(self._plan_ids), block=self.block) for tagged in form)
             found = self._form_plans.setdefault(id(form), (plans, _blocked(form)))
         return found
 
@@ -442,16 +409,8 @@ def _tags(shape: tuple[int, ...] | None, registry: dict[int, Segments]) -> DimTa
     return tags if any(t is not None for t in tags) else None
 
 
-def _block_of(key: Any) -> int:
-    return 16 if key.op_type.startswith("Nchwc") and key.weight and key.weight[0] % 16 == 0 else 8
-
-
 def _round_up(value: int, block: int) -> int:
     return -(-value // block) * block
-
-
-def _padded(key: Any) -> int:
-    return _round_up(key.weight[0], _block_of(key)) if key.weight else 0
 
 
 def _two_four_share(weight: tuple[int, ...], key: Any) -> tuple[float, str]:
@@ -479,29 +438,43 @@ def _dim_under(fixed: int, parts: tuple[tuple[int, int], ...], kept: dict[int, i
     return fixed
 
 
-# (dimension index, channels of unprunable segments, (group, channels) of prunable segments)
-_DimPlan = tuple[int, int, tuple[tuple[int, int], ...]]
+# (dimension index, channels of unprunable segments, (group, channels) of prunable segments, the block the runtime
+# pads the dimension to or 0)
+_DimPlan = tuple[int, int, tuple[tuple[int, int], ...], int]
 
 
-def _shape_plan(shape: tuple[int, ...] | None, tags: DimTags | None) -> tuple[_DimPlan, ...] | None:
-    """The dimensions of a shape that follow kept channels (None: the shape never changes)."""
+def _shape_plan(shape: tuple[int, ...] | None, tags: DimTags | None, padded: frozenset[int] = frozenset(),
+                block: int = 0) -> tuple[_DimPlan, ...] | None:
+    """The dimensions of a shape that follow kept channels (None: the shape never changes).
+
+    `padded`: the dimensions the runtime pads to its NCHWc `block` (Kernel.padded).
+    """
     if shape is None or tags is None or len(tags) != len(shape):
         return None
-    plan = tuple((index, *_dim_plan(tag)) for index, tag in enumerate(tags) if tag is not None)
+    plan = tuple((index, *_dim_plan(tag), block if index in padded else 0)
+                 for index, tag in enumerate(tags) if tag is not None)
     return plan or None
 
 
 def _apply_plan(shape: tuple[int, ...] | None, plan: tuple[_DimPlan, ...] | None,
-                kept: dict[int, int]) -> tuple[int, ...] | None:
-    """The shape under `kept`: each tagged dimension is the sum of its segments' (kept) channels."""
+                kept: dict[int, int], pad: bool = True) -> tuple[int, ...] | None:
+    """The shape under `kept`: each tagged dimension is the sum of its segments' (kept) channels, padded to the
+    runtime's block where the runtime pads it (`pad` False: as the model has it)."""
     if plan is None or shape is None:
         return shape
     dims = list(shape)
-    for index, fixed, parts in plan:
+    for index, fixed, parts, block in plan:
         for root, size in parts:
             fixed += kept.get(root, size)
-        dims[index] = fixed
+        dims[index] = -(-fixed // block) * block if block and pad else fixed
     return tuple(dims)
+
+
+def _padded_positions(kernel: Kernel, field_name: str, position: int | None = None) -> frozenset[int]:
+    """The dimensions of one of a kernel's shapes that the runtime pads (from Kernel.padded)."""
+    prefix = f"{field_name}." if position is None else f"{field_name}.{position}."
+    return frozenset(int(entry[len(prefix):]) for entry in kernel.padded if entry.startswith(prefix)
+                     and entry[len(prefix):].isdigit())
 
 
 _KEY_FIELDS = [f.name for f in fields(KernelKey)]
@@ -525,23 +498,26 @@ class _RewritePlan:
     __slots__ = ("channels_attr", "fixed", "group_block", "index", "inputs", "kernel_fields", "key", "key_fields",
                  "outputs", "roots", "sparse", "weight")
 
-    def __init__(self, tagged: _TaggedKernel, index: int) -> None:
-        key = tagged.kernel.key
+    def __init__(self, tagged: _TaggedKernel, index: int, block: int = 0) -> None:
+        kernel = tagged.kernel
+        key = kernel.key
         self.index = index
         self.key = key
         self.roots = tuple(root for root in tagged.roots if root >= 0)  # the groups whose kept channels count
-        self.inputs = tuple(_shape_plan(s, t) for s, t in zip(key.inputs, tagged.inputs, strict=True))
-        self.outputs = tuple(_shape_plan(s, t) for s, t in zip(key.outputs, tagged.outputs, strict=True))
-        self.weight = _shape_plan(key.weight, tagged.weight)
+        self.inputs = tuple(_shape_plan(s, t, _padded_positions(kernel, "inputs", i), block)
+                            for i, (s, t) in enumerate(zip(key.inputs, tagged.inputs, strict=True)))
+        self.outputs = tuple(_shape_plan(s, t, _padded_positions(kernel, "outputs", i), block)
+                             for i, (s, t) in enumerate(zip(key.outputs, tagged.outputs, strict=True)))
+        self.weight = _shape_plan(key.weight, tagged.weight, _padded_positions(kernel, "weight"), block)
         attrs = dict(key.attrs)
         # Layout reorders name the channel count they copy.
         self.channels_attr = "channels" in attrs and bool(key.outputs) and key.outputs[0] is not None \
             and len(key.outputs[0]) == 4
-        # Depthwise: one group per kept channel (0), or the kept channels padded to the block.
+        # Depthwise: one group per kept channel (as the weight has them: padded where the runtime pads them).
         self.group_block: int | None = None
         if key.weight is not None and len(key.weight) == 4 and key.weight[1] == 1 \
-                and attrs.get("group", 1) not in (1, None) and attrs.get("group") in (key.weight[0], _padded(key)):
-            self.group_block = 0 if attrs.get("group") == key.weight[0] else _block_of(key)
+                and attrs.get("group", 1) not in (1, None) and attrs.get("group") == key.weight[0]:
+            self.group_block = 0
         self.sparse = key.weight is not None and key.op_type != "MatMulNBits"
         # Every field in declaration order: what is not rewritten is carried over as it is.
         self.key_fields = [getattr(key, name) for name in _KEY_FIELDS]
@@ -569,7 +545,9 @@ class _RewritePlan:
         new_sparsity, new_pattern = key.sparsity, key.sparsity_pattern
         if self.sparse and weight is not None:
             if pattern == "2:4":
-                new_sparsity, new_pattern = _two_four_share(weight, key)
+                # The model's weight (unpadded) is what 2:4 pruning zeroes.
+                new_sparsity, new_pattern = _two_four_share(_apply_plan(key.weight, self.weight, kept, pad=False)
+                                                            or weight, key)
             elif sparsity > 0:
                 new_sparsity, new_pattern = _rounded_sparsity(sparsity), "unstructured"
         # Values are already canonical (ints, tuples), so the key is built directly, not through JSON.

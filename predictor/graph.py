@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from numbers import Integral
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import onnx
@@ -14,10 +13,12 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from predictor.errors import InvalidModelError
+from predictor.shapes import TensorInfo, infer_model_shapes
 
 __all__ = [
     "MAX_INPUT_DIM",
     "TensorInfo",
+    "external_tensors",
     "infer_tensor_infos",
     "load_model",
     "model_inputs",
@@ -35,25 +36,23 @@ _SHAPE_ARG = re.compile(r"^([^=]+)=(\d+(?:[x,]\d+)*)$")
 MAX_INPUT_DIM = 2**31 - 1
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """Static shape and element type of one tensor (shape None where unknown)."""
-
-    shape: Shape | None
-    elem_type: int
-
-
 def load_model(source: str | Path | bytes) -> onnx.ModelProto:
     """Parse an ONNX model from a path or bytes, raising InvalidModelError for anything unloadable.
 
-    Weights stored as external data are not followed: a model must be self-contained.
+    External data (weights in files beside the model, as the dynamo exporter writes them) is read only for a
+    path, only from regular files in the model's own folder, and only at the offsets the model names: a
+    location that is absolute, climbs out of that folder, or is a link is refused, and so is any external
+    reference in bytes (an upload is one self-contained file). Nothing outside what the caller handed over
+    is read, and no error says whether some other file exists.
     """
     if isinstance(source, bytes):
         data = source
         label = "uploaded model"
+        folder = None
     else:
         path = Path(source)
         label = str(path)
+        folder = path.parent
         try:
             data = path.read_bytes()
         except FileNotFoundError as exc:
@@ -72,6 +71,14 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
         raise InvalidModelError(f"{label}: not an ONNX model (no graph nodes found)")
     if not model.opset_import:
         raise InvalidModelError(f"{label}: the model declares no opset")
+    external = external_tensors(model)
+    if external:
+        if folder is None:
+            raise InvalidModelError(
+                f"{label}: the model keeps {len(external)} tensor(s) in external data files "
+                f"(first: {_external_location(external[0])!r}); upload a self-contained model "
+                "(onnx.save_model(model, path, save_as_external_data=False))")
+        _read_external_data(external, folder, label)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
@@ -80,6 +87,77 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
     except Exception as exc:  # the checker raises bare C++ errors for some corruptions
         raise InvalidModelError(f"{label}: invalid ONNX model: {exc}") from exc
     return model
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers, sparse initializers, attribute tensors, and its subgraphs'."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield attribute.sparse_tensor.values
+                yield attribute.sparse_tensor.indices
+            for sparse in attribute.sparse_tensors:
+                yield sparse.values
+                yield sparse.indices
+            if attribute.HasField("g"):
+                yield from _all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_tensors(subgraph)
+
+
+def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The tensors of a model whose data lives in external files (anywhere in the model, subgraphs included)."""
+    return [t for t in _all_tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _external_location(tensor: onnx.TensorProto) -> str:
+    return next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+
+
+def _read_external_data(tensors: list[onnx.TensorProto], folder: Path, label: str) -> None:
+    """Load each tensor's external bytes into it, from regular files directly in `folder` only."""
+    root = folder.resolve()
+    handles: dict[str, bytes] = {}
+    for tensor in tensors:
+        fields = {entry.key: entry.value for entry in tensor.external_data}
+        location = fields.get("location", "")
+        where = PurePosixPath(location.replace("\\", "/"))
+        if not location or where.is_absolute() or len(where.parts) != 1 or where.name in (".", "..") \
+                or ":" in location:
+            raise InvalidModelError(
+                f"{label}: tensor {tensor.name!r} names external data {location!r}; only a file beside the model "
+                "(a plain file name) is read")
+        candidate = folder / where.name
+        if candidate.is_symlink() or not candidate.is_file() or candidate.resolve().parent != root:
+            raise InvalidModelError(
+                f"{label}: tensor {tensor.name!r} needs its external data file {where.name!r} beside the model "
+                "(a regular file, not a link)")
+        if where.name not in handles:
+            try:
+                handles[where.name] = candidate.read_bytes()
+            except OSError as exc:
+                raise InvalidModelError(f"{label}: cannot read external data {where.name!r} ({exc.strerror})") \
+                    from exc
+        blob = handles[where.name]
+        try:
+            offset = int(fields.get("offset", 0))
+            length = int(fields["length"]) if "length" in fields else len(blob) - offset
+        except ValueError as exc:
+            raise InvalidModelError(f"{label}: tensor {tensor.name!r} has a malformed external data offset") from exc
+        if offset < 0 or length < 0 or offset + length > len(blob):
+            raise InvalidModelError(
+                f"{label}: tensor {tensor.name!r} reads bytes {offset}..{offset + length} of {where.name!r}, "
+                f"which holds {len(blob)}")
+        tensor.raw_data = blob[offset:offset + length]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
 
 
 def model_inputs(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
@@ -169,29 +247,11 @@ def set_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, list[int
 
 
 def infer_tensor_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
-    """Static shapes and element types of every tensor of a model with fixed input shapes."""
+    """Static shapes and element types of every tensor of a model with fixed input shapes (predictor.shapes)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    except Exception as exc:  # inference errors come as several unrelated C++ exception types
-        raise InvalidModelError(f"shape inference failed: {exc}") from exc
-    infos: dict[str, TensorInfo] = {}
-    values = list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
-    for value in values:
-        tensor_type = value.type.tensor_type
-        shape: Shape | None = None
-        if tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
-            shape = tuple(dims) if all(d >= 0 for d in dims) else None
-        infos[value.name] = TensorInfo(shape=shape, elem_type=int(tensor_type.elem_type))
-    for init in inferred.graph.initializer:
-        infos[init.name] = TensorInfo(shape=tuple(int(d) for d in init.dims), elem_type=int(init.data_type))
-    for node in inferred.graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    array = numpy_helper.to_array(attr.t)
-                    infos[node.output[0]] = TensorInfo(shape=tuple(array.shape), elem_type=int(attr.t.data_type))
-    return infos
+        return infer_model_shapes(model)
+    except ValueError as exc:
+        raise InvalidModelError(str(exc)) from exc
 
 
 def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -23,7 +23,8 @@ import onnx
 from onnx import helper
 
 from predictor.graph import TensorInfo, infer_tensor_infos, initializer_arrays, set_input_shapes
-from predictor.runtime import RuntimeSpec, optimize_model
+from predictor.runtime import RuntimeSpec, nchwc_block_size, optimize_model
+from predictor.shapes import RuntimeShapes, infer_runtime_shapes
 
 __all__ = [
     "Kernel",
@@ -42,6 +43,7 @@ _LAYOUT_OPS = {"ReorderInput", "ReorderOutput"}
 _HEAVY_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",
               "GlobalMaxPool", "LayerNormalization", "Softmax", "Resize", "Concat", "MatMulNBits"}
 _FOLDED_INTO_HEAVY = {"Transpose", "DequantizeLinear"}
+_QDQ_NODE_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 # Original ops in order of how much they say about a kernel: the first one found names the kernel.
 _PRIMARY_ORDER = [
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LayerNormalization", "Softmax",
@@ -61,7 +63,11 @@ _INT8_OPS = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantiz
 
 
 def _canonical_value(value: Any) -> Any:
-    """Attribute and shape values in a JSON-stable form (tuples, rounded floats)."""
+    """Attribute and shape values in a JSON-stable form (tuples, rounded floats; a subgraph or tensor as a digest)."""
+    if isinstance(value, (onnx.GraphProto, onnx.TensorProto, onnx.SparseTensorProto, onnx.TypeProto)):
+        # Control flow (If, Loop, Scan) carries graphs; a kernel is told apart by what they are, not read from them.
+        kind = type(value).__name__.removesuffix("Proto").lower()
+        return f"{kind}:{hashlib.sha256(value.SerializeToString(deterministic=True)).hexdigest()[:16]}"
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, float):
@@ -154,6 +160,9 @@ class Kernel:
     nodes: tuple[str, ...] = ()
     runtime_node: str = ""
     original_ops: tuple[str, ...] = field(default=())
+    # Channel dimensions of the key that the runtime pads to its NCHWc block ("inputs.0.1", "outputs.0.1",
+    # "weight.0"): what a pruned channel count becomes there (predictor.fastpath). Not part of the key.
+    padded: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def op_type(self) -> str:
@@ -208,7 +217,7 @@ def extract_kernels(
     fixed = set_input_shapes(model, input_shapes)
     name_unnamed_nodes(fixed)
     optimized = optimize_model(fixed, runtime)
-    return kernels_from_optimized(fixed, optimized)
+    return kernels_from_optimized(fixed, optimized, nchwc_block=nchwc_block_size(runtime))
 
 
 @dataclass
@@ -261,23 +270,36 @@ def _describe_original(model: onnx.ModelProto) -> _OriginalGraph:
 
 # Casts the fp16 converter inserts rename the tensors (and so the fused nodes) that follow them.
 _NAME_PREFIXES = re.compile(r"^(InsertedPrecisionFreeCast_)+")
-_NAME_SUFFIXES = re.compile(r"(_token_\d+|_nchwc|_fused|_new_reshape|_output_\d+)+$")
+_NAME_SUFFIXES = re.compile(r"(_token_\d+|_nchwc|_bn|_fused|_new_reshape|_output_\d+)+$")
+
+
+def _name_candidates(name: str) -> list[str]:
+    """Names a runtime node may be named after: itself, then with the runtime's prefixes and suffixes taken off.
+
+    onnxruntime names a fused or re-laid-out node after the original node or the tensor it replaces, plus a
+    suffix (`/layer1/layer1.0/relu/Relu_output_0_nchwc`) or path segments of its own
+    (`/features.0/Mul/QuickGeluFusion/`); exporters put `/` in names too, so segments come off from the end,
+    one at a time, and a candidate counts only if the original graph has a node or tensor of that name.
+    """
+    candidates: list[str] = []
+    current = _NAME_PREFIXES.sub("", name)
+    for _ in range(4):
+        candidates += [current, _NAME_SUFFIXES.sub("", current)]
+        trimmed = current.rstrip("/")
+        if "/" not in trimmed.strip("/"):
+            break
+        current = trimmed.rsplit("/", 1)[0]
+    return list(dict.fromkeys(c for c in [name, *candidates] if c))
 
 
 def _name_anchors(node: onnx.NodeProto, original: _OriginalGraph) -> list[int]:
     """Original nodes a runtime node is named after (onnxruntime derives fused names from them)."""
-    stem = _NAME_PREFIXES.sub("", node.name.split("/")[0])
-    candidates = [node.name, node.name.split("/")[0], _NAME_SUFFIXES.sub("", node.name.split("/")[0]), stem,
-                  _NAME_SUFFIXES.sub("", stem)]
-    anchors: list[int] = []
-    for candidate in candidates:
+    for candidate in _name_candidates(node.name):
         if candidate in original.by_name:
-            anchors.append(original.by_name[candidate])
-        elif candidate in original.producer:
-            anchors.append(original.producer[candidate])
-        if anchors:
-            break
-    return anchors
+            return [original.by_name[candidate]]
+        if candidate in original.producer:
+            return [original.producer[candidate]]
+    return []
 
 
 def _map_to_original(optimized_nodes: list[onnx.NodeProto], original: _OriginalGraph) -> list[list[int]]:
@@ -298,6 +320,19 @@ def _map_to_original(optimized_nodes: list[onnx.NodeProto], original: _OriginalG
             if anchor not in owner:
                 owner[anchor] = k
                 seeds[k].append(anchor)
+
+    # Unnamed nodes the runtime made (a decomposed activation in an int8 graph) that hand over new tensors: the
+    # original node that consumes the same input, of the same kind where there is one, is what they run.
+    for k, node in enumerate(optimized_nodes):
+        if seeds[k] or node.op_type in _GLUE_OPS or node.op_type in _LAYOUT_OPS or node.op_type in _QDQ_NODE_OPS:
+            continue
+        consumers = [j for tensor in node.input if tensor in original.tensors and tensor not in original.constants
+                     for j in original.consumers.get(tensor, ()) if j not in owner
+                     and original.nodes[j].op_type not in _QDQ_NODE_OPS]
+        same_kind = [j for j in consumers if original.nodes[j].op_type == node.op_type]
+        for anchor in (same_kind or consumers)[:1]:
+            owner[anchor] = k
+            seeds[k].append(anchor)
 
     # Expand: a compute kernel also covers the unclaimed original nodes between its inputs and its seeds.
     for k, node in enumerate(optimized_nodes):
@@ -425,6 +460,9 @@ def _runtime_output_info(
         ]
         if not external:
             external = [o for o in original.nodes[covered[-1]].output if o]
+        # The kernel hands over what its last nodes produce; an input-side node it covers (the dequantize of
+        # an int8 input) may feed others too, but its tensor is the kernel's input, not its output.
+        external.reverse()
         candidates = [infos.get(name) for name in external if infos.get(name) is not None]
         if candidates:
             chosen = candidates[min(position, len(candidates) - 1)]
@@ -472,6 +510,10 @@ def weight_sparsity(weight: np.ndarray) -> tuple[float, str]:
     if weight.size == 0:
         return 0.0, "dense"
     zero_share = float(np.count_nonzero(weight == 0)) / weight.size
+    if zero_share == 1.0:
+        # All zeros is how an initializer left it (timm zero-initializes the last BatchNorm of residual blocks,
+        # folded into the conv), not a compression: no runtime skips it, no config makes it (sparsity <= 0.99).
+        return 0.0, "dense"
     sparsity = round(round(zero_share / _SPARSITY_STEP) * _SPARSITY_STEP, 2)
     if sparsity == 0.0:
         return 0.0, "dense"
@@ -501,11 +543,15 @@ def kernels_from_optimized(
     original_model: onnx.ModelProto,
     optimized: onnx.ModelProto,
     shape_overrides: Mapping[str, Shape] | None = None,
+    nchwc_block: int = 8,
 ) -> list[Kernel]:
     """Kernels of an already-optimized graph, mapped back to `original_model` (shapes must be fixed).
 
-    `shape_overrides` replaces the shapes of original tensors (and initializers) before they flow into
-    the keys: the fast config path uses it to learn which key dimensions come from which channels.
+    Each key holds the shapes the runtime runs the kernel with: the optimized graph's own shape inference
+    (predictor.shapes), NCHWc channels padded to `nchwc_block`. `shape_overrides` replaces the shapes of
+    original tensors (and initializers) and keys then hold the original model's shapes carried through the
+    kernels' original nodes instead: the fast config path uses it to learn which key dimensions come from
+    which channels.
     """
     original = _describe_original(original_model)
     if shape_overrides:
@@ -514,12 +560,17 @@ def kernels_from_optimized(
     optimized_nodes = list(optimized.graph.node)
     optimized_arrays = initializer_arrays(optimized)
     covered = _map_to_original(optimized_nodes, original)
-    infos = _infer_runtime_infos(optimized_nodes, covered, original, optimized_arrays)
+    runtime: RuntimeShapes | None = None
+    if shape_overrides:
+        infos = _infer_runtime_infos(optimized_nodes, covered, original, optimized_arrays)
+    else:
+        runtime = infer_runtime_shapes(optimized, seed=original.infos, nchwc_block=nchwc_block)
+        infos = runtime.infos
     kernels: list[Kernel] = []
     for k, node in enumerate(optimized_nodes):
         if node.op_type == "Constant":
             continue
-        kernels.append(_build_kernel(node, covered[k], original, optimized_arrays, infos))
+        kernels.append(_build_kernel(node, covered[k], original, optimized_arrays, infos, runtime))
     return kernels
 
 
@@ -529,6 +580,7 @@ def _build_kernel(
     original: _OriginalGraph,
     optimized_arrays: dict[str, np.ndarray],
     infos: dict[str, TensorInfo],
+    runtime: RuntimeShapes | None,
 ) -> Kernel:
     attrs = _canonical_attrs(node)
     activation = attrs.pop("activation", None)
@@ -537,17 +589,25 @@ def _build_kernel(
     output_infos = [infos.get(o) for o in node.output if o]
     weight_name, weight_array = _weight_for(node, covered, original, optimized_arrays) \
         if node.op_type not in _GLUE_OPS else (None, None)
+    runtime_weight = _runtime_weight(node, optimized_arrays) if runtime is not None else None
     weight_shape: Shape | None = None
     sparsity, pattern = 0.0, "dense"
     if node.op_type == "MatMulNBits":
         weight_shape = (int(attrs["K"]), int(attrs["N"]))
         bits = int(attrs.get("bits", 4))
-    elif weight_array is not None:
-        known = original.infos.get(weight_name) if weight_name else None
-        weight_shape = known.shape if known is not None and known.shape is not None \
-            else tuple(int(d) for d in weight_array.shape)
-        sparsity, pattern = weight_sparsity(weight_array)
-        bits = _ELEM_TYPE_BITS.get(_np_elem_type(weight_array), 32)
+    elif weight_array is not None or runtime_weight is not None:
+        if runtime_weight is not None:
+            weight_shape = tuple(int(d) for d in runtime_weight.shape)
+        else:
+            assert weight_array is not None
+            known = original.infos.get(weight_name) if weight_name else None
+            weight_shape = known.shape if known is not None and known.shape is not None \
+                else tuple(int(d) for d in weight_array.shape)
+        # The model's own weights say how sparse they are (the runtime's may be padded or re-laid out).
+        values = weight_array if weight_array is not None else runtime_weight
+        assert values is not None
+        sparsity, pattern = weight_sparsity(values)
+        bits = _ELEM_TYPE_BITS.get(_np_elem_type(values), 32)
     else:
         first_type = input_infos[0].elem_type if input_infos and input_infos[0] is not None else 1
         bits = _ELEM_TYPE_BITS.get(first_type, 32)
@@ -583,7 +643,31 @@ def _build_kernel(
         nodes=names,
         runtime_node=node.name,
         original_ops=ops,
+        padded=_padded_dims(node, data_inputs, runtime) if runtime is not None else (),
     )
+
+
+def _runtime_weight(node: onnx.NodeProto, optimized_arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The weight tensor the runtime's node holds (its first initializer input of rank 2 or more after the data)."""
+    for name in node.input[1:]:
+        array = optimized_arrays.get(name)
+        if array is not None and array.ndim >= 2:
+            return array
+    return None
+
+
+def _padded_dims(node: onnx.NodeProto, data_inputs: list[str], runtime: RuntimeShapes) -> tuple[str, ...]:
+    """The key's channel dimensions that hold NCHWc-blocked tensors, which the runtime pads to its block."""
+    if node.domain != "com.microsoft.nchwc":
+        return ()
+    padded = [f"inputs.{i}.1" for i, name in enumerate(data_inputs) if name in runtime.blocked]
+    padded += [f"outputs.{i}.1" for i, name in enumerate(o for o in node.output if o) if name in runtime.blocked]
+    if node.op_type == "Conv":
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        padded.append("weight.0")
+        if group == 1 and data_inputs and data_inputs[0] in runtime.blocked:
+            padded.append("weight.1")
+    return tuple(padded)
 
 
 def _as_nchw(shape: Shape | None, channels: int) -> Shape | None:

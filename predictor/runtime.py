@@ -20,7 +20,15 @@ import onnx
 
 from predictor.errors import InvalidModelError
 
-__all__ = ["OptimizerLimits", "RuntimeSpec", "describe_host", "local_runtime", "optimize_model", "optimizer_limits"]
+__all__ = [
+    "OptimizerLimits",
+    "RuntimeSpec",
+    "describe_host",
+    "local_runtime",
+    "nchwc_block_size",
+    "optimize_model",
+    "optimizer_limits",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +81,40 @@ def _session_options(runtime: RuntimeSpec):  # type: ignore[no-untyped-def]
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     return options
+
+
+_block_sizes: dict[tuple[str, str, str], int] = {}
+
+
+def nchwc_block_size(runtime: RuntimeSpec) -> int:
+    """Channel block of onnxruntime's NCHWc layout for this runtime on this CPU (8 with AVX2, 16 with AVX-512); 0
+    if it runs none (a small conv is optimized once per runtime and its layout read off)."""
+    cache_key = (runtime.backend, runtime.execution_provider, runtime.runtime_version)
+    if cache_key not in _block_sizes:
+        block = 0
+        if runtime.backend == "onnxruntime":
+            for channels in (8, 16):
+                optimized = onnx.load_model_from_string(_optimize_bytes(
+                    _probe_conv(channels).SerializeToString(), runtime, "all"))
+                if any(node.domain == "com.microsoft.nchwc" for node in optimized.graph.node):
+                    block = channels
+                    break
+        _block_sizes[cache_key] = block
+    return _block_sizes[cache_key]
+
+
+def _probe_conv(channels: int) -> onnx.ModelProto:
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((channels, channels, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="probe", pads=[1, 1, 1, 1])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 8, 8])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
 
 
 _IR_VERSION = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
@@ -300,6 +342,8 @@ def _serve_optimizer(connection: Connection) -> None:
     and whether the worker is worn out (has grown by half its memory limit): the parent then replaces it."""
     import onnxruntime  # noqa: F401  (imported once, before the first job)
 
+    # An empty folder of its own as the working directory: nothing a model names by a relative path is there.
+    os.chdir(tempfile.mkdtemp(prefix="latpred-optimizer-"))
     idle_bytes = _address_space_bytes()
     connection.send("ready")
     while True:

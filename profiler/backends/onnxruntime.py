@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from predictor.kernels import Kernel, extract_kernels
-from predictor.runtime import RuntimeSpec, local_runtime, translate_runtime_error
+from predictor.graph import set_input_shapes
+from predictor.kernels import Kernel, extract_kernels, kernels_from_optimized, name_unnamed_nodes
+from predictor.runtime import RuntimeSpec, local_runtime, nchwc_block_size, translate_runtime_error
 from profiler.backends.base import (
     KernelTiming,
     MeasureProtocol,
@@ -124,7 +125,8 @@ class OnnxRuntimeBackend:
     def extract_kernels(self, model: onnx.ModelProto) -> list[Kernel]:
         return extract_kernels(model, self._runtime)
 
-    def _session(self, model: onnx.ModelProto, profile_dir: Path | None = None):  # type: ignore[no-untyped-def]
+    def _session(self, model: onnx.ModelProto, profile_dir: Path | None = None,  # type: ignore[no-untyped-def]
+                 optimized_path: Path | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -136,6 +138,8 @@ class OnnxRuntimeBackend:
         if profile_dir is not None:
             options.enable_profiling = True
             options.profile_file_prefix = str(profile_dir / "profile")
+        if optimized_path is not None:
+            options.optimized_model_filepath = str(optimized_path)
         try:
             return ort.InferenceSession(model.SerializeToString(), options,
                                         providers=[self._runtime.execution_provider])
@@ -274,39 +278,63 @@ class OnnxRuntimeBackend:
         the profiler's per-node cost calibrated on a chain of tiny nodes is used: over a 30-minute profile
         that made a model's table entries sum to 0.79-1.93x its measured time (0.90-1.57x anchored).
         """
-        kernels = self.extract_kernels(model)
-        per_node: dict[str, list[float]] = defaultdict(list)
+        fixed = name_unnamed_nodes(set_input_shapes(model))
+        block = nchwc_block_size(self._runtime)
+        order: list[Kernel] = []
+        # Samples per kernel, by (key, how many kernels of that key came before it): the same kernel in every
+        # session, whatever that session named it.
+        pooled: dict[tuple[str, int], list[float]] = defaultdict(list)
         for _ in range(max(1, protocol.sessions)):
             with tempfile.TemporaryDirectory(prefix="latpred-prof-") as tmp:
-                session = self._session(model, profile_dir=Path(tmp))
+                # The kernels are read from the profiled session's own optimized graph: the runtime numbers the
+                # nodes it inserts ("ReorderOutput_token_18") in an order that differs from session to session.
+                session = self._session(fixed, profile_dir=Path(tmp), optimized_path=Path(tmp) / "optimized.onnx")
+                kernels = kernels_from_optimized(fixed, onnx.load(str(Path(tmp) / "optimized.onnx")),
+                                                 nchwc_block=block)
                 walls, _ = self._run_until_stable(session, random_feeds(session), protocol)
                 profile_path = session.end_profiling()
                 samples = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
                 os.unlink(profile_path)
+                del session
             if wall is not None:
                 in_graph_ms = wall.median_ms - self.empty_run_ms(protocol)
             else:
                 in_graph_ms = (float(np.median(walls)) - self.empty_run_ms(protocol)
                                - len(samples) * self.profiler_overhead_ms(protocol))
-            for node, values in split_node_times(samples, in_graph_ms, self.profiler_event_ms(protocol)).items():
-                per_node[node].extend(values)
-        # Nodes onnxruntime's fusions leave unnamed in the saved graph get "<Op>_<index>" names in the
-        # session; they are matched to the unnamed kernels of that op type in execution order.
-        named = {k.runtime_node for k in kernels if k.runtime_node}
-        spare: dict[str, list[str]] = defaultdict(list)
-        for node in sorted((n for n in per_node if n not in named), key=_index_of):
-            spare[node.rsplit("_", 1)[0]].append(node)
+            per_node = split_node_times(samples, in_graph_ms, self.profiler_event_ms(protocol))
+            occurrences: dict[str, int] = defaultdict(int)
+            for kernel, node_samples in _kernel_samples(kernels, per_node):
+                slot = (kernel.key.key_hash, occurrences[kernel.key.key_hash])
+                occurrences[kernel.key.key_hash] += 1
+                pooled[slot].extend(node_samples)
+            if not order:
+                order = kernels
         timings: list[KernelTiming] = []
-        for kernel in kernels:
-            node = kernel.runtime_node
-            if not node and spare.get(kernel.key.op_type.removeprefix("Nchwc")):
-                node = spare[kernel.key.op_type.removeprefix("Nchwc")].pop(0)
-            node_samples = per_node.get(node, []) if node else []
-            if not node_samples:
+        occurrences = defaultdict(int)
+        for kernel in order:
+            slot = (kernel.key.key_hash, occurrences[kernel.key.key_hash])
+            occurrences[kernel.key.key_hash] += 1
+            if not pooled.get(slot):
                 logger.warning("no profiler events for kernel %s (%s)", kernel.name, kernel.runtime_node)
                 continue
-            timings.append(KernelTiming(kernel=kernel, timing=summarize_ms(node_samples)))
+            timings.append(KernelTiming(kernel=kernel, timing=summarize_ms(pooled[slot])))
         return timings
+
+
+def _kernel_samples(kernels: list[Kernel], per_node: dict[str, list[float]]) -> list[tuple[Kernel, list[float]]]:
+    """Each kernel with its profiled times. Nodes onnxruntime's fusions leave unnamed in the saved graph get
+    "<Op>_<index>" names in the session; they are matched to the unnamed kernels of that op type in order."""
+    named = {k.runtime_node for k in kernels if k.runtime_node}
+    spare: dict[str, list[str]] = defaultdict(list)
+    for node in sorted((n for n in per_node if n not in named), key=_index_of):
+        spare[node.rsplit("_", 1)[0]].append(node)
+    found = []
+    for kernel in kernels:
+        node = kernel.runtime_node
+        if not node and spare.get(kernel.key.op_type.removeprefix("Nchwc")):
+            node = spare[kernel.key.op_type.removeprefix("Nchwc")].pop(0)
+        found.append((kernel, per_node.get(node, []) if node else []))
+    return found
 
 
 class _Pairing:

@@ -8,7 +8,7 @@ import pytest
 import predictor.fastpath as fastpath
 from predictor.config import parse_config
 from predictor.prepared import PreparedModel
-from predictor.runtime import local_runtime
+from predictor.runtime import local_runtime, nchwc_block_size
 from tests import factories
 
 RUNTIME = local_runtime(1)
@@ -71,8 +71,11 @@ def test_fresh_configs_need_no_quantizer_and_no_runtime_session(prepared: Prepar
 
 
 def layers(kernels) -> set[tuple[str, tuple[int, ...] | None, int]]:  # type: ignore[no-untyped-def]
-    """What each original layer computes: name, weight shape and bit-width (layout aside)."""
-    return {(k.name, k.key.weight, k.key.bits) for k in kernels if k.nodes and k.key.weight is not None}
+    """What each original layer computes: name, weight shape and bit-width (layout aside: a blocked layer's
+    weight has its channels padded to the runtime's block, the same layer unblocked has not)."""
+    block = nchwc_block_size(RUNTIME) or 1
+    return {(k.name, tuple(-(-d // block) * block if i < 2 else d for i, d in enumerate(k.key.weight)), k.key.bits)
+            for k in kernels if k.nodes and k.key.weight is not None}
 
 
 @pytest.mark.parametrize("config", [

@@ -16,7 +16,7 @@ import pytest
 
 from predictor.config import CompressionConfig, ResolvedCompression, parse_config
 from predictor.estimate import DevicePredictor, fit_bandwidth_fallback
-from predictor.fastpath import FastConfigPath, _block_of, _padded, _round_up, _two_four_share
+from predictor.fastpath import FastConfigPath, _two_four_share
 from predictor.features import FEATURE_NAMES, kernel_features
 from predictor.kernels import Kernel, KernelKey
 from predictor.prepared import PreparedModel, rank_candidates
@@ -113,10 +113,17 @@ def new_dim(value: int, tag: Any, kept: dict[int, int]) -> int:
     return value if tag is None else sum(kept.get(root, size) if root >= 0 else size for root, size in tag)
 
 
-def new_shape(shape: Any, tags: Any, kept: dict[int, int]) -> Any:
+def new_shape(shape: Any, tags: Any, kept: dict[int, int], padded: set[int] | None = None, block: int = 0) -> Any:
+    """The shape with kept channels written in; `padded` dimensions rounded up to the runtime's block."""
     if shape is None or tags is None or len(tags) != len(shape):
         return shape
-    return tuple(new_dim(value, tag, kept) for value, tag in zip(shape, tags, strict=True))
+    dims = [new_dim(value, tag, kept) for value, tag in zip(shape, tags, strict=True)]
+    return tuple(-(-d // block) * block if padded and i in padded and tag is not None else d
+                 for i, (d, tag) in enumerate(zip(dims, tags, strict=True)))
+
+
+def padded_of(kernel: Kernel, prefix: str) -> set[int]:
+    return {int(entry[len(prefix):]) for entry in kernel.padded if entry.startswith(prefix)}
 
 
 def signature(fast: FastConfigPath, unit: str, kept: dict[int, int]) -> tuple[int, ...]:
@@ -146,23 +153,27 @@ def reference_form(fast: FastConfigPath, unit: str, bits: int, kept: dict[int, i
     return fast.layouts[chosen].units[unit], chosen
 
 
-def reference_rewrite(tagged: Any, kept: dict[int, int], sparsity: float, pattern: str) -> Kernel:
-    key = tagged.kernel.key
-    weight = new_shape(key.weight, tagged.weight, kept)
+def reference_rewrite(tagged: Any, kept: dict[int, int], sparsity: float, pattern: str, block: int) -> Kernel:
+    kernel = tagged.kernel
+    key = kernel.key
+    weight = new_shape(key.weight, tagged.weight, kept, padded_of(kernel, "weight."), block)
     attrs = dict(key.attrs)
-    outputs = tuple(new_shape(s, t, kept) for s, t in zip(key.outputs, tagged.outputs, strict=True))
+    outputs = tuple(new_shape(s, t, kept, padded_of(kernel, f"outputs.{i}."), block)
+                    for i, (s, t) in enumerate(zip(key.outputs, tagged.outputs, strict=True)))
     if "channels" in attrs and outputs and outputs[0] is not None and len(outputs[0]) == 4:
         attrs["channels"] = outputs[0][1]
     if key.weight is not None and weight is not None and len(weight) == 4 and key.weight[1] == 1 \
-            and attrs.get("group", 1) not in (1, None) and attrs.get("group") in (key.weight[0], _padded(key)):
-        attrs["group"] = weight[0] if attrs.get("group") == key.weight[0] else _round_up(weight[0], _block_of(key))
+            and attrs.get("group", 1) not in (1, None) and attrs.get("group") == key.weight[0]:
+        attrs["group"] = weight[0]
     new_sparsity, new_pattern = key.sparsity, key.sparsity_pattern
     if weight is not None and key.op_type != "MatMulNBits":
         if pattern == "2:4":
-            new_sparsity, new_pattern = _two_four_share(weight, key)
+            new_sparsity, new_pattern = _two_four_share(new_shape(key.weight, tagged.weight, kept), key)
         elif sparsity > 0:
             new_sparsity, new_pattern = round(round(sparsity / 0.05) * 0.05, 2), "unstructured"
-    new_key = replace(key, inputs=tuple(new_shape(s, t, kept) for s, t in zip(key.inputs, tagged.inputs, strict=True)),
+    inputs = tuple(new_shape(s, t, kept, padded_of(kernel, f"inputs.{i}."), block)
+                   for i, (s, t) in enumerate(zip(key.inputs, tagged.inputs, strict=True)))
+    new_key = replace(key, inputs=inputs,
                       outputs=outputs, weight=weight,
                       attrs=tuple(sorted(attrs.items())) if attrs != dict(key.attrs) else key.attrs,
                       sparsity=new_sparsity, sparsity_pattern=new_pattern if new_sparsity else "dense")
@@ -181,7 +192,8 @@ def reference_kernels(fast: FastConfigPath, config: CompressionConfig) -> list[K
         resolved = reference_resolve(config, unit)
         form, previous_layout = reference_form(fast, unit, resolved.bits, kept, previous_blocked, previous_layout)
         previous_blocked = any(t.kernel.op_type.startswith("Nchwc") for t in form if t.kernel.nodes)
-        kernels.extend(reference_rewrite(t, kept, resolved.sparsity, resolved.sparsity_pattern) for t in form)
+        kernels.extend(reference_rewrite(t, kept, resolved.sparsity, resolved.sparsity_pattern, fast.block)
+                       for t in form)
     return kernels
 
 
