@@ -24,7 +24,14 @@ from predictor.kernels import name_unnamed_nodes
 from predictor.pruning import prune_model
 from predictor.runtime import RuntimeSpec, optimize_model
 
-__all__ = ["apply_config", "fold_for_quantization", "quantize_int8", "sparsify_weights", "synthesize_activation_ranges"]
+__all__ = [
+    "apply_config",
+    "fold_for_quantization",
+    "quantize_dynamic_int8",
+    "quantize_int8",
+    "sparsify_weights",
+    "synthesize_activation_ranges",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +60,13 @@ def apply_config(model: onnx.ModelProto, config: CompressionConfig) -> onnx.Mode
     int4_nodes = [n.name for n in compressed.graph.node if bits[n.name] == 4 and n.op_type in {"MatMul", "Gemm"}]
     if int4_nodes:
         compressed = quantize_int4(compressed, int4_nodes)
-    int8_nodes = [name for name, b in bits.items() if b == 8]
+    dynamic = {node.name for node in compressed.graph.node if config.resolve(node.name).dynamic_int8}
+    int8_nodes = [name for name, b in bits.items() if b == 8 and name not in dynamic]
     if int8_nodes:
         everything = len(int8_nodes) == len(bits)
         compressed = quantize_int8(compressed, None if everything else int8_nodes)
+    if dynamic:
+        compressed = quantize_dynamic_int8(compressed, None if len(dynamic) == len(bits) else sorted(dynamic))
     fp16_nodes = {name for name, b in bits.items() if b == 16}
     if fp16_nodes:
         compressed = convert_fp16(compressed, fp16_nodes)
@@ -164,6 +174,47 @@ def quantize_int8(model: onnx.ModelProto, nodes: list[str] | None = None) -> onn
     return name_unnamed_nodes(quantized)
 
 
+def quantize_dynamic_int8(model: onnx.ModelProto, nodes: list[str] | None = None) -> onnx.ModelProto:
+    """Dynamic int8 as onnxruntime's `quantize_dynamic` makes it (its defaults: int8 weights per tensor, the op
+    types of its integer registry), for `nodes` (None: all). Nothing is calibrated: ranges are taken at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="latpred-dq8-") as tmp:
+        source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(model, source)
+        try:
+            with _quiet_root_logger():
+                quantize_dynamic(source, target, weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+        except Exception as exc:  # the quantizer raises many unrelated types
+            raise ConfigError(f"dynamic int8 quantization failed: {exc}") from exc
+        quantized = onnx.load(str(target))
+    quantized.ir_version = model.ir_version
+    return name_unnamed_nodes(restore_layer_names(quantized, {node.name for node in model.graph.node}))
+
+
+# The ops a quantizer turns a layer into; it renames them ("conv1_quant", "fc_MatMul_quant", "fc_Q4").
+_QUANTIZED_LAYER_OPS = {"ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                        "QLinearConv", "QLinearMatMul", "MatMulNBits"}
+
+
+def restore_layer_names(model: onnx.ModelProto, layer_names: set[str]) -> onnx.ModelProto:
+    """Give each quantized layer the name of the layer it came from again, in place; returns the model.
+
+    Configs name layers by the user's node names, and kernels report them: a layer onnxruntime's quantizer
+    renamed to "<name>_quant" (or "<name>_MatMul_quant" after splitting a Gemm, "<name>_Q4") is named <name>
+    again where no other node has that name.
+    """
+    taken = {node.name for node in model.graph.node}
+    for node in model.graph.node:
+        if node.op_type not in _QUANTIZED_LAYER_OPS or node.name in layer_names:
+            continue
+        candidates = [name for name in layer_names if node.name.startswith(f"{name}_") and name not in taken]
+        if candidates:
+            node.name = max(candidates, key=len)
+            taken.add(node.name)
+    return model
+
+
 class _DropQuantizerAdvice(logging.Filter):
     """Quiet the quantizer's root-logger chatter: pre-processing advice (fold_for_quantization did it) and
     per-channel notes on 1-D weights (BatchNorm scales that cannot fold), which it handles per tensor."""
@@ -197,7 +248,7 @@ def quantize_int4(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
         raise ConfigError(f"int4 quantization failed: {exc}") from exc
     result = quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
     result.ir_version = model.ir_version
-    return name_unnamed_nodes(result)
+    return name_unnamed_nodes(restore_layer_names(result, {node.name for node in model.graph.node}))
 
 
 def _gemm_to_matmul(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:

@@ -29,7 +29,13 @@ class LayerCompression(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bits: Literal[32, 16, 8, 4] | None = Field(
-        default=None, description="32 fp32, 16 fp16, 8 static QDQ int8 (per-channel), 4 weight-only int4 (MatMul/Gemm)"
+        default=None, description="32 fp32, 16 fp16, 8 int8 (see quantization), 4 weight-only int4 (MatMul/Gemm)"
+    )
+    quantization: Literal["static", "dynamic"] | None = Field(
+        default=None,
+        description="how bits 8 quantizes: static QDQ with per-channel weights (onnxruntime's quantize_static, the "
+                    "default) or dynamic (onnxruntime's quantize_dynamic: int8 weights, activations quantized at run "
+                    "time, MatMulInteger / DynamicQuantizeMatMul; what transformers run on CPU)",
     )
     sparsity: float | None = Field(default=None, ge=0.0, le=0.99, description="share of weights zeroed by magnitude")
     sparsity_pattern: Literal["unstructured", "2:4"] | None = Field(default=None)
@@ -48,6 +54,11 @@ class ResolvedCompression:
     sparsity_pattern: str = "unstructured"
     prune_ratio: float = 0.0
     round_to: int = 1
+    quantization: str = "static"
+
+    @property
+    def dynamic_int8(self) -> bool:
+        return self.bits == 8 and self.quantization == "dynamic"
 
     @property
     def is_identity(self) -> bool:

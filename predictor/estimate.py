@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 # noise, the in-model cost differs by more; the figure is the held-out spread seen in validation.
 _TABLE_INTERVAL = 0.05
 _FALLBACK_INTERVAL = 0.5
+# A prediction whose fallback kernels (no measurement, no regressor) carry more than this share of its time is
+# marked unreliable.
+_UNRELIABLE_FALLBACK_SHARE = 0.1
 # Memoized keys per loaded predictor: bounded memory (predictor.memo).
 _MEMO_ENTRIES = 50_000
 # Keys parsed at a time while loading a table (for their features and hashes; then dropped).
@@ -78,6 +81,8 @@ class Estimate:
     overhead_ms: float
     kernels: list[KernelEstimate]
     warnings: list[str] = field(default_factory=list)
+    # False when the figure rests on guesses: kernels of unknown shape, or fallbacks carrying much of the time.
+    reliable: bool = True
 
     @property
     def sources(self) -> dict[str, int]:
@@ -94,6 +99,7 @@ class Estimate:
             "table_hit_rate": self.table_hit_rate,
             "overhead_ms": self.overhead_ms,
             "sources": self.sources,
+            "reliable": self.reliable,
             "warnings": list(self.warnings),
             "kernels": [k.to_dict() for k in self.kernels],
         }
@@ -110,6 +116,7 @@ class EstimateSummary:
     overhead_ms: float
     sources: dict[str, int]
     warnings: list[str] = field(default_factory=list)
+    reliable: bool = True
 
 
 def flat_axes_of(session: Session, device: Device) -> dict[str, list[str]]:
@@ -270,7 +277,7 @@ class DevicePredictor:
             ]
             estimates.append(Estimate(device=self.device, latency_ms=totals.latency_ms, interval_ms=totals.interval_ms,
                                       table_hit_rate=totals.table_hit_rate, overhead_ms=totals.overhead_ms,
-                                      kernels=kernel_estimates, warnings=totals.warnings))
+                                      kernels=kernel_estimates, warnings=totals.warnings, reliable=totals.reliable))
         return estimates
 
     def summarize_many(self, key_lists: Sequence[Sequence[KernelKey]]) -> list[EstimateSummary]:
@@ -325,14 +332,31 @@ class DevicePredictor:
         fallback_lists: dict[str, list[int]] = {}
         for keys, row in zip(key_lists, rows, strict=True):
             fallbacks: dict[str, int] = {}
+            fallback_ms = 0.0
+            unknown_shapes: dict[str, int] = {}
+            flat_sparse: dict[str, int] = {}
             for key, value in zip(keys, row, strict=True):
                 if value[3] == "fallback":
                     fallbacks[key.op_type] = fallbacks.get(key.op_type, 0) + 1
+                    fallback_ms += value[0]
+                if any(shape is None for shape in (*key.inputs, *key.outputs)):
+                    unknown_shapes[key.op_type] = unknown_shapes.get(key.op_type, 0) + 1
+                if key.sparsity and "sparsity" in self.flat_axes.get(key.op_type, ()):
+                    flat_sparse[key.op_type] = flat_sparse.get(key.op_type, 0) + 1
             for op_type, count in fallbacks.items():
                 fallback_lists.setdefault(op_type, []).append(count)
             warnings = [f"no measurements or regressor for {op_type} on {self.device}: {count} kernel(s) predicted "
                         "by the bandwidth fallback" for op_type, count in sorted(fallbacks.items())]
-            results.append((row, self._total(row, warnings)))
+            if unknown_shapes:
+                described = ", ".join(f"{count} {op}" for op, count in sorted(unknown_shapes.items()))
+                warnings.append(f"shapes of {sum(unknown_shapes.values())} kernel(s) could not be inferred "
+                                f"({described}): their latency is a guess and the prediction is unreliable")
+            warnings += [f"sparsity has no effect on {op_type} on {self.device} (measured): {count} sparse kernel(s) "
+                         "predicted as dense" for op_type, count in sorted(flat_sparse.items())]
+            totals = self._total(row, warnings)
+            # A prediction that rests on guesses says so: unknown shapes, or fallbacks carrying a tenth of the time.
+            reliable = not unknown_shapes and fallback_ms <= _UNRELIABLE_FALLBACK_SHARE * totals.latency_ms
+            results.append((row, replace(totals, reliable=reliable)))
         if len(results) == 1:
             for warning in results[0][1].warnings:
                 logger.warning(warning)

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 _SENTINEL_BASE = 1_000_003
 # Keeps every channel group one channel short of a multiple of any block size.
 _UNALIGNED_RATIO = 1e-6
-_WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
+               "MatMulIntegerToFloat"}
 _LAYOUT_PROBE_RATIOS = (0.15, 0.3, 0.45, 0.6)
 _MEMO_ENTRIES = 50_000  # per model and memo: bounded memory (predictor.memo)
 
@@ -114,7 +115,8 @@ class FastConfigPath:
         # Everything below is derived once and reused by every config: a fresh config costs a few dict
         # lookups and tuple builds per layer. Memo keys and values hold only ints, floats, strings and
         # keys, so a long-lived memo adds little for the garbage collector to traverse.
-        self._by_bits = {int(label): variant for label, variant in variants.items() if label.isdigit()}
+        # The really compressed form of each precision: "8" static int8, "8d" dynamic int8, "16", "4".
+        self._by_label = {label: variant for label, variant in variants.items() if label != "32u"}
         self._producers = _first_producers(group_of_node)
         self._unit_probes: dict[str, list[tuple[int, tuple[int, ...], tuple[bool, ...], bool]]] = {}
         self._unit_roots: dict[str, tuple[int, ...]] = {}
@@ -137,6 +139,7 @@ class FastConfigPath:
             "32": {},
             "32u": {"default": {"prune_ratio": _UNALIGNED_RATIO}},
             "8": {"default": {"bits": 8}},
+            "8d": {"default": {"bits": 8, "quantization": "dynamic"}},
             "16": {"default": {"bits": 16}},
         }
         if has_matmul:
@@ -178,7 +181,8 @@ class FastConfigPath:
         previous_blocked, previous_layout = False, 0
         for unit in self.variants["32"].order:
             resolved = resolve(unit)
-            form, previous_layout = self._form_for(unit, resolved.bits, kept, previous_blocked, previous_layout)
+            label = "8d" if resolved.dynamic_int8 else str(resolved.bits)
+            form, previous_layout = self._form_for(unit, label, kept, previous_blocked, previous_layout)
             plans, previous_blocked = self._plans_of(form)
             if plans_out is not None:
                 plans_out.extend(plans)
@@ -205,10 +209,10 @@ class FastConfigPath:
             found = self._form_plans.setdefault(id(form), (plans, _blocked(form)))
         return found
 
-    def _form_for(self, unit: str, bits: int, kept: dict[int, int], previous_blocked: bool,
+    def _form_for(self, unit: str, label: str, kept: dict[int, int], previous_blocked: bool,
                   previous_layout: int) -> tuple[list[_TaggedKernel], int]:
-        variant = self._by_bits.get(bits)
-        if bits != 32 and variant is not None and unit in variant.units:
+        variant = self._by_label.get(label)
+        if label != "32" and variant is not None and unit in variant.units:
             return variant.units[unit], previous_layout
         if not self.block:
             return self.variants["32"].units[unit], 0
@@ -369,12 +373,12 @@ def _sentinel_shapes(model: onnx.ModelProto, group_of_node: dict[str, int]
         in_value = channel_sentinel.get(node.input[0])
         tagged = list(shape)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Conv":
+        if node.op_type in ("Conv", "ConvInteger"):
             if out_value is not None:
                 tagged[0] = out_value
             if in_value is not None and int(attrs.get("group", 1)) == 1:  # type: ignore[call-overload]
                 tagged[1] = in_value
-        elif node.op_type in {"Gemm", "MatMul"} and len(shape) == 2:
+        elif node.op_type != "ConvTranspose" and len(shape) == 2:
             out_axis, in_axis = (0, 1) if node.op_type == "Gemm" and attrs.get("transB") else (1, 0)
             if out_value is not None:
                 tagged[out_axis] = out_value

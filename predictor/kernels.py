@@ -44,10 +44,16 @@ _HEAVY_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool
               "GlobalMaxPool", "LayerNormalization", "Softmax", "Resize", "Concat", "MatMulNBits"}
 _FOLDED_INTO_HEAVY = {"Transpose", "DequantizeLinear"}
 _QDQ_NODE_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+# Runtime ops that multiply by a weight tensor: the ones whose keys carry a weight shape, bits and sparsity (an
+# Add's bias or a layer norm's scale is a parameter, not a weight).
+_WEIGHTED_OPS = {"Conv", "FusedConv", "ConvInteger", "QLinearConv", "ConvTranspose", "NhwcConv", "Gemm", "FusedGemm",
+                 "QGemm", "MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                 "QLinearMatMul", "MatMulNBits", "Attention"}
 # Original ops in order of how much they say about a kernel: the first one found names the kernel.
 _PRIMARY_ORDER = [
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LayerNormalization", "Softmax",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize", "Concat", "ReduceMean",
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul", "QLinearConv", "QLinearMatMul", "MatMulNBits", "Attention", "LayerNormalization",
+    "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize", "Concat", "ReduceMean",
     "BatchNormalization", "Add", "Mul", "Sub", "Div",
 ]
 _ELEM_TYPE_NAMES = {
@@ -587,9 +593,9 @@ def _build_kernel(
     data_inputs = [i for i in node.input if i and i not in optimized_arrays]
     input_infos = [infos.get(i) for i in data_inputs]
     output_infos = [infos.get(o) for o in node.output if o]
-    weight_name, weight_array = _weight_for(node, covered, original, optimized_arrays) \
-        if node.op_type not in _GLUE_OPS else (None, None)
-    runtime_weight = _runtime_weight(node, optimized_arrays) if runtime is not None else None
+    weighted = node.op_type in _WEIGHTED_OPS
+    weight_name, weight_array = _weight_for(node, covered, original, optimized_arrays) if weighted else (None, None)
+    runtime_weight = _runtime_weight(node, optimized_arrays) if runtime is not None and weighted else None
     weight_shape: Shape | None = None
     sparsity, pattern = 0.0, "dense"
     if node.op_type == "MatMulNBits":
@@ -700,4 +706,6 @@ def _primary_node(covered: list[int], original: _OriginalGraph) -> int | None:
     if not covered:
         return None
     rank = {op: i for i, op in enumerate(_PRIMARY_ORDER)}
-    return min(covered, key=lambda i: (rank.get(original.nodes[i].op_type, len(rank)), i))
+    # Quantize / dequantize nodes name a kernel only when it is nothing else.
+    rank.update({op: len(rank) + 1 for op in _QDQ_NODE_OPS})
+    return min(covered, key=lambda i: (rank.get(original.nodes[i].op_type, len(_PRIMARY_ORDER)), i))

@@ -4,22 +4,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
 
 from predictor.compress import apply_config
 from predictor.config import CompressionConfig, parse_config
-from predictor.estimate import DevicePredictor
+from predictor.estimate import DevicePredictor, Estimate
 from predictor.fastpath import FastConfigPath
 from predictor.graph import model_inputs, set_input_shapes
 from predictor.kernels import Kernel, KernelKey, extract_kernels, name_unnamed_nodes
+from predictor.pruning import analyze_channel_groups
 from predictor.runtime import RuntimeSpec
 
-__all__ = ["PreparedModel", "model_id_of", "rank_candidates"]
+__all__ = ["PreparedModel", "model_id_of", "predict_config", "rank_candidates", "weight_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class PreparedModel:
     _fast: FastConfigPath | None = field(default=None, repr=False)
     _fast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _names: frozenset[str] | None = field(default=None, repr=False)
+    _prunable: frozenset[str] | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, model: onnx.ModelProto, runtime: RuntimeSpec,
@@ -88,6 +90,42 @@ class PreparedModel:
         return kernels
 
 
+    def config_warnings(self, config: CompressionConfig, kernels: Sequence[Kernel] | None = None) -> list[str]:
+        """What a config asks of this model that it cannot do, said out loud: layers pruning leaves whole,
+        layers int4 does not apply to, and a config that changes no kernel at all (`kernels`: its kernels)."""
+        if config.is_identity:
+            return []
+        warnings: list[str] = []
+        resolve = config.resolver()
+        layers = weight_layers(self.model)
+        pruned = [name for name in layers if resolve(name).prune_ratio > 0]
+        if pruned:
+            if self._prunable is None:
+                self._prunable = frozenset(name for names in analyze_channel_groups(self.model)
+                                           .prunable_spaces().values() for name in names)
+            whole = [name for name in pruned if name not in self._prunable]
+            if whole:
+                reason = ("their output channels feed a reshape or transpose (attention projections), the model's "
+                          "output (a classifier) or a grouped conv, so they keep them")
+                examples = ", ".join(whole[:3]) + (", ..." if len(whole) > 3 else "")
+                if len(whole) == len(pruned):
+                    warnings.append(f"prune_ratio changes nothing in this model: none of the {len(pruned)} layers it "
+                                    f"names can lose output channels; {reason} ({examples})")
+                else:
+                    warnings.append(f"prune_ratio leaves {len(whole)} of the {len(pruned)} layers it names whole: "
+                                    f"{reason} ({examples})")
+        int4 = [name for name, op in layers.items() if resolve(name).bits == 4]
+        not_matmul = [name for name in int4 if layers[name] not in ("MatMul", "Gemm")]
+        if not_matmul:
+            warnings.append(f"bits 4 (weight-only int4, MatMulNBits) applies to MatMul and Gemm layers: "
+                            f"{len(not_matmul)} of the {len(int4)} layers it names stay at their precision "
+                            f"({', '.join(not_matmul[:3])}{', ...' if len(not_matmul) > 3 else ''})")
+        if kernels is not None:
+            base = Counter(k.key.key_hash for k in self.kernels())
+            if Counter(k.key.key_hash for k in kernels) == base:
+                warnings.append("the config changes no kernel of this model: its prediction is the uncompressed one")
+        return warnings
+
     def fast_path(self) -> FastConfigPath:
         """The model's learned transformations (learned on first use: seconds, once per model)."""
         with self._fast_lock:
@@ -106,6 +144,30 @@ class PreparedModel:
         return self.fast_path().keys(config)
 
 
+def weight_layers(model: onnx.ModelProto) -> dict[str, str]:
+    """The model's layers with weights (Conv, Gemm, MatMul with a constant weight), by node name -> op type."""
+    constants = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.input and all(not name or name in constants for name in node.input):
+            constants.update(o for o in node.output if o)
+    return {node.name: node.op_type for node in model.graph.node
+            if node.op_type in _LAYER_OPS and len(node.input) > 1 and node.input[1] in constants}
+
+
+_LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def predict_config(predictor: DevicePredictor, prepared: PreparedModel,
+                   config: CompressionConfig | None = None) -> Estimate:
+    """The model compressed by `config` predicted on the device, with what the config could not do among its
+    warnings (the answer of `latpred predict` and `POST /api/predict`)."""
+    config = config or CompressionConfig()
+    kernels = prepared.kernels(config)
+    estimate = predictor.estimate(kernels)
+    warnings = prepared.config_warnings(config, kernels)
+    return replace(estimate, warnings=[*warnings, *estimate.warnings]) if warnings else estimate
+
+
 def rank_candidates(
     predictor: DevicePredictor,
     prepared: PreparedModel,
@@ -121,10 +183,11 @@ def rank_candidates(
     configs = [raw if isinstance(raw, CompressionConfig) else parse_config(raw) for _, raw in candidates]
     # Ranking needs each candidate's totals only: keys go in, no per-kernel breakdown comes out.
     key_lists = [prepared.fast_keys(c) if fast else [k.key for k in prepared.kernels(c)] for c in configs]
+    config_warnings = [prepared.config_warnings(c) for c in configs]
     baseline_keys = [k.key for k in prepared.kernels()]
     baseline, *estimates = predictor.summarize_many([baseline_keys, *key_lists])
     ranked: list[dict[str, Any]] = []
-    for (name, _), estimate in zip(candidates, estimates, strict=True):
+    for (name, _), estimate, warnings in zip(candidates, estimates, config_warnings, strict=True):
         speedup = baseline.latency_ms / estimate.latency_ms
         ranked.append({
             "name": name,
@@ -134,6 +197,8 @@ def rank_candidates(
             "meets_target": None if target_speedup is None else bool(speedup >= target_speedup),
             "table_hit_rate": estimate.table_hit_rate,
             "sources": estimate.sources,
+            "reliable": estimate.reliable,
+            "warnings": [*warnings, *estimate.warnings],
         })
     ranked.sort(key=lambda row: row["latency_ms"])
     return {

@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 
 from predictor.graph import infer_tensor_infos
 
-__all__ = ["ChannelGroups", "analyze_channel_groups", "prune_model"]
+__all__ = ["ChannelGroups", "analyze_channel_groups", "fold_constant_identities", "prune_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,11 @@ _CHANNEL_PRESERVING = {
     "BatchNormalization", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Erf",
     "Elu", "Selu", "Softplus", "Gelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize",
     "Dropout", "Identity", "Add", "Mul", "Sub", "Div", "Sqrt", "Pow", "Neg", "Abs", "Exp", "Log", "Mish",
-    "PRelu", "Cast", "QuantizeLinear", "DequantizeLinear",
+    "PRelu", "Cast", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
 }
+# Layers whose weight (input 1) makes their output channels: float, and as onnxruntime's quantizers write them.
+_CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger"}
+_MATMUL_OPS = {"Gemm", "MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
 _ELEMENTWISE_BINARY = {"Add", "Mul", "Sub", "Div", "Pow", "PRelu"}
 
 
@@ -126,7 +129,7 @@ def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
         data_inputs = [i for i in node.input if i and i not in initializers]
         out = node.output[0] if node.output else ""
         out_shape = shape(out) if out else None
-        if op in {"Conv", "ConvTranspose"} and out_shape is not None and len(node.input) > 1:
+        if op in _CONV_OPS and out_shape is not None and len(node.input) > 1:
             in_shape = shape(node.input[0])
             group = int(attrs.get("group", 1))  # type: ignore[call-overload]
             if in_shape is not None and group > 1 and group == in_shape[1] == out_shape[1]:
@@ -138,7 +141,7 @@ def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
             else:
                 segments[out] = new_space(out_shape[1], node.name if node.input[1] in initializers else None)
             channel_axis[out] = 1
-        elif op in {"Gemm", "MatMul"} and out_shape is not None and len(node.input) > 1:
+        elif op in _MATMUL_OPS and out_shape is not None and len(node.input) > 1:
             weight_name = node.input[1]
             axis = len(out_shape) - 1
             if weight_name in initializers:
@@ -178,6 +181,8 @@ def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
             if not carriers:
                 for name in data_inputs:
                     lock_tensor(name)
+                if not out_shape:  # a scalar (a dynamic quantizer's scale) has no channels
+                    continue
                 axis = 1 if len(out_shape) > 1 else 0
                 segments[out] = new_space(out_shape[axis], None)
                 channel_axis[out] = axis
@@ -198,7 +203,8 @@ def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
             segments[out] = list(base)
             channel_axis[out] = channel_axis[carriers[0]]
             for extra in node.output[1:]:
-                if extra:
+                extra_shape = shape(extra) if extra else None
+                if extra and extra_shape is not None and len(extra_shape) == len(out_shape):
                     segments[extra] = list(base)
                     channel_axis[extra] = channel_axis[carriers[0]]
         else:
@@ -235,6 +241,7 @@ def prune_model(
     ratio_for: Callable[[str], tuple[float, int]],
 ) -> onnx.ModelProto:
     """Return a pruned copy; `ratio_for(node_name)` gives (prune_ratio, round_to) of a producing node."""
+    model = fold_constant_identities(_copy(model))
     groups = analyze_channel_groups(model)
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     nodes_by_name = {node.name: node for node in model.graph.node}
@@ -259,10 +266,14 @@ def prune_model(
         keep[root] = np.sort(np.argsort(-importance, kind="stable")[:count])
     if not keep:
         return model
-    pruned = onnx.ModelProto()
-    pruned.CopyFrom(model)
-    _apply_pruning(pruned, groups, keep, weights)
-    return pruned
+    _apply_pruning(model, groups, keep, weights)
+    return model
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copied = onnx.ModelProto()
+    copied.CopyFrom(model)
+    return copied
 
 
 def _output_channel_l1(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
@@ -288,14 +299,47 @@ def _indices_for(segments: list[tuple[int, int]], groups: ChannelGroups, keep: d
     return np.concatenate(parts) if parts else np.arange(0)
 
 
+def fold_constant_identities(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace Identity nodes of initializers by initializers of their own, in place; returns the model.
+
+    The TorchScript exporter hands one initializer to several layers through Identity nodes (weights it found
+    equal, such as the zero biases of freshly initialised BatchNorms): pruned to different channels, each
+    layer needs a copy of its own.
+    """
+    initializers = {init.name: init for init in model.graph.initializer}
+    graph_outputs = {value.name for value in model.graph.output}
+    kept_nodes = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and len(node.input) == 1 and node.input[0] in initializers \
+                and node.output and node.output[0] not in graph_outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+            initializers[copy.name] = copy
+            continue
+        kept_nodes.append(node)
+    if len(kept_nodes) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(kept_nodes)
+    return model
+
+
 def _apply_pruning(model: onnx.ModelProto, groups: ChannelGroups, keep: dict[int, np.ndarray],
                    weights: dict[str, np.ndarray]) -> None:
-    new_weights: dict[str, np.ndarray] = {}
+    # Each node's sliced parameters, by (node index, input position): a parameter that several nodes read is
+    # sliced for each of them on its own (into a copy where the slices differ).
+    new_inputs: dict[tuple[int, int], np.ndarray] = {}
+    current_node = -1
+    current_inputs: list[str] = []
 
     def sliced(name: str, axis: int, indices: np.ndarray) -> None:
-        array = new_weights.get(name, weights[name])
-        if array.ndim > axis and array.shape[axis] != indices.size:
-            new_weights[name] = np.take(array, indices, axis=axis)
+        for position, input_name in enumerate(current_inputs):
+            if input_name != name:
+                continue
+            array = new_inputs.get((current_node, position), weights[name])
+            if array.ndim > axis and array.shape[axis] != indices.size:
+                new_inputs[(current_node, position)] = np.take(array, indices, axis=axis)
 
     def kept_of(tensor: str) -> np.ndarray | None:
         segs = groups.segments.get(tensor)
@@ -304,7 +348,8 @@ def _apply_pruning(model: onnx.ModelProto, groups: ChannelGroups, keep: dict[int
         indices = _indices_for(segs, groups, keep)
         return indices if indices.size != sum(size for _, size in segs) else None
 
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
+        current_node, current_inputs = index, list(node.input)
         op = node.op_type
         attrs = _attrs(node)
         out_kept = kept_of(node.output[0]) if node.output else None
@@ -347,11 +392,12 @@ def _apply_pruning(model: onnx.ModelProto, groups: ChannelGroups, keep: dict[int
             if in_kept is not None:
                 sliced(weight_name, weights[weight_name].ndim - 2, in_kept)
         elif out_kept is not None:
-            # Channel-preserving ops: per-channel parameters (BN, biases, PRelu slopes) follow the channels.
+            # Channel-preserving ops: per-channel parameters (BN, biases, PRelu slopes, layer scales) follow the
+            # channels, whichever input they are (exporters write a bias Add as Add(bias, x) too).
             axis = groups.channel_axis.get(node.output[0], 1)
             out_rank = len(next((v.type.tensor_type.shape.dim for v in model.graph.value_info
                                  if v.name == node.output[0]), [])) or None
-            for name in node.input[1:]:
+            for name in node.input:
                 if name not in weights:
                     continue
                 array = weights[name]
@@ -363,9 +409,33 @@ def _apply_pruning(model: onnx.ModelProto, groups: ChannelGroups, keep: dict[int
                     param_axis = array.ndim - (rank - axis)
                     if 0 <= param_axis < array.ndim:
                         sliced(name, param_axis, out_kept)
-    for init in model.graph.initializer:
-        if init.name in new_weights:
-            init.CopyFrom(numpy_helper.from_array(new_weights[init.name], init.name))
+    _write_sliced(model, new_inputs)
     # Intermediate shapes changed: let the runtime re-infer them.
     del model.graph.value_info[:]
     logger.debug("pruned %d channel groups", len(keep))
+
+
+def _write_sliced(model: onnx.ModelProto, new_inputs: dict[tuple[int, int], np.ndarray]) -> None:
+    """Store each node's sliced parameters: in place where no other node reads the parameter, else as a copy."""
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    initializers = {init.name: init for init in model.graph.initializer}
+    replaced: dict[str, np.ndarray] = {}
+    copies: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
+    nodes = list(model.graph.node)
+    for (index, position), array in sorted(new_inputs.items(), key=lambda item: item[0]):
+        node = nodes[index]
+        name = node.input[position]
+        if readers.get(name, 0) <= 1:
+            replaced[name] = array
+            continue
+        signature = (name, array.tobytes(), array.shape)
+        copy_name = copies.get(signature)
+        if copy_name is None:
+            copy_name = copies[signature] = f"{name}__pruned_{len(copies)}"
+            model.graph.initializer.append(numpy_helper.from_array(array, copy_name))
+        node.input[position] = copy_name
+    for name, array in replaced.items():
+        initializers[name].CopyFrom(numpy_helper.from_array(array, name))

@@ -15,7 +15,7 @@ from predictor.errors import ConfigError, LatpredError, NoMeasurementsError
 from predictor.estimate import DevicePredictor
 from predictor.graph import load_model, parse_input_shapes, set_input_shapes
 from predictor.kernels import Kernel
-from predictor.prepared import PreparedModel, rank_candidates
+from predictor.prepared import PreparedModel, predict_config, rank_candidates
 from predictor.runtime import describe_host
 from predictor.store import (
     add_validation,
@@ -156,7 +156,7 @@ def predict(
         raise NoMeasurementsError(
             f"no measurements for device {device}: run `latpred profile --device {device}` first"
         )
-    estimate = predictor.estimate(kernels)
+    estimate = predict_config(predictor, prepared, compression)
     document = {"model": str(model), "config": compression.model_dump(exclude_none=True), **estimate.to_dict()}
     if as_json:
         emit_json(document)

@@ -228,6 +228,8 @@ class EstimatePublic(BaseModel):
     table_hit_rate: float
     overhead_ms: float
     sources: dict[str, int]
+    reliable: bool = Field(description="false when the figure rests on guesses (kernels of unknown shape, or "
+                                       "fallback kernels carrying a tenth of the time or more); warnings say which")
     warnings: list[str]
     kernels: list[KernelEstimatePublic]
 
@@ -262,6 +264,8 @@ class RankedCandidatePublic(BaseModel):
     meets_target: bool | None
     table_hit_rate: float
     sources: dict[str, int]
+    reliable: bool
+    warnings: list[str] = Field(description="what the candidate's config could not do, and what its figure rests on")
 
 
 class RankingPublic(BaseModel):

@@ -43,9 +43,11 @@ def prepared() -> PreparedModel:
 @pytest.mark.parametrize("config", [
     {},
     {"default": {"bits": 8}},
+    {"default": {"bits": 8, "quantization": "dynamic"}},
     {"default": {"bits": 16}},
     {"default": {"prune_ratio": 0.3}},
     {"default": {"bits": 8, "prune_ratio": 0.3}},
+    {"default": {"bits": 8, "quantization": "dynamic", "prune_ratio": 0.3}},
     {"default": {"sparsity": 0.9}},
     {"default": {"sparsity_pattern": "2:4"}},
 ], ids=lambda c: str(c))

@@ -57,6 +57,8 @@ def random_configs(count: int, seed: int) -> list[dict[str, Any]]:
     configs = []
     for _ in range(count):
         default: dict[str, Any] = {"prune_ratio": round(rng.uniform(0.0, 0.7), 3), "bits": rng.choice([32, 32, 8, 16])}
+        if default["bits"] == 8 and rng.random() < 0.4:
+            default["quantization"] = "dynamic"
         if rng.random() < 0.3:
             default["sparsity"] = round(rng.uniform(0.3, 0.95), 2)
         elif rng.random() < 0.15:
@@ -132,10 +134,10 @@ def signature(fast: FastConfigPath, unit: str, kept: dict[int, int]) -> tuple[in
     return tuple(new_dim(0, tag, kept) for tag in tags)
 
 
-def reference_form(fast: FastConfigPath, unit: str, bits: int, kept: dict[int, int], previous_blocked: bool,
+def reference_form(fast: FastConfigPath, unit: str, label: str, kept: dict[int, int], previous_blocked: bool,
                    previous_layout: int) -> tuple[list[Any], int]:
-    variant = fast.variants.get(str(bits))
-    if bits != 32 and variant is not None and unit in variant.units:
+    variant = fast.variants.get(label)
+    if label != "32" and variant is not None and unit in variant.units:
         return variant.units[unit], previous_layout
     if not fast.block:
         return fast.variants["32"].units[unit], 0
@@ -190,7 +192,8 @@ def reference_kernels(fast: FastConfigPath, config: CompressionConfig) -> list[K
     previous_blocked, previous_layout = False, 0
     for unit in fast.variants["32"].order:
         resolved = reference_resolve(config, unit)
-        form, previous_layout = reference_form(fast, unit, resolved.bits, kept, previous_blocked, previous_layout)
+        label = "8d" if resolved.bits == 8 and resolved.quantization == "dynamic" else str(resolved.bits)
+        form, previous_layout = reference_form(fast, unit, label, kept, previous_blocked, previous_layout)
         previous_blocked = any(t.kernel.op_type.startswith("Nchwc") for t in form if t.kernel.nodes)
         kernels.extend(reference_rewrite(t, kept, resolved.sparsity, resolved.sparsity_pattern, fast.block)
                        for t in form)

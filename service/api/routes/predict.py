@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from predictor.config import config_json_schema, parse_config
-from predictor.prepared import rank_candidates
+from predictor.prepared import predict_config, rank_candidates
 from service.api.deps import CacheDep, ReadAccess, StoreDep
 from service.api.predictions import PredictionCache
 from service.api.schemas import PredictionPublic, PredictRequest, RankingPublic, RankRequest
@@ -28,7 +28,7 @@ def _predict(body: PredictRequest, store: Store, cache: PredictionCache) -> dict
     config = parse_config(body.config)
     runtime, predictor = cache.device_predictor(store, body.device)
     prepared = cache.prepared_model(store, body.model_id, runtime, body.input_shapes)
-    estimate = predictor.estimate(prepared.kernels(config))
+    estimate = predict_config(predictor, prepared, config)
     return {**estimate.to_dict(), "model_id": body.model_id, "config": config.model_dump(exclude_none=True)}
 
 

@@ -1,0 +1,140 @@
+"""Configs applied to files other tools wrote: every compressed model loads and runs in onnxruntime, dynamic int8
+is what onnxruntime's quantize_dynamic writes, and what a config cannot do is said."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from predictor.compress import apply_config
+from predictor.config import parse_config
+from predictor.estimate import DevicePredictor
+from predictor.graph import load_model, set_input_shapes
+from predictor.kernels import KernelKey, extract_kernels, name_unnamed_nodes
+from predictor.prepared import PreparedModel, predict_config, weight_layers
+from predictor.pruning import fold_constant_identities
+from predictor.runtime import local_runtime
+
+REAL = Path(__file__).resolve().parents[1] / "data" / "real"
+MANIFEST = {r["name"]: r for r in json.loads((REAL / "manifest.json").read_text())["models"]}
+RUNTIME = local_runtime(1)
+
+
+def real_model(name: str) -> onnx.ModelProto:
+    record = MANIFEST[name]
+    shapes = {n: [1 if isinstance(d, str) else d for d in dims] for n, dims in record["input_shapes"].items()}
+    return name_unnamed_nodes(set_input_shapes(load_model(REAL / record["file"]), shapes))
+
+
+def runs(model: onnx.ModelProto) -> None:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {arg.name: np.zeros(arg.shape, np.int64) if "int64" in arg.type
+             else np.random.default_rng(0).standard_normal(arg.shape).astype(np.float32)
+             for arg in session.get_inputs()}
+    session.run(None, feeds)
+
+
+def mixed_ratios(model: onnx.ModelProto, **extra: object) -> dict:
+    """Per-layer ratios, as compression tools send them: each conv its own ratio."""
+    layers = [name for name, op in weight_layers(model).items() if op == "Conv"]
+    ratios = [0.1, 0.6, 0.35, 0.5, 0.2, 0.45]
+    return {"default": {"prune_ratio": 0.25, **extra},
+            "layers": {name: {"prune_ratio": ratios[i % len(ratios)]} for i, name in enumerate(layers)}}
+
+
+@pytest.mark.parametrize("name", ["tiny_mobilenet_v2", "tiny_mobilenet_v2_dynamo", "tiny_resnet18_prune88"])
+@pytest.mark.parametrize("extra", [{}, {"bits": 8}, {"bits": 8, "quantization": "dynamic"}],
+                         ids=["fp32", "int8", "dynamic-int8"])
+def test_mixed_per_layer_ratios_then_int8_build_models_the_runtime_runs(name: str, extra: dict) -> None:
+    """Exporters share equal initializers between layers (through Identity nodes, or by name); pruned to other
+    channels, each layer gets its own (this built `bias must be a 1D tensor of size output_channels` before)."""
+    model = real_model(name)
+    compressed = apply_config(model, parse_config(mixed_ratios(model, **extra)))
+    runs(compressed)
+    before = sum(int(np.prod(init.dims)) for init in model.graph.initializer)
+    after = sum(int(np.prod(init.dims)) for init in compressed.graph.initializer)
+    assert after < 0.9 * before
+
+
+def test_shared_initializers_are_folded_out_of_identity_nodes() -> None:
+    model = real_model("tiny_mobilenet_v2")
+    identities = [n for n in model.graph.node if n.op_type == "Identity"]
+    assert identities  # the TorchScript exporter's way of sharing equal initializers
+    folded = fold_constant_identities(model)
+    assert not any(n.op_type == "Identity" for n in folded.graph.node)
+    assert {n.output[0] for n in identities} <= {init.name for init in folded.graph.initializer}
+
+
+def test_pruning_a_pruned_file_then_int8_runs() -> None:
+    """torch-pruning's output pruned again and quantized (the 'operands could not be broadcast' crash)."""
+    model = real_model("tiny_mobilenet_v2_prune50")
+    runs(apply_config(model, parse_config({"default": {"prune_ratio": 0.3, "bits": 8}})))
+
+
+def test_dynamic_int8_is_what_quantize_dynamic_writes() -> None:
+    """The config's dynamic int8 and the file onnxruntime's quantize_dynamic wrote run the same kernels."""
+    ours = PreparedModel.create(real_model("tiny_bert"), RUNTIME)
+    config = parse_config({"default": {"bits": 8, "quantization": "dynamic"}})
+    from_config = Counter(k.key.key_hash for k in ours.kernels(config))
+    from_file = Counter(k.key.key_hash for k in extract_kernels(real_model("tiny_bert_dynamic_int8"), RUNTIME))
+    assert from_config == from_file
+    ops = Counter(k.op_type for k in ours.kernels(config))
+    assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] >= 8
+
+
+def test_static_int8_stays_the_default() -> None:
+    prepared = PreparedModel.create(real_model("tiny_bert"), RUNTIME)
+    ops = Counter(k.op_type for k in prepared.kernels(parse_config({"default": {"bits": 8}})))
+    assert ops["QLinearMatMul"] > 0 and ops["DynamicQuantizeMatMul"] == 0
+
+
+def test_quantized_layers_keep_the_users_names() -> None:
+    """quantize_dynamic renames layers ("..._quant"); kernels and layer patterns use the exported names again."""
+    model = real_model("tiny_bert")
+    quantized = apply_config(model, parse_config({"default": {"bits": 8, "quantization": "dynamic"}}))
+    names = {n.name for n in model.graph.node}
+    layers = [n for n in quantized.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert layers and all(n.name in names for n in layers)
+
+
+def test_pruning_a_text_model_prunes_its_mlp_and_says_what_it_left_whole() -> None:
+    prepared = PreparedModel.create(real_model("tiny_bert"), RUNTIME)
+    config = parse_config({"default": {"prune_ratio": 0.5}})
+    kernels = prepared.kernels(config)
+    warnings = prepared.config_warnings(config, kernels)
+    assert any("leaves" in w and "attention" in w for w in warnings), warnings
+    # The MLP's 128 hidden channels went to 64; the attention and hidden width (64) stayed.
+    before = [k.key.weight for k in prepared.kernels() if k.key.weight is not None]
+    after = [k.key.weight for k in kernels if k.key.weight is not None]
+    assert sum(128 in w for w in before) >= 4 and not any(128 in w for w in after)
+    assert len(after) == len(before)
+
+
+def test_a_config_that_changes_nothing_says_so() -> None:
+    prepared = PreparedModel.create(real_model("tiny_bert"), RUNTIME)
+    query = next(name for name in weight_layers(prepared.model) if "query" in name)
+    config = parse_config({"layers": {query: {"prune_ratio": 0.5}}})
+    warnings = prepared.config_warnings(config, prepared.kernels(config))
+    assert any("changes nothing" in w for w in warnings)
+    assert any("changes no kernel" in w for w in warnings)
+
+
+def test_a_prediction_states_its_warnings_and_whether_it_rests_on_guesses() -> None:
+    prepared = PreparedModel.create(real_model("tiny_bert"), RUNTIME)
+    keys = [k.key for k in prepared.kernels()]
+    table = {key: 0.01 for key in keys}
+    predictor = DevicePredictor(device="d", table={key.key_hash: ms for key, ms in table.items()})
+    query = next(name for name in weight_layers(prepared.model) if "query" in name)
+    estimate = predict_config(predictor, prepared, parse_config({"layers": {query: {"prune_ratio": 0.5}}}))
+    assert estimate.reliable and any("changes nothing" in w for w in estimate.warnings)
+    unknown = KernelKey(op_type="Gemm", inputs=(None,), outputs=((1, 4),), weight=(4, 4))
+    guessed = predictor.summarize_many([[*keys, unknown]])[0]
+    assert not guessed.reliable
+    assert any("could not be inferred" in w for w in guessed.warnings)
