@@ -14,7 +14,8 @@ from service.api import api_router
 from service.api.database import StoreConnector
 from service.api.errors import install_error_handlers
 from service.api.jobs import JobRegistry
-from service.api.predictions import PredictionCache
+from service.api.limits import RequestLimitsMiddleware
+from service.api.workers import PredictionWorkers
 from service.dashboard import install_dashboard
 from service.settings import Settings, get_settings
 
@@ -23,6 +24,7 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_PREDICTOR_TTL_S = 300.0
+DEFAULT_PREDICTOR_REFRESH_S = 5.0
 
 
 class OptimizerLimitsMiddleware:
@@ -41,7 +43,8 @@ class OptimizerLimitsMiddleware:
             await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAULT_PREDICTOR_TTL_S) -> FastAPI:
+def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAULT_PREDICTOR_TTL_S,
+               predictor_refresh_s: float = DEFAULT_PREDICTOR_REFRESH_S) -> FastAPI:
     """Build the app; the store is opened at start-up (or on the first request if the database is down).
 
     Run it with `latpred serve`, or `uvicorn --factory service.app:create_app`.
@@ -53,7 +56,8 @@ def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAUL
         connector = StoreConnector(settings)
         app.state.settings = settings
         app.state.store_connector = connector
-        app.state.prediction_cache = PredictionCache(settings.models_dir, predictor_ttl_s=predictor_ttl_s)
+        app.state.predictions = PredictionWorkers(settings, predictor_ttl_s=predictor_ttl_s,
+                                                  predictor_refresh_s=predictor_refresh_s)
         app.state.jobs = JobRegistry()
         try:
             connector.get()
@@ -65,6 +69,7 @@ def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAUL
             yield
         finally:
             app.state.jobs.shutdown()
+            app.state.predictions.shutdown()
             connector.close()
 
     app = FastAPI(
@@ -78,6 +83,8 @@ def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAUL
     )
     install_error_handlers(app)
     app.add_middleware(OptimizerLimitsMiddleware, limits=settings.optimizer_limits)
+    # Added last, so it runs first: rate, token and body-size limits before any route reads a body.
+    app.add_middleware(RequestLimitsMiddleware, settings=settings)
     app.include_router(api_router, prefix="/api")
     install_dashboard(app)
     return app

@@ -26,6 +26,23 @@ class Settings(BaseSettings):
                                       description="wall-clock limit on one run of the runtime's optimizer")
     optimize_memory_mb: float = Field(default=4096.0, gt=0,
                                       description="memory one run of the runtime's optimizer may add")
+    max_body_mb: float = Field(default=16.0, gt=0,
+                               description="largest JSON request body; larger ones get 413 before they are read")
+    max_model_nodes: int = Field(default=20_000, gt=0,
+                                 description="most nodes an uploaded model may have (subgraphs included)")
+    max_model_kernels_mb: float = Field(default=16.0, gt=0,
+                                        description="largest kernel list (as JSON) stored for an uploaded model")
+    max_run_report_kb: float = Field(default=1024.0, gt=0,
+                                     description="largest profiling run report (as JSON) stored with a run")
+    predict_timeout_s: float = Field(default=120.0, gt=0,
+                                     description="wall-clock limit on one predict or rank question (504 past it)")
+    predict_workers: int = Field(default=2, ge=1, le=64,
+                                 description="worker processes answering predict and rank questions at once")
+    predict_queue: int = Field(default=16, ge=0,
+                               description="questions that may wait for a free worker; more get 503")
+    anonymous_requests_per_minute: int = Field(
+        default=600, ge=0, description="requests per minute one client address may send without a valid token "
+                                       "(429 past it; 0: no limit)")
 
     @property
     def optimizer_limits(self) -> OptimizerLimits:

@@ -1,7 +1,6 @@
 """Dependencies of the routes: settings, store, sessions, caches, jobs and bearer-token checks."""
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -11,13 +10,14 @@ from sqlalchemy.orm import Session
 
 from service.api.database import StoreConnector
 from service.api.jobs import JobRegistry
-from service.api.predictions import PredictionCache
+from service.api.tokens import stored_verdict, token_error
+from service.api.workers import PredictionWorkers
 from service.context import Store
 from service.settings import Settings
 
 __all__ = [
-    "CacheDep",
     "JobsDep",
+    "PredictionsDep",
     "ReadAccess",
     "SessionDep",
     "SettingsDep",
@@ -58,12 +58,12 @@ def get_db(store: StoreDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-def get_prediction_cache(request: Request) -> PredictionCache:
-    cache: PredictionCache = request.app.state.prediction_cache
-    return cache
+def get_predictions(request: Request) -> PredictionWorkers:
+    predictions: PredictionWorkers = request.app.state.predictions
+    return predictions
 
 
-CacheDep = Annotated[PredictionCache, Depends(get_prediction_cache)]
+PredictionsDep = Annotated[PredictionWorkers, Depends(get_predictions)]
 
 
 def get_jobs(request: Request) -> JobRegistry:
@@ -74,35 +74,25 @@ def get_jobs(request: Request) -> JobRegistry:
 JobsDep = Annotated[JobRegistry, Depends(get_jobs)]
 
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(status_code=status.HTTP_401_UNAUTHORIZED, detail=detail,
-                         headers={"WWW-Authenticate": "Bearer"})
+def _check_token(request: Request, settings: Settings, action: str) -> None:
+    # The middleware judged the header already (service.api.limits); this reads its verdict.
+    state = request.scope.setdefault("state", {})
+    verdict = stored_verdict(state, settings, request.headers.get("authorization"))
+    detail = token_error(verdict, action)
+    if detail is not None:
+        raise HTTPException(status_code=status.HTTP_401_UNAUTHORIZED, detail=detail,
+                            headers={"WWW-Authenticate": "Bearer"})
 
 
-def _check_token(settings: Settings, credentials: HTTPAuthorizationCredentials | None, action: str) -> None:
-    tokens = settings.tokens
-    if not tokens:
-        raise _unauthorized(f"{action} is disabled: LATPRED_API_TOKENS is not set on the server")
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise _unauthorized(f"{action} needs an 'Authorization: Bearer <token>' header")
-    offered = credentials.credentials.encode()
-    # Compare against every token (no early exit) so timing says nothing about which one nearly matched.
-    matched = False
-    for token in tokens:
-        matched |= hmac.compare_digest(offered, token.encode())
-    if not matched:
-        raise _unauthorized("invalid token")
-
-
-def require_write_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
+def require_write_token(request: Request, settings: SettingsDep, credentials: CredentialsDep) -> None:
     """Writes always need a configured token (secure by default)."""
-    _check_token(settings, credentials, "writing")
+    _check_token(request, settings, "writing")
 
 
-def require_read_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
+def require_read_token(request: Request, settings: SettingsDep, credentials: CredentialsDep) -> None:
     """Reads are open unless LATPRED_READ_TOKEN_REQUIRED is set."""
     if settings.read_token_required:
-        _check_token(settings, credentials, "reading")
+        _check_token(request, settings, "reading")
 
 
 WriteAccess = Depends(require_write_token)

@@ -19,7 +19,7 @@ from predictor.errors import (
 )
 from service.api.predictions import ModelNotFoundError
 
-__all__ = ["install_error_handlers", "status_for"]
+__all__ = ["describe_error", "install_error_handlers", "one_line", "status_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[LatpredError], int], ...] = (
 )
 _DEFAULT_LIBRARY_STATUS = 400
 _MAX_DETAIL_CHARS = 2000
+_MAX_LISTED_ERRORS = 50
 
 
 def status_for(error: LatpredError) -> int:
@@ -44,9 +45,39 @@ def status_for(error: LatpredError) -> int:
     return _DEFAULT_LIBRARY_STATUS
 
 
-def _one_line(message: object) -> str:
+def one_line(message: object) -> str:
+    """A message as one line of at most _MAX_DETAIL_CHARS characters (what every error answer holds)."""
     text = " ".join(str(message).split())
     return text[:_MAX_DETAIL_CHARS]
+
+
+def _database_detail(exc: Exception) -> str:
+    return f"database unreachable: {one_line(getattr(exc, 'orig', None) or exc)}"
+
+
+def _unstorable_detail(exc: Exception) -> str:
+    # The database refused a value from the request (a NUL character in text, a number out of the column's
+    # range): bad input, not a server fault. The driver's first line names the problem, never the SQL.
+    orig = getattr(exc, "orig", None) or exc
+    first_line = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return f"the request holds a value the database cannot store: {one_line(first_line)}"
+
+
+def describe_error(exc: Exception) -> tuple[int, str] | None:
+    """The status and one-line detail the API answers for an expected error; None for anything unexpected.
+
+    The handlers below answer with it, and so do the prediction workers (service.api.workers), which send it
+    back instead of the exception itself.
+    """
+    if isinstance(exc, LatpredError):
+        return status_for(exc), one_line(exc)
+    if isinstance(exc, ModelNotFoundError):
+        return 404, one_line(exc)
+    if isinstance(exc, OperationalError | InterfaceError):
+        return 503, _database_detail(exc)
+    if isinstance(exc, DataError):
+        return 422, _unstorable_detail(exc)
+    return None
 
 
 async def _latpred_error(request: Request, exc: Exception) -> JSONResponse:
@@ -54,26 +85,21 @@ async def _latpred_error(request: Request, exc: Exception) -> JSONResponse:
     status = status_for(exc)
     if status >= 500:
         logger.warning("%s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse({"detail": _one_line(exc)}, status_code=status)
+    return JSONResponse({"detail": one_line(exc)}, status_code=status)
 
 
 async def _model_not_found(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": _one_line(exc)}, status_code=404)
+    return JSONResponse({"detail": one_line(exc)}, status_code=404)
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    orig = getattr(exc, "orig", None) or exc
-    logger.warning("%s %s: database unreachable: %s", request.method, request.url.path, orig)
-    return JSONResponse({"detail": f"database unreachable: {_one_line(orig)}"}, status_code=503)
+    logger.warning("%s %s: database unreachable: %s", request.method, request.url.path,
+                   getattr(exc, "orig", None) or exc)
+    return JSONResponse({"detail": _database_detail(exc)}, status_code=503)
 
 
 async def _unstorable_value(request: Request, exc: Exception) -> JSONResponse:
-    # The database refused a value from the request (a NUL character in text, a number out of the column's
-    # range): bad input, not a server fault. The driver's first line names the problem, never the SQL.
-    orig = getattr(exc, "orig", None) or exc
-    first_line = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    return JSONResponse({"detail": f"the request holds a value the database cannot store: {_one_line(first_line)}"},
-                        status_code=422)
+    return JSONResponse({"detail": _unstorable_detail(exc)}, status_code=422)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -91,8 +117,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if len(errors) > 5:
         messages.append(f"... ({len(errors) - 5} more)")
     # `detail` is one readable line for humans and clients; `errors` keeps pydantic's structured list.
-    safe_errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
-    return JSONResponse({"detail": _one_line("; ".join(messages)), "errors": safe_errors}, status_code=422)
+    # At most _MAX_LISTED_ERRORS: a batch of 100,000 bad rows must not answer with 100,000 errors.
+    safe_errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+                   for e in errors[:_MAX_LISTED_ERRORS]]
+    return JSONResponse({"detail": one_line("; ".join(messages)), "errors": safe_errors}, status_code=422)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

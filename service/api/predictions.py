@@ -15,17 +15,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from predictor.config import parse_config
 from predictor.errors import NoMeasurementsError
 from predictor.estimate import DevicePredictor
 from predictor.graph import load_model
-from predictor.prepared import PreparedModel
+from predictor.prepared import PreparedModel, predict_config, rank_candidates
 from predictor.runtime import RuntimeSpec
 from predictor.store import get_device, get_stored_model
+from service.api.schemas import PredictRequest, RankRequest
 from service.context import Store
 
-__all__ = ["ModelNotFoundError", "PredictionCache"]
+__all__ = ["ModelNotFoundError", "PredictionCache", "answer_question", "model_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,11 @@ class ModelNotFoundError(LookupError):
     """No uploaded model with that id (or its file is gone)."""
 
 
+def model_path(models_dir: Path, model_id: str) -> Path:
+    """Where the bytes of an uploaded model live; only ever named by the sha256 id (checked here)."""
+    if not _SHA256_HEX.fullmatch(model_id):
+        raise ModelNotFoundError(f"unknown model id {model_id!r}: ids are sha256 hex digests")
+    return models_dir / f"{model_id}.onnx"
 
 class _BuildOnceLru(Generic[K, V]):
     """A bounded LRU map whose missing values are built once even under concurrent requests."""
@@ -135,10 +142,7 @@ class PredictionCache:
         self._generations_lock = threading.Lock()
 
     def model_path(self, model_id: str) -> Path:
-        """Where the bytes of an uploaded model live; only ever named by the sha256 id (checked here)."""
-        if not _SHA256_HEX.fullmatch(model_id):
-            raise ModelNotFoundError(f"unknown model id {model_id!r}: ids are sha256 hex digests")
-        return self.models_dir / f"{model_id}.onnx"
+        return model_path(self.models_dir, model_id)
 
     def device_predictor(self, store: Store, device_name: str) -> tuple[RuntimeSpec, DevicePredictor]:
         """The device's runtime and predictor; raises UnknownDeviceError or NoMeasurementsError."""
@@ -206,3 +210,29 @@ class PredictionCache:
         logger.info("prepared model %s for %s %s in %.2f s", model_id[:12], runtime.backend,
                     runtime.execution_provider, time.perf_counter() - started)
         return prepared
+
+
+def _predict(body: PredictRequest, store: Store, cache: PredictionCache) -> dict[str, Any]:
+    config = parse_config(body.config)
+    runtime, predictor = cache.device_predictor(store, body.device)
+    prepared = cache.prepared_model(store, body.model_id, runtime, body.input_shapes)
+    estimate = predict_config(predictor, prepared, config)
+    return {**estimate.to_dict(), "model_id": body.model_id, "config": config.model_dump(exclude_none=True)}
+
+
+def _rank(body: RankRequest, store: Store, cache: PredictionCache) -> dict[str, Any]:
+    candidates = [(candidate.name, parse_config(candidate.config)) for candidate in body.candidates]
+    runtime, predictor = cache.device_predictor(store, body.device)
+    prepared = cache.prepared_model(store, body.model_id, runtime, body.input_shapes)
+    # Fresh configs are answered at the kernel level: no quantizer run or runtime session per candidate.
+    ranking = rank_candidates(predictor, prepared, candidates, body.target_speedup, fast=True)
+    return {**ranking, "model_id": body.model_id}
+
+
+def answer_question(kind: str, body: Mapping[str, Any], store: Store, cache: PredictionCache) -> dict[str, Any]:
+    """The answer of POST /api/predict ("predict") or /api/rank ("rank") to a request body, as JSON values."""
+    if kind == "predict":
+        return _predict(PredictRequest.model_validate(body), store, cache)
+    if kind == "rank":
+        return _rank(RankRequest.model_validate(body), store, cache)
+    raise ValueError(f"unknown kind of question {kind!r}")

@@ -11,16 +11,19 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import onnx
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from predictor.errors import InvalidModelError
 from predictor.graph import parse_input_shapes
 from predictor.prepared import model_id_of
 
 __all__ = [
     "UploadTooLargeError",
     "UploadedModel",
+    "check_model_size",
     "display_name",
     "parse_input_shapes_field",
     "read_model_upload",
@@ -104,6 +107,34 @@ async def read_model_upload(request: Request, limit_mb: float) -> UploadedModel:
         return UploadedModel(data=b"".join(chunks), filename=upload.filename or "", input_shapes=shapes or None)
     finally:
         await form.close()
+
+
+def _node_count(model: onnx.ModelProto, stop_above: int) -> int:
+    """Nodes of the graph and of every subgraph (If, Loop, Scan bodies), counted up to just past `stop_above`."""
+    count = 0
+    graphs = [model.graph]
+    while graphs and count <= stop_above:
+        graph = graphs.pop()
+        count += len(graph.node)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    graphs.append(attribute.g)
+                elif attribute.type == onnx.AttributeProto.GRAPHS:
+                    graphs.extend(attribute.graphs)
+    return count
+
+
+def check_model_size(model: onnx.ModelProto, max_nodes: int) -> None:
+    """InvalidModelError naming the limit if the model has more than `max_nodes` nodes, subgraphs included.
+
+    Everything the service does with a model (kernel extraction, compression, estimation) costs time and
+    memory per node, some of it more than linearly: the count is checked before any of it runs.
+    """
+    count = _node_count(model, max_nodes)
+    if count > max_nodes:
+        raise InvalidModelError(f"the model has more than {max_nodes:,} nodes (subgraphs included), the limit "
+                                "of this server (LATPRED_MAX_MODEL_NODES)")
 
 
 def parse_input_shapes_field(text: str | None) -> dict[str, list[int]]:

@@ -10,7 +10,11 @@ from fastapi.testclient import TestClient
 from predictor.estimate import DevicePredictor
 from predictor.kernels import KernelKey
 from predictor.prepared import PreparedModel
-from tests.service.conftest import AUTH, fake_measurement
+from service.api.predictions import PredictionCache, answer_question
+from service.app import create_app
+from service.context import open_store
+from service.settings import Settings
+from tests.service.conftest import AUTH, DEVICE, fake_measurement, local_device_body
 
 CONFIGS = {
     "fp32": {},
@@ -58,8 +62,10 @@ def test_predict_sums_measured_kernels(api: TestClient, device: str, uploaded: d
     assert low < estimate["latency_ms"] < high
 
 
-def test_repeated_predict_rebuilds_nothing(api: TestClient, device: str, uploaded: dict[str, Any],
-                                           measured: dict[str, float], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_repeated_questions_rebuild_nothing(api_settings: Settings, api: TestClient, device: str,
+                                           uploaded: dict[str, Any], measured: dict[str, float],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caches a prediction worker keeps, driven in this process: a repeated question rebuilds nothing."""
     calls = {"prepare": 0, "load": 0}
     create, load = PreparedModel.create.__func__, DevicePredictor.load.__func__  # type: ignore[attr-defined]
 
@@ -73,28 +79,55 @@ def test_repeated_predict_rebuilds_nothing(api: TestClient, device: str, uploade
 
     monkeypatch.setattr(PreparedModel, "create", classmethod(counting_create))
     monkeypatch.setattr(DevicePredictor, "load", classmethod(counting_load))
-    first = predict(api, device=device, model_id=uploaded["id"]).json()
-    assert calls == {"prepare": 1, "load": 1}
-    for _ in range(3):
-        assert predict(api, device=device, model_id=uploaded["id"]).json()["latency_ms"] == first["latency_ms"]
-    assert calls == {"prepare": 1, "load": 1}
+    store = open_store(api_settings)
+    cache = PredictionCache(api_settings.models_dir)
+    question = {"device": device, "model_id": uploaded["id"]}
+    try:
+        first = answer_question("predict", question, store, cache)
+        assert calls == {"prepare": 1, "load": 1}
+        for _ in range(3):
+            assert answer_question("predict", question, store, cache)["latency_ms"] == first["latency_ms"]
+        assert calls == {"prepare": 1, "load": 1}
 
-    # New measurements make the device's predictor stale (not the prepared model): within the refresh
-    # interval the cached one still answers; after it, the next answer sees them.
-    kernel = uploaded["kernels"][0]
-    slower = {**fake_measurement(kernel, 5.0)}
-    api.post(f"/api/devices/{device}/measurements", json={"run_id": "run-2", "measurements": [slower]},
-             headers=AUTH)
-    cache = api.app.state.prediction_cache  # type: ignore[attr-defined]
-    cache.predictor_refresh_s = 3600.0
-    assert predict(api, device=device, model_id=uploaded["id"]).json()["latency_ms"] == first["latency_ms"]
-    assert calls == {"prepare": 1, "load": 1}
-    cache.predictor_refresh_s = 0.0
-    after = predict(api, device=device, model_id=uploaded["id"]).json()
-    assert calls == {"prepare": 1, "load": 2}
-    old = measured[kernel["key_hash"]]
-    # A key measured in two runs counts with the median of its run medians.
-    assert after["latency_ms"] == pytest.approx(first["latency_ms"] - old + (old + 5.0) / 2)
+        # New measurements make the device's predictor stale (not the prepared model): within the refresh
+        # interval the cached one still answers; after it, the next answer sees them.
+        kernel = uploaded["kernels"][0]
+        api.post(f"/api/devices/{device}/measurements",
+                 json={"run_id": "run-2", "measurements": [fake_measurement(kernel, 5.0)]}, headers=AUTH)
+        cache.mark_stale(device)
+        cache.predictor_refresh_s = 3600.0
+        assert answer_question("predict", question, store, cache)["latency_ms"] == first["latency_ms"]
+        assert calls == {"prepare": 1, "load": 1}
+        cache.predictor_refresh_s = 0.0
+        after = answer_question("predict", question, store, cache)
+        assert calls == {"prepare": 1, "load": 2}
+        old = measured[kernel["key_hash"]]
+        # A key measured in two runs counts with the median of its run medians.
+        assert after["latency_ms"] == pytest.approx(first["latency_ms"] - old + (old + 5.0) / 2)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("refresh_s", [0.0, 3600.0], ids=["refreshed", "within-refresh-interval"])
+def test_new_measurements_reach_the_prediction_workers(api_settings: Settings, residual_bytes: bytes,
+                                                       refresh_s: float) -> None:
+    """The server tells its workers of new measurements: past the refresh interval their next answer uses them."""
+    with TestClient(create_app(api_settings, predictor_refresh_s=refresh_s)) as client:
+        assert client.post("/api/devices", json=local_device_body(), headers=AUTH).status_code == 201
+        model = client.post("/api/models", files={"file": ("block.onnx", residual_bytes)}, headers=AUTH).json()
+        medians = medians_for(model["kernels"])
+        rows = [fake_measurement(kernel, medians[kernel["key_hash"]]) for kernel in model["kernels"]]
+        assert client.post(f"/api/devices/{DEVICE}/measurements", json={"run_id": "run-1", "measurements": rows},
+                           headers=AUTH).status_code == 200
+        first = predict(client, device=DEVICE, model_id=model["id"]).json()["latency_ms"]
+        kernel = model["kernels"][0]
+        assert client.post(f"/api/devices/{DEVICE}/measurements",
+                           json={"run_id": "run-2", "measurements": [fake_measurement(kernel, 5.0)]},
+                           headers=AUTH).status_code == 200
+        after = predict(client, device=DEVICE, model_id=model["id"]).json()["latency_ms"]
+        old = medians[kernel["key_hash"]]
+        expected = first if refresh_s else first - old + (old + 5.0) / 2
+        assert after == pytest.approx(expected)
 
 
 def test_rank_sorts_candidates_with_speedups(api: TestClient, device: str, uploaded: dict[str, Any],

@@ -11,7 +11,7 @@ from predictor.store import (
     load_regressors,
     upsert_device,
 )
-from service.api.deps import CacheDep, ReadAccess, SessionDep, WriteAccess
+from service.api.deps import PredictionsDep, ReadAccess, SessionDep, WriteAccess
 from service.api.schemas import (
     DeviceCreate,
     DeviceDetail,
@@ -34,12 +34,12 @@ def read_devices(session: SessionDep) -> DevicesPublic:
 
 
 @router.post("", response_model=DevicePublic, status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess])
-def register_device(body: DeviceCreate, session: SessionDep, cache: CacheDep) -> DevicePublic:
+def register_device(body: DeviceCreate, session: SessionDep, predictions: PredictionsDep) -> DevicePublic:
     """Register a device, or update the runtime fields of the device with that name."""
     device = upsert_device(session, **body.model_dump())
     public = DevicePublic.model_validate(device)
     session.commit()
-    cache.invalidate_device(body.name)
+    predictions.invalidate_device(body.name)
     return public
 
 

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 
 from predictor.store import get_device, session_scope
-from service.api.deps import CacheDep, JobsDep, ReadAccess, SessionDep, StoreDep, WriteAccess
+from service.api.deps import JobsDep, PredictionsDep, ReadAccess, SessionDep, StoreDep, WriteAccess
 from service.api.jobs import Job
-from service.api.predictions import PredictionCache
 from service.api.schemas import JobPublic
+from service.api.workers import PredictionWorkers
 from service.context import Store
 
 __all__ = ["router"]
@@ -25,23 +25,24 @@ def _public(job: Job) -> JobPublic:
                      created_at=job.created_at, finished_at=job.finished_at, result=job.result, error=job.error)
 
 
-def _train(store: Store, cache: PredictionCache, device_name: str) -> Any:
+def _train(store: Store, predictions: PredictionWorkers, device_name: str) -> Any:
     # Imported when a job runs, not at app start: training pulls in LightGBM.
     from predictor.training import train_device as fit_device
 
     with session_scope(store.sessions) as session:
         result, overhead = fit_device(session, get_device(session, device_name))
-    cache.invalidate_device(device_name)
+    predictions.invalidate_device(device_name)
     logger.info("retrained regressors and overhead of device %r: %s", device_name, overhead)
     return result
 
 
 @router.post("/devices/{name}/train", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED,
              dependencies=[WriteAccess], responses={404: {"description": "unknown device"}})
-def train_device(name: str, session: SessionDep, store: StoreDep, cache: CacheDep, jobs: JobsDep) -> JobPublic:
+def train_device(name: str, session: SessionDep, store: StoreDep, predictions: PredictionsDep,
+                 jobs: JobsDep) -> JobPublic:
     """Refit the device's overhead, retrain its per-op-type regressors in the background; poll /api/jobs/{job_id}."""
     get_device(session, name)
-    job = jobs.submit("train", name, lambda: _train(store, cache, name))
+    job = jobs.submit("train", name, lambda: _train(store, predictions, name))
     return JobPublic(job_id=job.job_id, kind=job.kind, device=job.device, status="queued",
                      created_at=job.created_at)
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from predictor.features import features_matrix
 from predictor.kernels import KernelKey
 from predictor.store import Device, Measurement, MeasurementIn, add_measurements, get_device, iter_measurements
-from service.api.deps import CacheDep, ReadAccess, SessionDep, WriteAccess
+from service.api.deps import PredictionsDep, ReadAccess, SessionDep, WriteAccess
 from service.api.schemas import (
     MeasurementCreate,
     MeasurementPublic,
@@ -103,7 +103,7 @@ def _measurement_in(index: int, row: MeasurementCreate) -> MeasurementIn:
 @router.post("", response_model=MeasurementsInserted, dependencies=[WriteAccess],
              responses={404: {"description": "unknown device"}, 422: {"description": "a bad row; nothing written"}})
 def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep,
-                        cache: CacheDep) -> MeasurementsInserted:
+                        predictions: PredictionsDep) -> MeasurementsInserted:
     """Append a batch of one run; idempotent per (run_id, key). Any bad row rejects the whole batch."""
     device = get_device(session, name)
     rows = [_measurement_in(index, row) for index, row in enumerate(body.measurements)]
@@ -113,7 +113,7 @@ def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep
         raise _unprocessable(str(exc)) from exc
     session.commit()
     if inserted:
-        cache.mark_stale(name)
+        predictions.mark_stale(name)
     return MeasurementsInserted(inserted=inserted, duplicates=len(rows) - inserted)
 
 

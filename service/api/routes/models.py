@@ -1,23 +1,26 @@
 """Uploaded ONNX models, stored by content id (sha256); parsing runs only the runtime's optimizer."""
 from __future__ import annotations
 
+import json
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from predictor.errors import InvalidModelError
 from predictor.graph import load_model, model_inputs, set_input_shapes
-from predictor.kernels import extract_kernels
+from predictor.kernels import Kernel, extract_kernels
 from predictor.runtime import local_runtime
 from predictor.store import get_stored_model, save_stored_model
-from service.api.deps import CacheDep, ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
-from service.api.predictions import PredictionCache
+from service.api.deps import ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
+from service.api.predictions import model_path
 from service.api.schemas import ModelPublic
 from service.api.uploads import (
     BadUploadError,
     UploadedModel,
     UploadTooLargeError,
+    check_model_size,
     display_name,
     parse_input_shapes_field,
     read_model_upload,
@@ -25,6 +28,7 @@ from service.api.uploads import (
     write_atomically,
 )
 from service.context import Store
+from service.settings import Settings
 
 __all__ = ["router"]
 
@@ -54,11 +58,28 @@ _UPLOAD_FORM = {
 }
 
 
+def _kernels_document(kernels: list[Kernel], max_mb: float) -> list[dict[str, Any]]:
+    """The kernel list as stored and answered: plain JSON (no NaN or infinity), at most `max_mb` of it."""
+    document = [kernel.to_dict() for kernel in kernels]
+    try:
+        size_bytes = len(json.dumps(document, allow_nan=False, separators=(",", ":")))
+    except ValueError as exc:  # a NaN or infinite attribute value: no JSON client could read it back
+        raise InvalidModelError(f"the model's kernels hold a value JSON cannot carry ({exc})") from exc
+    if size_bytes > max_mb * 2**20:
+        raise InvalidModelError(f"the model's kernel list takes {size_bytes / 2**20:.1f} MB as JSON, over the limit "
+                                f"of {max_mb:g} MB of this server (LATPRED_MAX_MODEL_KERNELS_MB)")
+    return document
+
+
 def _store_model(
-    store: Store, cache: PredictionCache, upload: UploadedModel, shapes: dict[str, list[int]], model_id: str
+    store: Store, settings: Settings, upload: UploadedModel, shapes: dict[str, list[int]], model_id: str,
 ) -> tuple[ModelPublic, bool]:
-    """Parse, extract the base kernels, keep the file and the row; (model, created)."""
-    path = cache.model_path(model_id)
+    """Parse, extract the base kernels, keep the file and the row; (model, created).
+
+    Every check runs before anything is written; the row and the file are written together: a failed
+    upload leaves neither (a file written for a row whose commit failed is removed again).
+    """
+    path = model_path(settings.models_dir, model_id)
     with store.sessions() as session:
         existing = get_stored_model(session, model_id)
         if existing is not None and existing.kernels is not None:
@@ -66,11 +87,12 @@ def _store_model(
             if not path.is_file():
                 write_atomically(path, upload.data)
             return ModelPublic.model_validate(existing), False
-    fixed = set_input_shapes(load_model(upload.data), shapes)
+    model = load_model(upload.data)
+    check_model_size(model, settings.max_model_nodes)
+    fixed = set_input_shapes(model, shapes)
     # The server's own runtime (onnxruntime CPU, 1 thread) decides the kernels shown here; predict
     # re-extracts them for each device's runtime.
-    kernels = extract_kernels(fixed, local_runtime(1))
-    write_atomically(path, upload.data)
+    kernels = _kernels_document(extract_kernels(fixed, local_runtime(1)), settings.max_model_kernels_mb)
     with store.sessions() as session:
         stored = save_stored_model(
             session,
@@ -78,10 +100,17 @@ def _store_model(
             name=display_name(upload.filename),
             size_bytes=len(upload.data),
             inputs=model_inputs(fixed),
-            kernels=[kernel.to_dict() for kernel in kernels],
+            kernels=kernels,
         )
         public = ModelPublic.model_validate(stored)
-        session.commit()
+        had_file = path.is_file()
+        write_atomically(path, upload.data)
+        try:
+            session.commit()
+        except BaseException:
+            if not had_file:
+                path.unlink(missing_ok=True)
+            raise
     logger.info("stored model %s (%s, %d bytes, %d kernels)", model_id[:12], public.name, public.size_bytes,
                 len(public.kernels))
     return public, True
@@ -91,9 +120,8 @@ def _store_model(
              openapi_extra=_UPLOAD_FORM,
              responses={200: {"description": "these bytes were uploaded before", "model": ModelPublic},
                         413: {"description": "larger than LATPRED_MAX_UPLOAD_MB"},
-                        422: {"description": "not a loadable ONNX model"}})
-async def upload_model(request: Request, response: Response, settings: SettingsDep, store: StoreDep,
-                       cache: CacheDep) -> ModelPublic:
+                        422: {"description": "not a loadable ONNX model, external data, or over the node limit"}})
+async def upload_model(request: Request, response: Response, settings: SettingsDep, store: StoreDep) -> ModelPublic:
     """Upload an ONNX file (multipart field `file`); its id is the sha256 of the bytes (and of `input_shapes`)."""
     try:
         upload = await read_model_upload(request, settings.max_upload_mb)
@@ -102,7 +130,7 @@ async def upload_model(request: Request, response: Response, settings: SettingsD
     except BadUploadError as exc:
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     shapes = parse_input_shapes_field(upload.input_shapes)
-    public, created = await run_in_threadpool(_store_model, store, cache, upload, shapes,
+    public, created = await run_in_threadpool(_store_model, store, settings, upload, shapes,
                                               upload_id(upload.data, shapes))
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -3,15 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request
 
-from predictor.config import config_json_schema, parse_config
-from predictor.prepared import predict_config, rank_candidates
-from service.api.deps import CacheDep, ReadAccess, StoreDep
-from service.api.predictions import PredictionCache
+from predictor.config import config_json_schema
+from service.api.deps import PredictionsDep, ReadAccess
 from service.api.schemas import PredictionPublic, PredictRequest, RankingPublic, RankRequest
-from service.context import Store
 
 __all__ = ["router"]
 
@@ -21,37 +17,23 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown device or model"},
     409: {"description": "the device has no measurements"},
     422: {"description": "invalid compression config or input shapes"},
+    503: {"description": "every prediction worker is busy and the queue is full (Retry-After)"},
+    504: {"description": "the question ran past LATPRED_PREDICT_TIMEOUT_S and was stopped"},
 }
 
 
-def _predict(body: PredictRequest, store: Store, cache: PredictionCache) -> dict[str, Any]:
-    config = parse_config(body.config)
-    runtime, predictor = cache.device_predictor(store, body.device)
-    prepared = cache.prepared_model(store, body.model_id, runtime, body.input_shapes)
-    estimate = predict_config(predictor, prepared, config)
-    return {**estimate.to_dict(), "model_id": body.model_id, "config": config.model_dump(exclude_none=True)}
-
-
-def _rank(body: RankRequest, store: Store, cache: PredictionCache) -> dict[str, Any]:
-    candidates = [(candidate.name, parse_config(candidate.config)) for candidate in body.candidates]
-    runtime, predictor = cache.device_predictor(store, body.device)
-    prepared = cache.prepared_model(store, body.model_id, runtime, body.input_shapes)
-    # Fresh configs are answered at the kernel level: no quantizer run or runtime session per candidate.
-    ranking = rank_candidates(predictor, prepared, candidates, body.target_speedup, fast=True)
-    return {**ranking, "model_id": body.model_id}
-
-
-# Reads, though POST: the question has a body. Handlers are async and push the CPU work to the thread pool.
+# Reads, though POST: the question has a body. The work runs in a worker process (service.api.workers), under
+# the deadline, and stops when the client goes away.
 @router.post("/predict", response_model=PredictionPublic, responses=_ERRORS)
-async def predict(body: PredictRequest, store: StoreDep, cache: CacheDep) -> dict[str, Any]:
+async def predict(body: PredictRequest, request: Request, predictions: PredictionsDep) -> Any:
     """The model's predicted latency on the device under the config, per kernel and in total."""
-    return await run_in_threadpool(_predict, body, store, cache)
+    return await predictions.answer("predict", body.model_dump(mode="json"), request.receive)
 
 
 @router.post("/rank", response_model=RankingPublic, responses=_ERRORS)
-async def rank(body: RankRequest, store: StoreDep, cache: CacheDep) -> dict[str, Any]:
+async def rank(body: RankRequest, request: Request, predictions: PredictionsDep) -> Any:
     """Every candidate config's predicted latency and speedup over the uncompressed model, fastest first."""
-    return await run_in_threadpool(_rank, body, store, cache)
+    return await predictions.answer("rank", body.model_dump(mode="json"), request.receive)
 
 
 @router.get("/config-schema", tags=["config"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from predictor.store import finish_run, get_device, list_runs, start_run
-from service.api.deps import CacheDep, ReadAccess, SessionDep, WriteAccess
+from service.api.deps import PredictionsDep, ReadAccess, SessionDep, WriteAccess
 from service.api.schemas import RunCreate, RunFinish, RunPublic
 
 __all__ = ["router"]
@@ -33,7 +33,8 @@ def create_run(name: str, body: RunCreate, session: SessionDep) -> RunPublic:
 
 @router.put("/{run_id}", response_model=RunPublic, dependencies=[WriteAccess],
             responses={404: {"description": "unknown device or run"}})
-def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep, cache: CacheDep) -> RunPublic:
+def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep,
+               predictions: PredictionsDep) -> RunPublic:
     """Finish or kill a run and attach its report (flat axes in it change predictions: cache dropped)."""
     device = get_device(session, name)
     if not any(run.run_id == run_id for run in list_runs(session, device)):
@@ -42,5 +43,5 @@ def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep, cac
     run = finish_run(session, run_id, body.status, body.report)
     public = RunPublic.model_validate(run)
     session.commit()
-    cache.invalidate_device(name)
+    predictions.invalidate_device(name)
     return public

@@ -1,0 +1,337 @@
+"""Predict and rank questions answered in worker processes, each under a deadline, stopped when it passes or
+when the client goes away.
+
+One question can cost minutes of CPU (int8 quantization of a large graph, learning a model's fast path), and a
+thread cannot be stopped: the work runs in a worker process instead, killed together with the optimizer
+workers it started (it leads its own process group) when the question's deadline passes or its client
+disconnects. A worker keeps the caches of service.api.predictions (prepared models, device predictors)
+between questions; a killed one is replaced when the next question needs it. At most `predict_workers`
+questions run at once and `predict_queue` more may wait (no longer than the deadline); others get 503.
+
+Writes that make a device's predictor stale (new measurements, a finished run, retraining) are queued for
+every worker and delivered with its next question. Workers are forked from a forkserver that imported this
+module once, so a new one starts in milliseconds; each runs in an empty working directory of its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import multiprocessing
+import os
+import signal
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from fastapi import HTTPException
+from sqlalchemy import make_url
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive
+
+from predictor.runtime import optimizer_limits
+from service.api.database import StoreConnector
+from service.api.errors import describe_error
+from service.api.predictions import PredictionCache, answer_question
+from service.settings import Settings
+
+__all__ = ["PredictionWorkers", "worker_settings"]
+
+logger = logging.getLogger(__name__)
+
+_START_TIMEOUT_S = 120.0
+_ORPHAN_CHECK_S = 1.0
+_KILL_JOIN_TIMEOUT_S = 10.0
+_TIMED_OUT = "timed out"
+_DIED = "died"
+# Live pools, killed at interpreter exit: workers are not daemons (a daemon may not start the optimizer
+# workers), so multiprocessing would otherwise wait for them at exit.
+_POOLS: weakref.WeakSet[PredictionWorkers] = weakref.WeakSet()
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """The settings with every path absolute: a worker runs in a directory of its own."""
+    home = settings.home.resolve()
+    url = make_url(settings.model_copy(update={"home": home}).resolved_database_url)
+    if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:" \
+            and not os.path.isabs(url.database):
+        url = url.set(database=os.path.abspath(url.database))
+    return settings.model_copy(update={"home": home, "database_url": url.render_as_string(hide_password=False)})
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: BaseProcess
+    connection: Connection
+    # Devices whose cached predictors the worker must drop or reload before its next question.
+    pending: list[tuple[str, str]] = field(default_factory=list)
+
+    def kill(self) -> None:
+        """Kill the worker and every process it started (its process group), and wait for it."""
+        pid = self.process.pid
+        if pid is not None and self.process.exitcode is None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.join(timeout=_KILL_JOIN_TIMEOUT_S)
+
+
+def _receive_answer(connection: Connection, timeout_s: float) -> Any:
+    """The worker's answer, _TIMED_OUT when it has none after timeout_s, _DIED when its end of the pipe closed."""
+    try:
+        if not connection.poll(timeout_s):
+            return _TIMED_OUT
+        return connection.recv()
+    except (EOFError, OSError):
+        return _DIED
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Return once the client disconnected (the request body was read already)."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except OSError:  # the connection broke: gone as well
+        return
+
+
+class PredictionWorkers:
+    """The worker processes answering predict and rank (see the module docstring)."""
+
+    def __init__(self, settings: Settings, predictor_ttl_s: float = 300.0, predictor_refresh_s: float = 5.0) -> None:
+        self.settings = settings
+        self.predictor_ttl_s = predictor_ttl_s
+        self.predictor_refresh_s = predictor_refresh_s
+        self._worker_settings = worker_settings(settings)
+        self._available = threading.Condition()
+        self._idle: list[_Worker] = []
+        self._started: list[_Worker] = []
+        self._starting = 0
+        self._waiting = 0
+        self._closed = False
+        _POOLS.add(self)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.settings.predict_timeout_s
+
+    # ------------------------------------------------------------------------------------------ cache events
+    def _queue_event(self, event: str, device_name: str) -> None:
+        with self._available:
+            for worker in self._started:
+                worker.pending.append((event, device_name))
+
+    def mark_stale(self, device_name: str) -> None:
+        """The device's table grew: workers reload its predictor once it is older than their refresh interval."""
+        self._queue_event("stale", device_name)
+
+    def invalidate_device(self, device_name: str) -> None:
+        """Workers forget the device's predictor; their next question about it reloads it from the store."""
+        self._queue_event("invalidate", device_name)
+
+    # ------------------------------------------------------------------------------------------ questions
+    async def answer(self, kind: str, body: Mapping[str, Any], receive: Receive) -> Any:
+        """The answer to a question ("predict" or "rank"); HTTPException for errors, 503 busy, 504 too slow.
+
+        `receive` is the request's: a disconnect message from it stops the question.
+        """
+        worker = await run_in_threadpool(self._checkout)
+        healthy = False
+        try:
+            with self._available:
+                events, worker.pending = worker.pending, []
+            await run_in_threadpool(worker.connection.send, (events, kind, dict(body)))
+            answer = asyncio.ensure_future(run_in_threadpool(_receive_answer, worker.connection, self.timeout_s))
+            gone = asyncio.ensure_future(_client_gone(receive))
+            try:
+                await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not answer.done():
+                    # The client went away: stop the work now; the answer's wait then ends with the worker.
+                    await run_in_threadpool(worker.kill)
+                gone.cancel()
+            outcome = await answer
+            if gone.done() and not gone.cancelled() and outcome == _DIED:
+                logger.info("%s: the client went away; its question was stopped", kind)
+                raise HTTPException(status_code=499, detail="the client closed the connection")
+            if outcome == _TIMED_OUT:
+                logger.warning("%s: stopped a question at the time limit of %g s", kind, self.timeout_s)
+                raise HTTPException(
+                    status_code=504,
+                    detail=f"the question took longer than the limit of {self.timeout_s:g} s of this server "
+                           "(LATPRED_PREDICT_TIMEOUT_S) and was stopped; ask with fewer candidates or a smaller "
+                           "model, or raise the limit")
+            if outcome == _DIED:
+                worker.process.join(timeout=_KILL_JOIN_TIMEOUT_S)
+                logger.error("%s: the prediction worker died (exit code %s)", kind, worker.process.exitcode)
+                raise HTTPException(status_code=500, detail="the prediction worker died answering this question "
+                                    f"(exit code {worker.process.exitcode}); see the service log")
+            healthy = True
+            status, payload = outcome
+            if status != "ok":
+                if status >= 500:
+                    logger.warning("%s: %s", kind, payload)
+                raise HTTPException(status_code=status, detail=payload)
+            return payload
+        finally:
+            await run_in_threadpool(self._checkin, worker, healthy)
+
+    def _checkout(self) -> _Worker:
+        """An idle worker, a new one, or the first one freed within the deadline; 503 when none comes."""
+        with self._available:
+            if self._closed:
+                raise HTTPException(status_code=503, detail="the service is shutting down")
+            capacity = self.settings.predict_workers
+            if not self._idle and len(self._started) + self._starting >= capacity \
+                    and self._waiting >= self.settings.predict_queue:
+                raise self._busy(f"all {capacity} prediction workers are busy and {self._waiting} questions wait "
+                                 "already (LATPRED_PREDICT_WORKERS, LATPRED_PREDICT_QUEUE)")
+            self._waiting += 1
+            try:
+                deadline = time.monotonic() + self.timeout_s
+                while not self._idle and len(self._started) + self._starting >= capacity:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._closed:
+                        raise self._busy(f"no prediction worker became free within {self.timeout_s:g} s "
+                                         "(LATPRED_PREDICT_TIMEOUT_S)")
+                    self._available.wait(remaining)
+            finally:
+                self._waiting -= 1
+            if self._idle:
+                return self._idle.pop()
+            self._starting += 1
+        try:
+            worker = self._start_worker()
+        except BaseException:
+            with self._available:
+                self._starting -= 1
+                self._available.notify()
+            raise
+        with self._available:
+            self._starting -= 1
+            self._started.append(worker)
+        return worker
+
+    def _busy(self, why: str) -> HTTPException:
+        return HTTPException(status_code=503, detail=f"too busy to answer now: {why}; retry later",
+                             headers={"Retry-After": str(max(1, round(self.timeout_s / 4)))})
+
+    def _start_worker(self) -> _Worker:
+        context = _worker_context()
+        parent_end, child_end = context.Pipe()
+        process = context.Process(
+            target=_serve_questions, name="latpred-predict",
+            args=(child_end, self._worker_settings.model_dump(), self.predictor_ttl_s, self.predictor_refresh_s,
+                  os.getpid()))
+        process.start()
+        child_end.close()
+        worker = _Worker(process=process, connection=parent_end)
+        if not parent_end.poll(_START_TIMEOUT_S):
+            worker.kill()
+            raise RuntimeError(f"a prediction worker did not start within {_START_TIMEOUT_S:g} s")
+        try:
+            parent_end.recv()  # "ready"
+        except EOFError as exc:
+            worker.kill()
+            raise RuntimeError(f"a prediction worker exited at start (exit code {process.exitcode})") from exc
+        return worker
+
+    def _checkin(self, worker: _Worker, healthy: bool) -> None:
+        if not healthy or self._closed:
+            worker.kill()
+            worker.connection.close()
+        with self._available:
+            if healthy and not self._closed:
+                self._idle.append(worker)
+            elif worker in self._started:
+                self._started.remove(worker)
+            self._available.notify()
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the started workers (for the service's own checks and tests)."""
+        with self._available:
+            return [worker.process.pid for worker in self._started if worker.process.pid is not None]
+
+    def shutdown(self) -> None:
+        """Kill every worker, busy ones included; questions still running answer 500 or 503."""
+        with self._available:
+            self._closed = True
+            workers, self._idle = list(self._started), []
+            self._available.notify_all()
+        for worker in workers:
+            worker.kill()
+        with self._available:
+            for worker in self._idle:
+                worker.connection.close()
+
+
+def _worker_context() -> Any:
+    """A forkserver that imported this module (and so the predictor) once: new workers start in milliseconds."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+@atexit.register
+def _kill_workers_at_exit() -> None:
+    for pool in list(_POOLS):
+        pool.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- the worker
+def _exit_when_orphaned(server_pid: int) -> None:
+    """Kill this worker's process group once the server is gone (killed without shutting its workers down)."""
+    while True:
+        time.sleep(_ORPHAN_CHECK_S)
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            os.killpg(0, signal.SIGKILL)
+
+
+def _serve_questions(connection: Connection, settings_fields: dict[str, Any], predictor_ttl_s: float,
+                     predictor_refresh_s: float, server_pid: int) -> None:
+    """The worker's loop: apply the cache events sent with each question, answer it as ("ok", JSON) or
+    (status, detail), until the server closes the pipe."""
+    # Its own process group, so the server kills it and the optimizer workers it starts in one call.
+    os.setpgrp()
+    # An empty folder of its own as the working directory: nothing a model names by a relative path is there.
+    os.chdir(tempfile.mkdtemp(prefix="latpred-predict-"))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_exit_when_orphaned, args=(server_pid,), name="orphan-check", daemon=True).start()
+    settings = Settings(**settings_fields)
+    connector = StoreConnector(settings)
+    cache = PredictionCache(settings.models_dir, predictor_ttl_s=predictor_ttl_s,
+                            predictor_refresh_s=predictor_refresh_s)
+    connection.send("ready")
+    with optimizer_limits(settings.optimizer_limits):
+        while True:
+            try:
+                events, kind, body = connection.recv()
+            except EOFError:  # the server closed the pipe
+                connector.close()
+                return
+            for event, device_name in events:
+                if event == "stale":
+                    cache.mark_stale(device_name)
+                else:
+                    cache.invalidate_device(device_name)
+            try:
+                answer: tuple[Any, Any] = ("ok", answer_question(kind, body, connector.get(), cache))
+            except Exception as exc:
+                known = describe_error(exc)
+                if known is None:
+                    logger.exception("%s failed", kind)
+                    known = (500, "internal server error; see the service log")
+                answer = known
+            connection.send(answer)
