@@ -202,15 +202,24 @@ class LatpredClient:
 
     def post_measurements(self, device: str, run_id: str, measurements: Iterable[Any], retries: int = 3,
                           backoff_s: float = 0.5, batch_rows: int = _MEASUREMENT_BATCH_ROWS) -> dict[str, int]:
-        """Upload measurements in batches; safe to retry (the server skips rows it already has for the run)."""
+        """Upload measurements in batches; safe to retry (the server skips rows it already has for the run).
+
+        Returns the counts of inserted, duplicate and conflicting rows (duplicates whose median differs from the
+        one the server kept: not stored; each batch with some is logged with its first conflict).
+        """
         rows = [_measurement_json(m) for m in measurements]
-        total = {"inserted": 0, "duplicates": 0}
+        total = {"inserted": 0, "duplicates": 0, "conflicts": 0}
         for start in range(0, max(len(rows), 1), batch_rows):
             body = {"run_id": run_id, "measurements": rows[start:start + batch_rows]}
             answer = self._request("POST", f"/api/devices/{_segment(device)}/measurements", json=body, retries=retries,
                                    backoff_s=backoff_s)
             total["inserted"] += int(answer["inserted"])
             total["duplicates"] += int(answer["duplicates"])
+            conflicts = int(answer.get("conflicts", 0))
+            if conflicts:
+                total["conflicts"] += conflicts
+                logger.warning("run %s on %s: %d measurement(s) conflict with stored ones (first: %s)", run_id,
+                               device, conflicts, answer.get("first_conflict"))
         return total
 
     def measurements(self, device: str, op_type: str | None = None, bits: int | None = None, limit: int = 100,

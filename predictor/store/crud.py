@@ -15,7 +15,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from predictor.errors import StoreError, UnknownDeviceError
+from predictor.errors import LatpredError, StoreError, UnknownDeviceError
 from predictor.store.models import (
     Device,
     Measurement,
@@ -28,12 +28,16 @@ from predictor.store.models import (
 
 __all__ = [
     "RUN_STATUSES",
+    "MeasurementConflict",
     "MeasurementIn",
+    "RunClosedError",
     "add_measurements",
     "add_validation",
     "count_measurements_by_op",
+    "find_measurement_conflicts",
     "finish_run",
     "get_device",
+    "get_run",
     "get_stored_model",
     "iter_measured_medians",
     "iter_measurements",
@@ -47,12 +51,15 @@ __all__ = [
     "save_stored_model",
     "set_overhead",
     "start_run",
+    "update_run_report",
     "upsert_device",
 ]
 
 logger = logging.getLogger(__name__)
 
 RUN_STATUSES = ("running", "finished", "killed")
+# A run in one of these states is closed: its status, report and measurements no longer change.
+_CLOSED_STATUSES = ("finished", "killed")
 # Percentiles come from a float summary of the same samples: allow rounding noise, not disorder.
 _ORDER_REL_TOLERANCE = 1e-6
 _ORDER_ABS_TOLERANCE = 1e-9
@@ -60,6 +67,20 @@ _ORDER_ABS_TOLERANCE = 1e-9
 _INSERT_CHUNK_ROWS = 500
 _MAX_KNOWN_NAMES_IN_ERROR = 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class RunClosedError(LatpredError):
+    """The run is finished or killed: what it measured and reported is final."""
+
+
+@dataclass(frozen=True)
+class MeasurementConflict:
+    """A measurement sent for a (run, key) that is stored with another median: the stored one is kept."""
+
+    key_hash: str
+    op_type: str
+    stored_median_ms: float
+    sent_median_ms: float
 
 
 @dataclass(frozen=True)
@@ -256,6 +277,30 @@ def add_measurements(session: Session, device: Device, run_id: str, rows: Sequen
     return inserted
 
 
+def find_measurement_conflicts(
+    session: Session, device: Device, run_id: str, rows: Sequence[MeasurementIn]
+) -> list[MeasurementConflict]:
+    """The rows whose (device, run, key) is stored with another median, in the rows' order.
+
+    Call it after add_measurements in the same transaction: a duplicate with the same median is a retry, one
+    with another median is a conflict, and the first stored value stays.
+    """
+    hashes = sorted({row.key_hash for row in rows})
+    stored: dict[str, float] = {}
+    for start in range(0, len(hashes), _INSERT_CHUNK_ROWS):
+        chunk = hashes[start : start + _INSERT_CHUNK_ROWS]
+        result = session.execute(
+            select(Measurement.key_hash, Measurement.median_ms).where(
+                Measurement.device_id == device.id, Measurement.run_id == run_id, Measurement.key_hash.in_(chunk)))
+        stored.update((key_hash, median_ms) for key_hash, median_ms in result)
+    return [
+        MeasurementConflict(key_hash=row.key_hash, op_type=row.op_type, stored_median_ms=stored[row.key_hash],
+                            sent_median_ms=float(row.median_ms))
+        for row in rows
+        if row.key_hash in stored and stored[row.key_hash] != float(row.median_ms)
+    ]
+
+
 def measured_key_hashes(session: Session, device: Device) -> set[str]:
     """Return the key hashes measured on the device in any run."""
     return set(
@@ -348,30 +393,52 @@ def start_run(
     return run
 
 
+def get_run(session: Session, run_id: str) -> ProfilingRun | None:
+    """Return the run with that id, or None."""
+    return session.scalars(select(ProfilingRun).where(ProfilingRun.run_id == run_id)).one_or_none()
+
+
+def _closed_error(run: ProfilingRun, change: str) -> RunClosedError:
+    since = f" since {run.finished_at:%Y-%m-%d %H:%M:%S} UTC" if run.finished_at is not None else ""
+    return RunClosedError(f"run {run.run_id!r} is {run.status}{since}: {change}")
+
+
 def finish_run(
     session: Session, run_id: str, status: str, report: dict[str, Any] | None = None
 ) -> ProfilingRun:
     """Mark a run finished or killed, stamp finished_at and attach its report.
 
-    Raises ValueError for an unknown run id or a status other than "finished" / "killed".
+    Raises ValueError for an unknown run id or a status other than "finished" / "killed", and RunClosedError
+    when the run was closed already with another status or report (the same request again is a retry: the
+    run is returned unchanged).
     """
-    if status not in ("finished", "killed"):
+    if status not in _CLOSED_STATUSES:
         raise ValueError(f"status must be 'finished' or 'killed', got {status!r}")
-    run = session.scalars(select(ProfilingRun).where(ProfilingRun.run_id == run_id)).one_or_none()
+    run = get_run(session, run_id)
     if run is None:
         raise ValueError(f"unknown run {run_id!r}")
+    new_report = None if report is None else dict(report)
+    if run.status in _CLOSED_STATUSES:
+        if run.status == status and run.report == new_report:
+            return run
+        raise _closed_error(run, "a closed run cannot change its status or report")
     run.status = status
     run.finished_at = utc_now()
-    run.report = None if report is None else dict(report)
+    run.report = new_report
     session.flush()
     return run
 
 
 def update_run_report(session: Session, run_id: str, report: Mapping[str, Any]) -> ProfilingRun:
-    """Replace a running run's report (progress so far: a killed run keeps what it had)."""
-    run = session.scalars(select(ProfilingRun).where(ProfilingRun.run_id == run_id)).one_or_none()
+    """Replace a running run's report (progress so far: a killed run keeps what it had).
+
+    Raises ValueError for an unknown run id, RunClosedError when the run is finished or killed.
+    """
+    run = get_run(session, run_id)
     if run is None:
         raise ValueError(f"unknown run {run_id!r}")
+    if run.status in _CLOSED_STATUSES:
+        raise _closed_error(run, "a closed run's report cannot change")
     run.report = dict(report)
     session.flush()
     return run

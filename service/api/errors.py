@@ -4,9 +4,12 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from predictor.errors import (
     ConfigError,
@@ -123,6 +126,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": one_line("; ".join(messages)), "errors": safe_errors}, status_code=422)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, RecursionError):
+        # FastAPI's JSON parser gave up on a body nested ~1,000 levels deep; FastAPI says "error parsing the body".
+        return JSONResponse({"detail": "the JSON body is nested too deeply to parse"}, status_code=422)
+    return await http_exception_handler(request, exc)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("%s %s failed", request.method, request.url.path)
     return JSONResponse({"detail": "internal server error; see the service log"}, status_code=500)
@@ -136,4 +147,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InterfaceError, _database_error)
     app.add_exception_handler(DataError, _unstorable_value)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

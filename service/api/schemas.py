@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import onnx
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+
+from predictor.kernels import _ELEM_TYPE_NAMES
 
 __all__ = [
     "DeviceCreate",
@@ -17,6 +21,8 @@ __all__ = [
     "HealthPublic",
     "JobPublic",
     "KernelEstimatePublic",
+    "KernelKeyCreate",
+    "MeasurementConflictPublic",
     "MeasurementCreate",
     "MeasurementPublic",
     "MeasurementsCreate",
@@ -46,6 +52,28 @@ _DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$"
 _RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$"
 
 LatencyMs = Annotated[float, Field(gt=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
+
+# Nesting of free-form JSON (compression configs, run reports): real ones are a few levels deep; deep nesting
+# only costs recursion further on (serialising, storing, pickling to a worker).
+MAX_JSON_DEPTH = 32
+
+
+def _bounded_depth(value: Any) -> Any:
+    """The value itself; ValueError when its lists and objects nest deeper than MAX_JSON_DEPTH (checked without
+    recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, Mapping) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded_depth)]
 
 
 class ErrorPublic(BaseModel):
@@ -111,7 +139,8 @@ class RunFinish(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["finished", "killed"]
-    report: dict[str, Any] | None = None
+    report: JsonObject | None = Field(default=None, description="the run's report; at most "
+                                                                "LATPRED_MAX_RUN_REPORT_KB as JSON")
 
 
 class RunPublic(BaseModel):
@@ -134,12 +163,88 @@ class DeviceDetail(DevicePublic):
     runs: list[RunPublic]
 
 
+# Bounds of a kernel key sent by a profiler: far beyond any kernel a runtime launches (the committed real exports
+# have rank <= 4, dims <= 1280, <= 3 inputs, <= 8 attributes, lists <= 4 items), tight enough that no key is
+# costly to store, hash or turn into features, and none is an impossible tensor.
+MAX_DIM = 2**31 - 1
+MAX_RANK = 8
+MAX_ELEMENTS = 2**62
+MAX_KERNEL_TENSORS = 256
+MAX_KEY_ATTRS = 64
+MAX_ATTR_ITEMS = 256
+MAX_ATTR_TEXT_CHARS = 256
+_INT64_MAX = 2**63 - 1
+_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
+# Element types as predictor.kernels names them, the numbers it writes for types it has no name for, and the
+# names of TensorRT keys (profiler.backends.tensorrt) that ONNX element types lack.
+KNOWN_DTYPES = frozenset(_ELEM_TYPE_NAMES.values()) | frozenset(
+    str(number) for number in onnx.TensorProto.DataType.values()) | frozenset({"float8", "float4"})
+
+
+def _bounded_shape(dims: list[int]) -> list[int]:
+    elements = math.prod(dims)
+    if elements > MAX_ELEMENTS:
+        raise ValueError(f"a tensor of {elements:.3g} elements is impossible (at most 2^62)")
+    return dims
+
+
+Dim = Annotated[int, Strict(), Field(ge=1, le=MAX_DIM)]
+Shape = Annotated[list[Dim], Field(max_length=MAX_RANK), AfterValidator(_bounded_shape)]
+KeyName = Annotated[str, Field(min_length=1, max_length=64, pattern=_NAME_PATTERN)]
+
+
+def _attr_value(value: Any) -> Any:
+    """An attribute value as keys hold them: a number, a short string, or a flat list of those."""
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and len(value) > MAX_ATTR_ITEMS:
+        raise ValueError(f"a list attribute holds at most {MAX_ATTR_ITEMS} items, not {len(value)}")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | float | str):
+            what = "a list in a list" if isinstance(item, list) else type(item).__name__
+            raise ValueError(f"attribute values are numbers, strings or flat lists of them, not {what}")
+        if isinstance(item, int) and not -_INT64_MAX - 1 <= item <= _INT64_MAX:
+            raise ValueError(f"integer attribute {item} is outside int64")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("attribute values must be finite numbers, not NaN or infinity")
+        if isinstance(item, str) and len(item) > MAX_ATTR_TEXT_CHARS:
+            raise ValueError(f"string attributes are at most {MAX_ATTR_TEXT_CHARS} characters")
+    return value
+
+
+class KernelKeyCreate(BaseModel):
+    """A kernel key as profilers send it (predictor.kernels.KernelKey.to_dict()), every field bounded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op_type: KeyName = Field(description="the runtime's op, e.g. NchwcConv, QLinearConv, FusedMatMul")
+    inputs: list[Shape | None] = Field(max_length=MAX_KERNEL_TENSORS,
+                                       description="input shapes (null: unknown); dims are integers >= 1")
+    outputs: list[Shape | None] = Field(max_length=MAX_KERNEL_TENSORS)
+    weight: Shape | None = None
+    activation: KeyName | None = None
+    attrs: dict[KeyName, Annotated[Any, AfterValidator(_attr_value)]] = Field(
+        default_factory=dict, max_length=MAX_KEY_ATTRS,
+        description="attribute name -> number, string, or flat list of them")
+    dtype: str = Field(default="float32", max_length=32, examples=["float32", "int8", "float16"])
+    bits: Annotated[int, Strict(), Field(ge=1, le=64)] = 32
+    sparsity: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    sparsity_pattern: Literal["dense", "unstructured", "2:4"] = "dense"
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, dtype: str) -> str:
+        if dtype not in KNOWN_DTYPES:
+            raise ValueError(f"unknown dtype {dtype[:32]!r}; known: {', '.join(sorted(_ELEM_TYPE_NAMES.values()))}, "
+                             "float8, float4, or an ONNX element type number")
+        return dtype
+
+
 class MeasurementCreate(BaseModel):
     """One kernel measurement; op type, bits and key hash are recomputed by the server from the key."""
 
     model_config = ConfigDict(extra="ignore")
 
-    key: dict[str, Any] = Field(description="canonical kernel key (KernelKey.to_dict())")
+    key: KernelKeyCreate = Field(description="canonical kernel key (KernelKey.to_dict())")
     median_ms: LatencyMs
     p10_ms: LatencyMs
     p90_ms: LatencyMs
@@ -161,9 +266,18 @@ class MeasurementsCreate(BaseModel):
     measurements: list[MeasurementCreate] = Field(max_length=100_000)
 
 
+class MeasurementConflictPublic(BaseModel):
+    key_hash: str
+    op_type: str
+    stored_median_ms: float = Field(description="the median kept for this run and key")
+    sent_median_ms: float = Field(description="the other median sent for it (not stored)")
+
+
 class MeasurementsInserted(BaseModel):
     inserted: int = Field(description="rows that were new")
     duplicates: int = Field(description="rows already stored for this run (or repeated in the batch)")
+    conflicts: int = Field(default=0, description="duplicates whose median differs from the one kept: not stored")
+    first_conflict: MeasurementConflictPublic | None = None
 
 
 class MeasurementPublic(BaseModel):
@@ -205,7 +319,7 @@ class PredictRequest(BaseModel):
 
     device: str
     model_id: str
-    config: dict[str, Any] | None = Field(default=None, description="compression config; see /api/config-schema")
+    config: JsonObject | None = Field(default=None, description="compression config; see /api/config-schema")
     input_shapes: dict[str, list[int]] | None = Field(
         default=None, description="override the input shapes given at upload, e.g. {\"input\": [1, 3, 224, 224]}"
     )
@@ -243,7 +357,7 @@ class RankCandidate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=256)
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)
 
 
 class RankRequest(BaseModel):

@@ -33,6 +33,12 @@ def post(api: TestClient, device: str, rows: list[dict[str, Any]], run_id: str =
                     headers=AUTH)
 
 
+def counts(response: Any) -> tuple[int, int, int]:
+    """(inserted, duplicates, conflicts) of a batch's answer."""
+    answer = response.json()
+    return answer["inserted"], answer["duplicates"], answer["conflicts"]
+
+
 def stored_count(api: TestClient, device: str) -> int:
     return int(api.get(f"/api/devices/{device}/measurements").json()["count"])
 
@@ -41,17 +47,32 @@ def test_same_batch_twice_is_inserted_then_duplicates(api: TestClient, device: s
     rows = [row(conv_key(32)), row(conv_key(64)), row(gemm_key(128))]
     first = post(api, device, rows)
     assert first.status_code == 200, first.text
-    assert first.json() == {"inserted": 3, "duplicates": 0}
-    assert post(api, device, rows).json() == {"inserted": 0, "duplicates": 3}
+    assert first.json() == {"inserted": 3, "duplicates": 0, "conflicts": 0, "first_conflict": None}
+    assert counts(post(api, device, rows)) == (0, 3, 0)
     assert stored_count(api, device) == 3
-    assert post(api, device, rows, run_id="run-2").json() == {"inserted": 3, "duplicates": 0}
+    assert counts(post(api, device, rows, run_id="run-2")) == (3, 0, 0)
     detail = api.get(f"/api/devices/{device}").json()
     assert detail["measurements"] == {"Conv": 4, "Gemm": 2}
     assert detail["measurement_count"] == 6
 
 
 def test_repeated_key_within_a_batch_counts_as_duplicate(api: TestClient, device: str) -> None:
-    assert post(api, device, [row(conv_key(32)), row(conv_key(32), 0.7)]).json() == {"inserted": 1, "duplicates": 1}
+    assert counts(post(api, device, [row(conv_key(32)), row(conv_key(32))])) == (1, 1, 0)
+
+
+def test_conflicting_duplicates_are_reported_and_the_first_median_kept(api: TestClient, device: str) -> None:
+    """Same run and key with another median: not stored, counted, and the first conflict shown (never silent)."""
+    key_hash = KernelKey.from_dict(conv_key(32)).key_hash
+    in_batch = post(api, device, [row(conv_key(32), 0.5), row(conv_key(64)), row(conv_key(32), 0.7)]).json()
+    assert in_batch == {"inserted": 2, "duplicates": 1, "conflicts": 1, "first_conflict": {
+        "key_hash": key_hash, "op_type": "Conv", "stored_median_ms": 0.5, "sent_median_ms": 0.7}}
+    later = post(api, device, [row(conv_key(64)), row(conv_key(32), 0.9), row(conv_key(32), 0.5)]).json()
+    assert (later["inserted"], later["duplicates"], later["conflicts"]) == (0, 3, 1)
+    assert later["first_conflict"]["sent_median_ms"] == 0.9
+    stored = api.get(f"/api/devices/{device}/measurements", params={"op_type": "Conv"}).json()["data"]
+    assert sorted(m["median_ms"] for m in stored) == [0.5, 0.5]
+    # Another run may measure the same key differently: that is a new row, not a conflict.
+    assert counts(post(api, device, [row(conv_key(32), 0.7)], run_id="run-2")) == (1, 0, 0)
 
 
 def test_server_derives_hash_op_type_and_bits_from_the_key(api: TestClient, device: str) -> None:
@@ -72,8 +93,9 @@ def test_server_derives_hash_op_type_and_bits_from_the_key(api: TestClient, devi
         ({**row(conv_key(8)), "p10_ms": 0.9}, "measurements[1]: Value error, p10_ms=0.9 exceeds median_ms"),
         ({**row(conv_key(8)), "repeats": 0}, "measurements[1].repeats"),
         ({**row(conv_key(8)), "key": {"inputs": [[1, 2]]}}, "measurements[1].key.op_type"),
-        ({**row(conv_key(8)), "key": {**conv_key(8), "inputs": [["a", 2]]}}, "measurements[1].key: malformed"),
-        ({**row(conv_key(8)), "key": {**conv_key(8), "color": "red"}}, "measurements[1].key: unknown field(s) color"),
+        ({**row(conv_key(8)), "key": {**conv_key(8), "inputs": [["a", 2]]}}, "measurements[1].key.inputs[0][0]"),
+        ({**row(conv_key(8)), "key": {**conv_key(8), "color": "red"}},
+         "measurements[1].key.color: Extra inputs are not permitted"),
         ({**row(conv_key(8)), "key": {**conv_key(8), "bits": 0}}, "measurements[1].key.bits"),
         ({**row(conv_key(8)), "key": "Conv"}, "measurements[1].key"),
     ],

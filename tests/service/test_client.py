@@ -49,7 +49,7 @@ def test_post_measurements_retries_5xx_and_connection_errors() -> None:
                                 httpx.ConnectError("refused"),
                                 (200, {"inserted": 1, "duplicates": 0})]})
     result = client_for(server).post_measurements("dev", "run-1", MEASUREMENTS, retries=3, backoff_s=0.001)
-    assert result == {"inserted": 1, "duplicates": 0}
+    assert result == {"inserted": 1, "duplicates": 0, "conflicts": 0}
     assert len(server.requests) == 3
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in server.requests)
     assert json.loads(server.requests[-1].content) == {"run_id": "run-1", "measurements": MEASUREMENTS}
@@ -75,7 +75,8 @@ def test_client_errors_are_not_retried() -> None:
 def test_post_measurements_sends_batches_and_sums() -> None:
     server = FakeServer({PATH: [(200, {"inserted": 2, "duplicates": 0}), (200, {"inserted": 1, "duplicates": 1})]})
     rows = MEASUREMENTS * 4
-    assert client_for(server).post_measurements("dev", "r", rows, batch_rows=2) == {"inserted": 3, "duplicates": 1}
+    assert client_for(server).post_measurements("dev", "r", rows, batch_rows=2) == {"inserted": 3, "duplicates": 1,
+                                                                                     "conflicts": 0}
     assert [len(json.loads(r.content)["measurements"]) for r in server.requests] == [2, 2]
 
 
@@ -121,8 +122,10 @@ def test_client_end_to_end_in_process(api: TestClient, residual_bytes: bytes) ->
     assert client.start_run(device["name"], "run-1", budget_minutes=5)["status"] == "running"
     model = client.upload_model(residual_bytes, input_shapes={"input": [1, 32, 28, 28]})
     rows = [fake_measurement(kernel, 0.25) for kernel in model["kernels"]]
-    assert client.post_measurements(device["name"], "run-1", rows) == {"inserted": len(rows), "duplicates": 0}
-    assert client.post_measurements(device["name"], "run-1", rows) == {"inserted": 0, "duplicates": len(rows)}
+    assert client.post_measurements(device["name"], "run-1", rows) == {"inserted": len(rows), "duplicates": 0,
+                                                                        "conflicts": 0}
+    assert client.post_measurements(device["name"], "run-1", rows) == {"inserted": 0, "duplicates": len(rows),
+                                                                        "conflicts": 0}
     assert client.finish_run(device["name"], "run-1", report={"kernels": len(rows)})["status"] == "finished"
     estimate = client.predict(model["id"], device["name"])
     assert estimate["latency_ms"] == pytest.approx(0.25 * len(rows))

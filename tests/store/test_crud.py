@@ -18,9 +18,11 @@ from predictor.store import (
     MeasurementIn,
     ProfilingRun,
     Regressor,
+    RunClosedError,
     add_measurements,
     add_validation,
     count_measurements_by_op,
+    find_measurement_conflicts,
     finish_run,
     get_device,
     get_stored_model,
@@ -37,6 +39,7 @@ from predictor.store import (
     session_scope,
     set_overhead,
     start_run,
+    update_run_report,
     upsert_device,
 )
 
@@ -262,6 +265,45 @@ def test_runs_start_idempotently_and_finish(factory: sessionmaker[Session], devi
         other = _new_device(session, "other")
         with pytest.raises(ValueError, match="belongs to"):
             start_run(session, other, "run-1", None)
+
+
+def test_closed_runs_are_final(factory: sessionmaker[Session], device: Device) -> None:
+    """A finished or killed run keeps its status and report; the same finish again is a retry and changes nothing."""
+    with session_scope(factory) as session:
+        start_run(session, device, "run-1", None)
+        update_run_report(session, "run-1", {"items_done": ["a"]})
+        first = finish_run(session, "run-1", "finished", {"items_done": ["a", "b"]})
+        finished_at = first.finished_at
+    with session_scope(factory) as session:
+        again = finish_run(session, "run-1", "finished", {"items_done": ["a", "b"]})
+        assert (again.status, again.report, again.finished_at) == ("finished", {"items_done": ["a", "b"]}, finished_at)
+        for status, report in (("finished", {"items_done": []}), ("killed", {"items_done": ["a", "b"]}),
+                               ("finished", None)):
+            with pytest.raises(RunClosedError, match="run 'run-1' is finished since .* UTC"):
+                finish_run(session, "run-1", status, report)
+        with pytest.raises(RunClosedError, match="report cannot change"):
+            update_run_report(session, "run-1", {"items_done": []})
+    with session_scope(factory) as session:
+        stored = list_runs(session, device)[0]
+        assert (stored.status, stored.report) == ("finished", {"items_done": ["a", "b"]})
+
+
+def test_conflicting_duplicates_are_found_and_the_first_median_kept(
+        factory: sessionmaker[Session], device: Device) -> None:
+    with session_scope(factory) as session:
+        rows = [_measurement(1, 1.0), _measurement(2, 2.0), _measurement(1, 1.5)]
+        assert add_measurements(session, device, "run-1", rows) == 2
+        conflicts = find_measurement_conflicts(session, device, "run-1", rows)
+        assert [(c.key_hash, c.stored_median_ms, c.sent_median_ms) for c in conflicts] == [(f"{1:064x}", 1.0, 1.5)]
+    with session_scope(factory) as session:
+        retry = [_measurement(2, 2.0), _measurement(1, 1.0)]
+        assert add_measurements(session, device, "run-1", retry) == 0
+        assert find_measurement_conflicts(session, device, "run-1", retry) == []
+        late = [_measurement(2, 2.5), _measurement(3, 3.0)]
+        assert add_measurements(session, device, "run-1", late) == 1
+        assert [c.sent_median_ms for c in find_measurement_conflicts(session, device, "run-1", late)] == [2.5]
+        assert find_measurement_conflicts(session, device, "run-2", late) == []
+        assert lookup_table(session, device) == {f"{1:064x}": 1.0, f"{2:064x}": 2.0, f"{3:064x}": 3.0}
 
 
 def test_save_regressor_replaces_the_previous_one(factory: sessionmaker[Session], device: Device) -> None:

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
-import math
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+import logging
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, status
@@ -16,9 +16,20 @@ from sqlalchemy.orm import Session
 
 from predictor.features import features_matrix
 from predictor.kernels import KernelKey
-from predictor.store import Device, Measurement, MeasurementIn, add_measurements, get_device, iter_measurements
+from predictor.store import (
+    Device,
+    Measurement,
+    MeasurementIn,
+    add_measurements,
+    find_measurement_conflicts,
+    get_device,
+    get_run,
+    iter_measurements,
+)
 from service.api.deps import PredictionsDep, ReadAccess, SessionDep, WriteAccess
 from service.api.schemas import (
+    KernelKeyCreate,
+    MeasurementConflictPublic,
     MeasurementCreate,
     MeasurementPublic,
     MeasurementsCreate,
@@ -28,62 +39,35 @@ from service.api.schemas import (
 
 __all__ = ["router"]
 
+logger = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/devices/{name}/measurements", tags=["measurements"], dependencies=[ReadAccess])
 
-_KEY_FIELDS = frozenset(KernelKey(op_type="x", inputs=(), outputs=()).to_dict())
-_MAX_OP_TYPE_CHARS = 64
-# Bit-widths are 1..64; anything larger would overflow the integer column (a 500 instead of a 422).
-_MAX_BITS = 64
 # Offsets past a 32-bit integer overflow SQLite/PostgreSQL binds; no table is that long.
 _MAX_OFFSET = 2**31 - 1
+_MAX_BITS = 64
 _CSV_COLUMNS = ("run_id", "key_hash", "op_type", "bits", "median_ms", "p10_ms", "p90_ms", "repeats",
                 "created_at", "key")
+# A text cell starting with one of these is a formula to spreadsheet programs (=HYPERLINK(...), +cmd, @SUM).
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _unprocessable(detail: str) -> HTTPException:
     return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
 
 
-def _parse_key(index: int, data: Mapping[str, Any]) -> KernelKey:
-    """The canonical key of one uploaded row; 422 naming the row for anything malformed."""
-    where = f"measurements[{index}].key"
-    unknown = sorted(set(data) - _KEY_FIELDS)
-    if unknown:
-        raise _unprocessable(f"{where}: unknown field(s) {', '.join(unknown)}; expected {sorted(_KEY_FIELDS)}")
-    op_type = data.get("op_type")
-    if not isinstance(op_type, str) or not op_type or len(op_type) > _MAX_OP_TYPE_CHARS:
-        raise _unprocessable(f"{where}.op_type must be a non-empty string of at most {_MAX_OP_TYPE_CHARS} chars")
-    if _has_non_finite(data):
-        raise _unprocessable(f"{where}: NaN or infinite number in the key")
-    try:
-        key = KernelKey.from_dict(data)
-        key_hash = key.key_hash
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise _unprocessable(f"{where}: malformed kernel key ({type(exc).__name__}: {exc})") from exc
-    if not 1 <= key.bits <= _MAX_BITS:
-        raise _unprocessable(f"{where}.bits must be within [1, {_MAX_BITS}], got {key.bits}")
-    if not 0.0 <= key.sparsity <= 1.0:
-        raise _unprocessable(f"{where}.sparsity must be within [0, 1], got {key.sparsity}")
-    assert key_hash
+def _parse_key(index: int, data: KernelKeyCreate) -> KernelKey:
+    """The canonical key of one validated row; 422 naming the row when the feature pipeline cannot use it."""
+    key = KernelKey.from_dict(data.model_dump())
     # A stored key must be usable by training, prediction and the dashboard: derive its features now (not
     # cached: every uploaded key would sit in the process-wide feature cache until 65,536 others pushed it out).
     try:
         with np.errstate(all="ignore"):
             features_matrix([key], cached=False)
     except Exception as exc:  # any failure here would otherwise surface later, as a 500 elsewhere
-        raise _unprocessable(f"{where}: not a usable kernel key ({type(exc).__name__}: {exc})") from exc
+        raise _unprocessable(f"measurements[{index}].key: not a usable kernel key "
+                             f"({type(exc).__name__}: {exc})") from exc
     return key
-
-
-def _has_non_finite(value: Any) -> bool:
-    """Whether a JSON value holds NaN or an infinity anywhere (Python's json parser accepts both)."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, Mapping):
-        return any(_has_non_finite(item) for item in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_non_finite(item) for item in value)
-    return False
 
 
 def _measurement_in(index: int, row: MeasurementCreate) -> MeasurementIn:
@@ -101,20 +85,39 @@ def _measurement_in(index: int, row: MeasurementCreate) -> MeasurementIn:
 
 
 @router.post("", response_model=MeasurementsInserted, dependencies=[WriteAccess],
-             responses={404: {"description": "unknown device"}, 422: {"description": "a bad row; nothing written"}})
+             responses={404: {"description": "unknown device"}, 409: {"description": "the run is finished or killed"},
+                        422: {"description": "a bad row; nothing written"}})
 def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep,
                         predictions: PredictionsDep) -> MeasurementsInserted:
-    """Append a batch of one run; idempotent per (run_id, key). Any bad row rejects the whole batch."""
+    """Append a batch of one run; idempotent per (run_id, key). Any bad row rejects the whole batch.
+
+    A row repeating a stored (run, key) with another median is not stored: the answer counts such conflicts and
+    shows the first. A finished or killed run takes no new rows (409); repeating rows it has is still a 200.
+    """
     device = get_device(session, name)
     rows = [_measurement_in(index, row) for index, row in enumerate(body.measurements)]
     try:
         inserted = add_measurements(session, device, body.run_id, rows)
     except ValueError as exc:
         raise _unprocessable(str(exc)) from exc
+    run = get_run(session, body.run_id)
+    if inserted and run is not None and run.device_id == device.id and run.status != "running":
+        session.rollback()
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT,
+                            detail=f"run {body.run_id!r} is {run.status}: it takes no new measurements; "
+                                   "upload them under a new run id")
+    conflicts = find_measurement_conflicts(session, device, body.run_id, rows)
     session.commit()
     if inserted:
         predictions.mark_stale(name)
-    return MeasurementsInserted(inserted=inserted, duplicates=len(rows) - inserted)
+    if conflicts:
+        first = conflicts[0]
+        logger.warning("run %r on device %r: %d measurement(s) conflict with stored ones, first %s (%s): stored "
+                       "%.6g ms, sent %.6g ms", body.run_id, name, len(conflicts), first.key_hash, first.op_type,
+                       first.stored_median_ms, first.sent_median_ms)
+    return MeasurementsInserted(
+        inserted=inserted, duplicates=len(rows) - inserted, conflicts=len(conflicts),
+        first_conflict=MeasurementConflictPublic(**dataclasses.asdict(conflicts[0])) if conflicts else None)
 
 
 def _count(session: Session, device: Device, op_type: str | None, bits: int | None) -> int:
@@ -126,14 +129,20 @@ def _count(session: Session, device: Device, op_type: str | None, bits: int | No
     return int(session.scalar(statement) or 0)
 
 
+def _text_cell(text: str) -> str:
+    """Text that a spreadsheet shows as text: a leading formula character gets a quote before it (OWASP)."""
+    return f"'{text}" if text.startswith(_FORMULA_PREFIXES) else text
+
+
 def _csv(rows: list[MeasurementPublic]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(_CSV_COLUMNS)
     for row in rows:
-        writer.writerow([row.run_id, row.key_hash, row.op_type, row.bits, repr(row.median_ms), repr(row.p10_ms),
-                         repr(row.p90_ms), row.repeats, row.created_at.isoformat(),
-                         json.dumps(row.key, sort_keys=True, separators=(",", ":"))])
+        writer.writerow([_text_cell(row.run_id), _text_cell(row.key_hash), _text_cell(row.op_type), row.bits,
+                         repr(row.median_ms), repr(row.p10_ms), repr(row.p90_ms), row.repeats,
+                         row.created_at.isoformat(),
+                         _text_cell(json.dumps(row.key, sort_keys=True, separators=(",", ":")))])
     return buffer.getvalue()
 
 

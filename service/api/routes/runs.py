@@ -1,10 +1,13 @@
 """Profiling runs, recorded by remote profiler agents: start one, then finish or kill it with a report."""
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, status
 
-from predictor.store import finish_run, get_device, list_runs, start_run
-from service.api.deps import PredictionsDep, ReadAccess, SessionDep, WriteAccess
+from predictor.store import RunClosedError, finish_run, get_device, list_runs, start_run
+from service.api.deps import PredictionsDep, ReadAccess, SessionDep, SettingsDep, WriteAccess
 from service.api.schemas import RunCreate, RunFinish, RunPublic
 
 __all__ = ["router"]
@@ -31,16 +34,40 @@ def create_run(name: str, body: RunCreate, session: SessionDep) -> RunPublic:
     return public
 
 
+def _check_report_size(report: dict[str, Any] | None, max_kb: float) -> None:
+    """422 when the report is not plain JSON (NaN, infinity) or larger than the limit: every device read returns it."""
+    if report is None:
+        return
+    try:
+        size_bytes = len(json.dumps(report, allow_nan=False, separators=(",", ":")))
+    except ValueError as exc:
+        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            detail=f"report: not plain JSON ({exc})") from exc
+    if size_bytes > max_kb * 1024:
+        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            detail=f"report: {size_bytes / 1024:.0f} KB as JSON, over the limit of {max_kb:g} KB of "
+                                   "this server (LATPRED_MAX_RUN_REPORT_KB)")
+
+
 @router.put("/{run_id}", response_model=RunPublic, dependencies=[WriteAccess],
-            responses={404: {"description": "unknown device or run"}})
-def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep,
+            responses={404: {"description": "unknown device or run"},
+                       409: {"description": "the run was finished or killed already, with another report"},
+                       422: {"description": "the report is larger than LATPRED_MAX_RUN_REPORT_KB"}})
+def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep, settings: SettingsDep,
                predictions: PredictionsDep) -> RunPublic:
-    """Finish or kill a run and attach its report (flat axes in it change predictions: cache dropped)."""
+    """Finish or kill a run and attach its report (flat axes in it change predictions: cache dropped).
+
+    A finished or killed run is final: the same request again answers the run unchanged, another one is a 409.
+    """
     device = get_device(session, name)
     if not any(run.run_id == run_id for run in list_runs(session, device)):
         raise HTTPException(status_code=status.HTTP_404_NOT_FOUND,
                             detail=f"unknown run {run_id!r} on device {name!r}; start it with POST first")
-    run = finish_run(session, run_id, body.status, body.report)
+    _check_report_size(body.report, settings.max_run_report_kb)
+    try:
+        run = finish_run(session, run_id, body.status, body.report)
+    except RunClosedError as exc:
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     public = RunPublic.model_validate(run)
     session.commit()
     predictions.invalidate_device(name)
