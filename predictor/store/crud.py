@@ -9,6 +9,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, func, select
@@ -31,6 +32,7 @@ __all__ = [
     "MeasurementConflict",
     "MeasurementIn",
     "RunClosedError",
+    "StoredModelSummary",
     "add_measurements",
     "add_validation",
     "count_measurements_by_op",
@@ -43,6 +45,7 @@ __all__ = [
     "iter_measurements",
     "list_devices",
     "list_runs",
+    "list_stored_models",
     "list_validations",
     "load_regressors",
     "lookup_table",
@@ -544,6 +547,30 @@ def list_validations(session: Session, device: Device) -> list[Validation]:
             .order_by(Validation.created_at, Validation.id)
         )
     )
+
+
+@dataclass(frozen=True)
+class StoredModelSummary:
+    """An uploaded model without its kernel list (which may be megabytes)."""
+
+    id: str
+    name: str
+    size_bytes: int
+    created_at: datetime
+
+
+def list_stored_models(session: Session, limit: int, offset: int = 0) -> tuple[list[StoredModelSummary], int]:
+    """Uploaded models with kernels, newest first (a page of them), and how many there are in all."""
+    complete = StoredModel.kernels.is_not(None)
+    rows = session.execute(
+        select(StoredModel.id, StoredModel.name, StoredModel.size_bytes, StoredModel.created_at)
+        .where(complete)
+        .order_by(StoredModel.created_at.desc(), StoredModel.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    total = session.scalar(select(func.count()).select_from(StoredModel).where(complete)) or 0
+    return [StoredModelSummary(*row) for row in rows], int(total)
 
 
 def get_stored_model(session: Session, model_id: str) -> StoredModel | None:

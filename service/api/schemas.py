@@ -29,6 +29,8 @@ __all__ = [
     "MeasurementsInserted",
     "MeasurementsPublic",
     "ModelPublic",
+    "ModelSummaryPublic",
+    "ModelsPublic",
     "PredictRequest",
     "PredictionPublic",
     "RankCandidate",
@@ -312,6 +314,24 @@ class ModelPublic(BaseModel):
     size_bytes: int
     inputs: dict[str, list[int | str | None]]
     kernels: list[dict[str, Any]]
+
+
+class ModelSummaryPublic(BaseModel):
+    """An uploaded model in a list: its id and label, not its kernels."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    size_bytes: int
+    created_at: datetime
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelSummaryPublic]
+    count: int = Field(description="uploaded models, over all pages")
+    limit: int
+    offset: int
 
 
 class PredictRequest(BaseModel):

@@ -285,7 +285,9 @@ def render_models(models: Sequence[ModelOption], devices: Sequence[str], selecte
         '<button type="submit" id="upload-button">Upload</button></form>'
         '<p class="status" id="upload-status"></p>'
         f'<label>uploaded model <select id="model-select"><option value="">– pick a model –</option>{model_options}'
-        "</select></label></section>"
+        "</select></label>"
+        '<button type="button" id="list-models-button" class="small">list uploaded models (needs the token)</button>'
+        "</section>"
         '<section class="panel"><h2>2. Device</h2>'
         f'<label>device <select id="device-select">{device_options}</select></label>'
         + ("" if devices else '<p class="warn">no devices yet: profile one first</p>')

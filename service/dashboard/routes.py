@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from predictor.errors import UnknownDeviceError
 from predictor.estimate import flat_axes_of
 from predictor.store import (
     Device,
-    StoredModel,
     count_measurements_by_op,
     get_device,
+    get_stored_model,
     iter_measurements,
     list_devices,
     list_runs,
@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 # Beyond this many points a scatter is a blob and the page slows down; the series are thinned evenly.
 MAX_SCATTER_POINTS = 4000
-_MAX_MODELS_LISTED = 200
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 page_router = APIRouter(include_in_schema=False)
 chart_router = APIRouter(prefix="/dashboard", tags=["dashboard"], dependencies=[ReadAccess])
@@ -117,14 +117,19 @@ def device_page(name: str, session: SessionDep, settings: SettingsDep) -> HTMLRe
 @page_router.get("/models", response_class=HTMLResponse)
 def models_page(session: SessionDep, settings: SettingsDep,
                 model: Annotated[str | None, Query(description="preselected model id")] = None) -> HTMLResponse:
-    """Upload or pick a model, choose a device and candidate configs, rank them, inspect the kernels."""
+    """Upload or pick a model, choose a device and candidate configs, rank them, inspect the kernels.
+
+    The page lists no uploaded models: an id is all a question needs, and the page is open. It offers the model
+    named by `?model=` (whoever has the id may use it), the one just uploaded, and, to token holders, the list
+    GET /api/models returns (loaded by the page's script with the token typed in).
+    """
     closed = _reads_closed(settings.read_token_required)
     if closed is not None:
         return closed
-    stored = session.scalars(select(StoredModel).order_by(StoredModel.created_at.desc()).limit(_MAX_MODELS_LISTED))
-    # A row without kernels is an upload that failed half-way (JSON null, not SQL NULL): not offered.
-    models = [ModelOption(id=row.id, name=row.name, size_bytes=row.size_bytes, kernels=len(row.kernels),
-                          created_at=row.created_at) for row in stored if row.kernels is not None]
+    stored = get_stored_model(session, model) if model is not None and _SHA256_HEX.fullmatch(model) else None
+    models = [] if stored is None or stored.kernels is None else [
+        ModelOption(id=stored.id, name=stored.name, size_bytes=stored.size_bytes, kernels=len(stored.kernels),
+                    created_at=stored.created_at)]
     devices = [device.name for device in list_devices(session)]
     return HTMLResponse(render_models(models, devices, selected_model=model))
 

@@ -485,12 +485,32 @@
     }
   }
 
+  // Uploaded models are listed to token holders only (an id is all a question needs): GET /api/models.
+  async function listModels() {
+    try {
+      if (!token()) throw new Error("type the API token first: listing uploaded models needs it");
+      const page = await api("/api/models?limit=200");
+      const select = document.getElementById("model-select");
+      page.data.forEach(function (model) {
+        if (Array.from(select.options).some(function (o) { return o.value === model.id; })) return;
+        const option = document.createElement("option");
+        option.value = model.id;
+        option.textContent = model.name + " · " + model.id.slice(0, 12);
+        select.appendChild(option);
+      });
+      setText("upload-status", "Listed " + page.data.length + " of " + page.count + " uploaded models.", "good");
+    } catch (error) {
+      setText("upload-status", "Listing models failed: " + error.message, "bad");
+    }
+  }
+
   function modelsPage() {
     const tokenInput = document.getElementById("api-token");
     tokenInput.value = token();
     tokenInput.addEventListener("change", function () { sessionStorage.setItem(TOKEN_KEY, tokenInput.value.trim()); });
     document.getElementById("upload-form").addEventListener("submit", upload);
     document.getElementById("rank-button").addEventListener("click", rank);
+    document.getElementById("list-models-button").addEventListener("click", listModels);
   }
 
   document.addEventListener("DOMContentLoaded", function () {

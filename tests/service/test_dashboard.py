@@ -204,7 +204,7 @@ def test_user_controlled_names_are_escaped(store_engine: Engine, store_url: str,
         assert charts.status_code == 200 and charts.json()["device"] == EVIL
         missing = client.get(f"/devices/{quote('<b>nope</b>', safe='')}")
         assert missing.status_code == 404 and "<b>nope</b>" not in missing.text
-        models = client.get("/models").text
+        models = client.get("/models", params={"model": hashlib.sha256(b"evil").hexdigest()}).text
         assert "<img src=x" not in models and "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in models
         assert f'<option value="{EVIL}"' not in models
 
@@ -222,6 +222,25 @@ def test_models_page_offers_models_devices_and_candidates(dash: TestClient, dash
     assert f'<option value="{DEVICE}">{DEVICE}</option>' in page
     assert 'id="model-file"' in page and 'id="rank-button"' in page and 'id="chart-kernels"' in page
     assert 'value="int8" data-config="{&quot;default&quot;: {&quot;bits&quot;: 8}}" checked' in page
+
+
+def test_models_page_lists_no_model_ids(dash: TestClient, store_engine: Engine) -> None:
+    """The page is open: it names only the model its URL names; token holders list the others via the API."""
+    ids = [hashlib.sha256(name).hexdigest() for name in (b"first", b"second")]
+    with session_scope(session_factory(store_engine)) as session:
+        for index, model_id in enumerate(ids):
+            save_stored_model(session, model_id=model_id, name=f"m{index}.onnx", size_bytes=5, inputs={},
+                              kernels=[{"name": "k"}])
+    page = dash.get("/models").text
+    assert not any(model_id in page or model_id[:12] in page for model_id in ids)
+    assert 'id="list-models-button"' in page
+    named = dash.get("/models", params={"model": ids[0]}).text
+    assert ids[0] in named and ids[1] not in named
+    assert ids[1] not in dash.get("/models", params={"model": "f" * 64}).text
+    listing = dash.get("/api/models")
+    assert listing.status_code == 401 and not any(model_id in listing.text for model_id in ids)
+    listed = dash.get("/api/models", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert sorted(m["id"] for m in listed["data"]) == sorted(ids) and listed["count"] == 2
 
 
 def test_token_protected_reads_close_the_pages(store_engine: Engine, store_url: str, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from predictor.store import (
     Device,
     create_store_engine,
     downgrade_schema,
+    get_stored_model,
     session_factory,
     session_scope,
     upgrade_schema,
@@ -65,7 +67,7 @@ def test_upgrade_creates_all_tables(store_engine: Engine) -> None:
         "inputs",
         "kernels",
     }
-    assert _revision(store_engine) == "0001"
+    assert _revision(store_engine) == "0002"
 
 
 def test_migration_matches_models(store_engine: Engine) -> None:
@@ -81,7 +83,7 @@ def test_upgrade_schema_twice_is_a_noop(store_engine: Engine) -> None:
     upgrade_schema(store_engine)
 
     assert set(inspect(store_engine).get_table_names()) == tables_before
-    assert _revision(store_engine) == "0001"
+    assert _revision(store_engine) == "0002"
     with store_engine.connect() as connection:
         assert connection.execute(select(Device.name)).scalars().all() == ["kept"]
         assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
@@ -154,3 +156,21 @@ def test_session_scope_commits_or_rolls_back(store_engine: Engine) -> None:
     # expire_on_commit=False: attributes stay readable after the scope closed.
     assert devices[0].created_at.tzinfo is not None
     assert devices[0].created_at.utcoffset() == UTC.utcoffset(None)
+
+
+def test_migration_0002_forgets_stored_kernel_lists(sqlite_url: str) -> None:
+    """Kernel lists stored before 0002 may hold bytes of files beside the server: none survives the upgrade."""
+    engine = create_store_engine(sqlite_url)
+    upgrade_schema(engine, "0001")
+    leaked = {"name": "w", "key": {"op_type": "Gemm", "inputs": [[1, 4]], "outputs": [[1, 4]], "weight": [72, 78]}}
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO models (id, name, size_bytes, created_at, inputs, kernels) "
+                 "VALUES (:id, 'm.onnx', 5, '2026-01-01 00:00:00', '{}', :kernels)"),
+            {"id": "a" * 64, "kernels": json.dumps([leaked])})
+    upgrade_schema(engine)
+    assert _revision(engine) == "0002"
+    with session_scope(session_factory(engine)) as session:
+        stored = get_stored_model(session, "a" * 64)
+        assert stored is not None and stored.kernels is None and stored.name == "m.onnx"
+    engine.dispose()

@@ -5,17 +5,17 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from predictor.errors import InvalidModelError
 from predictor.graph import load_model, model_inputs, set_input_shapes
 from predictor.kernels import Kernel, extract_kernels
 from predictor.runtime import local_runtime
-from predictor.store import get_stored_model, save_stored_model
+from predictor.store import get_stored_model, list_stored_models, save_stored_model
 from service.api.deps import ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
 from service.api.predictions import model_path
-from service.api.schemas import ModelPublic
+from service.api.schemas import ModelPublic, ModelsPublic, ModelSummaryPublic
 from service.api.uploads import (
     BadUploadError,
     UploadedModel,
@@ -35,6 +35,9 @@ __all__ = ["router"]
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[ReadAccess])
+
+# Offsets past a 32-bit integer overflow SQLite/PostgreSQL binds.
+_MAX_OFFSET = 2**31 - 1
 
 ModelId = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="sha256 hex digest of the model bytes")]
 
@@ -135,6 +138,19 @@ async def upload_model(request: Request, response: Response, settings: SettingsD
     if not created:
         response.status_code = status.HTTP_200_OK
     return public
+
+
+@router.get("", response_model=ModelsPublic, dependencies=[WriteAccess])
+def read_models(session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                offset: Annotated[int, Query(ge=0, le=_MAX_OFFSET)] = 0) -> ModelsPublic:
+    """Uploaded models, newest first; for token holders only.
+
+    A model's id is all a question about it needs (anyone who knows one may predict with it where reads are
+    open), so ids are listed only to those who may upload.
+    """
+    summaries, total = list_stored_models(session, limit=limit, offset=offset)
+    return ModelsPublic(data=[ModelSummaryPublic.model_validate(row) for row in summaries], count=total,
+                        limit=limit, offset=offset)
 
 
 @router.get("/{model_id}", response_model=ModelPublic, responses={404: {"description": "unknown model"}})
