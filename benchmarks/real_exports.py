@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -47,7 +48,7 @@ class Entry:
     exporter: str = "torchscript"  # "torchscript" or "dynamo"
     batch: int = 1
     size: int = 224  # image side, or sequence length for text models
-    compression: str = "fp32"  # fp32, qdq, qdq_per_channel, dynamic_int8, int4, prune30, prune50, prune30+qdq...
+    compression: str = "fp32"  # fp32, qdq, qdq_u8_per_channel, dynamic_int8, int4, prune30, prune50, prune30+qdq...
     group: str = ""  # variants of one base model rank against each other
     dynamic_batch: bool = False  # the batch axis exported as a symbolic dimension (`dynamic_axes`)
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -190,13 +191,21 @@ def default_zoo() -> list[Entry]:
         _fp32("gpt2_small_b2_s32", "text", "gpt2_small", batch=2, size=32, exporter="dynamo",
               group="gpt2_small_b2_s32"),
     ]
+    # Text and ViT exports at other shapes, for the priors only (the TorchScript exporter bakes the sequence length
+    # and batch of Hugging Face models into the graph: each shape is an export of its own).
+    entries += [
+        _fp32("prior_bert_s32", "text", "bert", size=32), _fp32("prior_bert_s256", "text", "bert", size=256),
+        _fp32("prior_bert_b2_s64", "text", "bert", size=64, batch=2),
+        _fp32("prior_distilbert_b4_s32", "text", "distilbert", size=32, batch=4),
+        _fp32("prior_gpt2_s64", "text", "gpt2", size=64, exporter="dynamo"),
+        _fp32("prior_gpt2_b2_s256", "text", "gpt2", size=256, batch=2, exporter="dynamo"),
+        _fp32("prior_vit_b_16_b2", "vit", "vit_b_16", batch=2),
+    ]
     # Compressed by onnxruntime's quantizers and torch-pruning, each beside its fp32 base (same group).
     for arch in ["resnet18", "mobilenet_v2", "efficientnet_b0", "resnet50", "mobilenet_v3_large", "regnet_y_400mf"]:
         entries.append(Entry(f"{arch}_qdq", "cnn", arch, compression="qdq", group=arch))
-    entries.append(Entry("convnext_tiny_qdq_pc", "cnn", "convnext_tiny", compression="qdq_per_channel",
-                         group="convnext_tiny"))
-    entries.append(Entry("mobilenet_v2_qdq_pc", "cnn", "mobilenet_v2", compression="qdq_per_channel",
-                         group="mobilenet_v2"))
+    for arch in ["convnext_tiny", "mobilenet_v2", "resnet18", "efficientnet_b0"]:
+        entries.append(Entry(f"{arch}_qdq_u8pc", "cnn", arch, compression="qdq_u8_per_channel", group=arch))
     for arch, ratio in [("resnet18", 30), ("resnet18", 50), ("mobilenet_v2", 30), ("mobilenet_v2", 50),
                         ("resnet50", 30), ("efficientnet_b0", 30), ("mobilenet_v3_large", 50),
                         ("convnext_tiny", 30), ("regnet_y_400mf", 30)]:
@@ -224,6 +233,7 @@ def test_zoo() -> list[Entry]:
         Entry("tiny_mobilenet_v2", "cnn", "tiny_mobilenet_v2", size=96, dynamic_batch=True),
         Entry("tiny_mobilenet_v2_dynamo", "cnn", "tiny_mobilenet_v2", size=96, exporter="dynamo"),
         Entry("tiny_mobilenet_v2_qdq", "cnn", "tiny_mobilenet_v2", size=96, compression="qdq"),
+        Entry("tiny_mobilenet_v2_qdq_u8pc", "cnn", "tiny_mobilenet_v2", size=96, compression="qdq_u8_per_channel"),
         Entry("tiny_mobilenet_v2_prune50", "cnn", "tiny_mobilenet_v2", size=96, compression="prune50"),
         Entry("tiny_mobilenet_v2_prune50_qdq", "cnn", "tiny_mobilenet_v2", size=96, compression="prune50+qdq"),
         Entry("tiny_resnet18_prune88", "cnn", "tiny_resnet18", size=64, compression="prune88"),
@@ -309,18 +319,26 @@ class _RandomReader:
 def _quantize(source: Path, target: Path, compression: str) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    if compression in ("qdq", "qdq_per_channel"):
-        quantize_static(str(source), str(target), _RandomReader(source), quant_format=QuantFormat.QDQ,
-                        per_channel=compression == "qdq_per_channel", activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+    if compression == "qdq":
+        # quantize_static as its documentation's first example calls it: its defaults (QDQ, int8 activations and
+        # weights, one scale per tensor).
+        quantize_static(str(source), str(target), _RandomReader(source))
+    elif compression == "qdq_u8_per_channel":
+        # As onnxruntime recommends on x86: uint8 activations, per-channel weights, after its pre-processing.
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared = source.with_suffix(".pre.onnx")
+        quant_pre_process(str(source), str(prepared))
+        quantize_static(str(prepared), str(target), _RandomReader(prepared), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     elif compression == "dynamic_int8":
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(source), str(target))
     elif compression == "int4":
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         model = onnx.load(str(source))
-        quantizer = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=True)
+        quantizer = MatMulNBitsQuantizer(model)
         quantizer.process()
         quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
     else:
@@ -382,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the entries and exit")
     parser.add_argument("--force", action="store_true", help="rebuild files that exist")
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     entries = default_zoo() if args.set == "bench" else test_zoo()
     if args.list:
@@ -400,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(torch_threads)
+    # onnxruntime's quantizers leave "<uuid>.data" files in the working directory for large models: work in scratch.
+    os.chdir(scratch)
     for index, entry in enumerate(selected, 1):
         if entry.name in records and (args.out / entry.file).exists() and not args.force:
             continue
@@ -413,9 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("[%d/%d] %s (%.0f s)", index, len(selected), entry.name, time.monotonic() - started)
         manifest = {"versions": versions(), "models": [records[e.name] for e in entries if e.name in records]}
         manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    for leftover in scratch.iterdir():
-        leftover.unlink()
-    scratch.rmdir()
+    os.chdir(args.out)
+    shutil.rmtree(scratch)
     if failures:
         logger.error("failed: %s", ", ".join(failures))
     return 1 if failures else 0

@@ -37,6 +37,14 @@ class LayerCompression(BaseModel):
                     "default) or dynamic (onnxruntime's quantize_dynamic: int8 weights, activations quantized at run "
                     "time, MatMulInteger / DynamicQuantizeMatMul; what transformers run on CPU)",
     )
+    per_channel: bool | None = Field(
+        default=None,
+        description="static int8: one weight scale per output channel (true, the default) or one per tensor "
+                    "(false, quantize_static's own default); the whole model's (set it in default)")
+    activation_type: Literal["uint8", "int8"] | None = Field(
+        default=None,
+        description="static int8: activations as uint8 (the default: U8S8, what onnxruntime recommends on x86) or "
+                    "int8 (S8S8, quantize_static's own default); the whole model's (set it in default)")
     sparsity: float | None = Field(default=None, ge=0.0, le=0.99, description="share of weights zeroed by magnitude")
     sparsity_pattern: Literal["unstructured", "2:4"] | None = Field(default=None)
     prune_ratio: float | None = Field(
@@ -55,6 +63,8 @@ class ResolvedCompression:
     prune_ratio: float = 0.0
     round_to: int = 1
     quantization: str = "static"
+    per_channel: bool = True
+    activation_type: str = "uint8"
 
     @property
     def dynamic_int8(self) -> bool:
@@ -142,16 +152,25 @@ class CompressionConfig(BaseModel):
         return json.dumps(self.model_dump(exclude_none=True), sort_keys=True, separators=(",", ":"))
 
 
+_MODEL_WIDE = ("per_channel", "activation_type")
+
+
 def parse_config(data: Any) -> CompressionConfig:
     """Validate a config document; ConfigError names the offending field."""
     if data is None:
         return CompressionConfig()
     try:
-        return CompressionConfig.model_validate(data)
+        config = CompressionConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "config"
         raise ConfigError(f"invalid compression config at {where}: {first['msg']}") from exc
+    for pattern, spec in config.layers.items():
+        for name in _MODEL_WIDE:
+            if getattr(spec, name) is not None and getattr(spec, name) != getattr(config.default, name):
+                raise ConfigError(f"invalid compression config at layers.{pattern}.{name}: {name} applies to the "
+                                  "whole model's int8 quantization; set it in default")
+    return config
 
 
 def load_config(path: str | Path) -> CompressionConfig:

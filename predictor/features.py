@@ -89,6 +89,8 @@ FEATURE_NAMES: list[str] = [
     "sparsity",
     "is_2_4",
     "is_unstructured",
+    "signed_activations",
+    "per_channel_weights",
 ]
 
 _N_FEATURES = len(FEATURE_NAMES)
@@ -261,6 +263,8 @@ def _raw_features(key: KernelKey) -> tuple[float, ...]:
         _DTYPE_BYTES.get(key.dtype, 4.0),
         pattern == "2:4",
         pattern == "unstructured",
+        key.bits == 8 and key.dtype == "int8",
+        attrs.get("weight_scale") == "channel",
     )
 
 
@@ -268,7 +272,7 @@ _RAW_NAMES = [
     "input_elems", "output_elems", "out0_elems", "weight_elems", "macs", "sparsity", "n_data_inputs", "batch", "cin",
     "cout", "out_spatial", "in_spatial", "kernel_h", "kernel_w", "kernel_area", "stride", "group", "is_depthwise",
     "inner_dim", "output_rank", "channels_last", "matmul_m", "matmul_n", "matmul_k", "activation_code", "bits",
-    "activation_bytes", "is_2_4", "is_unstructured",
+    "activation_bytes", "is_2_4", "is_unstructured", "signed_activations", "per_channel_weights",
 ]
 _RAW = {name: index for index, name in enumerate(_RAW_NAMES)}
 

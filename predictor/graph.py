@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from predictor.errors import InvalidModelError
 from predictor.shapes import TensorInfo, infer_model_shapes
@@ -254,12 +254,47 @@ def infer_tensor_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
         raise InvalidModelError(str(exc)) from exc
 
 
-def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers of a model as numpy arrays (plus the values of Constant nodes)."""
-    arrays = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+def initializer_arrays(model: onnx.ModelProto) -> Mapping[str, np.ndarray]:
+    """Initializers of a model as numpy arrays (plus the values of Constant nodes), converted when first read.
+
+    A tensor whose data lives in an external file that was not loaded (an optimized graph saved without its
+    weights) reads as zeros of its shape and type, holding no memory: its shape is all a key needs of it.
+    """
+    tensors = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.output:
             for attr in node.attribute:
                 if attr.name == "value":
-                    arrays[node.output[0]] = numpy_helper.to_array(attr.t)
-    return arrays
+                    tensors[node.output[0]] = attr.t
+    return _LazyArrays(tensors)
+
+
+class _LazyArrays(Mapping[str, np.ndarray]):
+    """Tensors by name, each converted to numpy on first access (a model's weights are mostly never read)."""
+
+    def __init__(self, tensors: dict[str, onnx.TensorProto]) -> None:
+        self._tensors = tensors
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        array = self._arrays.get(name)
+        if array is None:
+            tensor = self._tensors[name]
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                dims = tuple(int(d) for d in tensor.dims)
+                array = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=dims, strides=(0,) * len(dims),
+                                                        writeable=False)
+            else:
+                array = numpy_helper.to_array(tensor)
+            self._arrays[name] = array
+        return array
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)

@@ -141,6 +141,7 @@ _OPTIMIZATION_LEVELS = {"basic": "ORT_ENABLE_BASIC", "all": "ORT_ENABLE_ALL"}
 
 def optimize_model(
     model: onnx.ModelProto, runtime: RuntimeSpec, level: str = "all", limits: OptimizerLimits | None = None,
+    weights: bool = True,
 ) -> onnx.ModelProto:
     """Run onnxruntime's graph optimizer for this runtime and return the graph it will execute.
 
@@ -149,6 +150,8 @@ def optimize_model(
     `level` "basic" stops at constant folding and BatchNorm fusion. With `limits` (or those of the
     enclosing `optimizer_limits` block, which the service sets for every request) the optimizer runs in
     a worker process, killed at the time limit; without, here (CLI and profiler, on the user's own models).
+    `weights` False: the graph comes back without its weight matrices' data (their tensors keep names, shapes and
+    types, marked external): what reading kernels needs, at a fraction of the bytes.
     """
     if runtime.backend != "onnxruntime":
         raise InvalidModelError(f"kernel extraction for backend {runtime.backend!r} needs its own extractor")
@@ -156,12 +159,16 @@ def optimize_model(
         raise ValueError(f"unknown optimization level {level!r}")
     limits = limits or _current_limits.get()
     data = model.SerializeToString()
-    optimized = _optimize_bytes(data, runtime, level) if limits is None else _workers().optimize(
-        data, runtime, level, limits)
+    optimized = _optimize_bytes(data, runtime, level, weights) if limits is None else _workers().optimize(
+        data, runtime, level, limits, weights)
     return onnx.load_model_from_string(optimized)
 
 
-def _optimize_bytes(data: bytes, runtime: RuntimeSpec, level: str) -> bytes:
+# Optimized graphs read without weights keep tensors up to this size in the graph (scales, zero points, shapes).
+_INLINE_TENSOR_BYTES = 4096
+
+
+def _optimize_bytes(data: bytes, runtime: RuntimeSpec, level: str, weights: bool = True) -> bytes:
     """The optimized model's bytes, in this process; InvalidModelError if the runtime cannot load it."""
     import onnxruntime as ort
 
@@ -170,6 +177,12 @@ def _optimize_bytes(data: bytes, runtime: RuntimeSpec, level: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="latpred-opt-") as tmp:
         optimized_path = Path(tmp) / "optimized.onnx"
         options.optimized_model_filepath = str(optimized_path)
+        if not weights:
+            # Larger tensors go to a file beside it, which is never read: the graph holds their shapes and types.
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             "weights.bin")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                             str(_INLINE_TENSOR_BYTES))
         try:
             ort.InferenceSession(data, options, providers=[runtime.execution_provider])
         except Exception as exc:  # onnxruntime raises its own pybind exception types
@@ -239,14 +252,15 @@ class _WorkerPool:
         self._started = 0
         self._available = threading.Condition()
 
-    def optimize(self, data: bytes, runtime: RuntimeSpec, level: str, limits: OptimizerLimits) -> bytes:
+    def optimize(self, data: bytes, runtime: RuntimeSpec, level: str, limits: OptimizerLimits,
+                 weights: bool = True) -> bytes:
         too_slow = f"the runtime's optimizer ran past the time limit of {limits.timeout_s:g} s on this model"
         worker = self._checkout(limits)
         healthy = False
         try:
             # Only the optimizer's own time counts, not the wait for a free worker or its start.
             started = time.monotonic()
-            worker.connection.send((data, runtime.to_dict(), level, limits.memory_mb))
+            worker.connection.send((data, runtime.to_dict(), level, limits.memory_mb, weights))
             if not worker.connection.poll(limits.timeout_s):
                 raise InvalidModelError(too_slow)
             try:
@@ -348,12 +362,13 @@ def _serve_optimizer(connection: Connection) -> None:
     connection.send("ready")
     while True:
         try:
-            data, runtime_fields, level, memory_mb = connection.recv()
+            data, runtime_fields, level, memory_mb, weights = connection.recv()
         except EOFError:  # the parent went away
             return
         try:
             with _address_space_limit(idle_bytes, memory_mb):
-                answer: tuple[str, object] = ("ok", _optimize_bytes(data, RuntimeSpec(**runtime_fields), level))
+                answer: tuple[str, object] = ("ok", _optimize_bytes(data, RuntimeSpec(**runtime_fields), level,
+                                                                    weights))
         except InvalidModelError as exc:
             answer = ("invalid", str(exc))
         except MemoryError:

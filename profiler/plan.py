@@ -1,7 +1,10 @@
 """What to profile, in priority order: the user's model first, then real architectures, then random variants.
 
 A work item is a whole (compressed) model: profiling it measures every kernel it contains in the
-context it really runs in, and its end-to-end time teaches the device's per-run overhead.
+context it really runs in, and its end-to-end time teaches the device's per-run overhead. The priors are
+skeletons of real exports (data/priors, written by benchmarks/make_priors.py from torch.onnx.export and Hugging
+Face files); each is profiled under latpred's configs and as onnxruntime's own quantizer leaves it (`tool`),
+then at other batch sizes, input sizes and sequence lengths.
 """
 from __future__ import annotations
 
@@ -11,24 +14,29 @@ import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from predictor.compress import apply_config
 from predictor.config import CompressionConfig, parse_config
 from profiler.skeleton import load_skeleton, materialize_skeleton
+from profiler.tools import apply_tool
 
 __all__ = [
     "DEFAULT_PRIORS_DIR",
+    "RANDOM_BATCHES",
+    "RANDOM_SEQUENCE_LENGTHS",
     "RANDOM_SIZES",
     "WorkItem",
     "default_plan",
+    "input_shapes_for",
     "model_plan",
     "prior_index",
     "random_variants",
     "resizable_priors",
+    "sizes_for",
     "variant_item",
 ]
 
@@ -36,16 +44,24 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PRIORS_DIR = Path(__file__).resolve().parents[1] / "data" / "priors"
 
-# Stages of the default space. Sparsity stages stop early for op types where the axis proves flat.
-_PRIOR_CONFIGS: list[tuple[str, dict[str, Any]]] = [
-    ("fp32", {}),
-    ("int8", {"default": {"bits": 8}}),
-    ("prune30", {"default": {"prune_ratio": 0.3}}),
-    ("prune50_r8", {"default": {"prune_ratio": 0.5, "round_to": 8}}),
-    ("int8_prune30", {"default": {"bits": 8, "prune_ratio": 0.3}}),
-    ("prune50", {"default": {"prune_ratio": 0.5}}),
-    ("fp16", {"default": {"bits": 16}}),
-    ("int4", {"default": {"bits": 4}}),
+_ALL = frozenset({"cnn", "vit", "text"})
+_TRANSFORMERS = frozenset({"vit", "text"})
+# Stages of the default space: (name, config, tool, families). A tool is what a user's own quantizer does to the
+# file as it stands (profiler.tools); sparsity stages stop early for op types where the axis proves flat.
+_PRIOR_CONFIGS: list[tuple[str, dict[str, Any], str, frozenset[str]]] = [
+    ("fp32", {}, "", _ALL),
+    ("int8", {"default": {"bits": 8}}, "", _ALL),
+    ("qdq_ort", {}, "quantize_static", _ALL),
+    ("dynamic_int8", {"default": {"bits": 8, "quantization": "dynamic"}}, "", _TRANSFORMERS),
+    ("int4", {"default": {"bits": 4}}, "", _TRANSFORMERS),
+    ("prune30", {"default": {"prune_ratio": 0.3}}, "", _ALL),
+    ("prune30_qdq_ort", {"default": {"prune_ratio": 0.3}}, "quantize_static", frozenset({"cnn"})),
+    ("prune50_r8", {"default": {"prune_ratio": 0.5, "round_to": 8}}, "", frozenset({"cnn"})),
+    ("int8_prune30", {"default": {"bits": 8, "prune_ratio": 0.3}}, "", frozenset({"cnn"})),
+    ("prune50", {"default": {"prune_ratio": 0.5}}, "", _ALL),
+    ("int8_s8_per_tensor", {"default": {"bits": 8, "per_channel": False, "activation_type": "int8"}}, "",
+     frozenset({"cnn"})),
+    ("fp16", {"default": {"bits": 16}}, "", _ALL),
 ]
 SPARSITY_CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("sparse50", {"default": {"sparsity": 0.5}}),
@@ -55,6 +71,8 @@ SPARSITY_CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("sparse95", {"default": {"sparsity": 0.95}}),
 ]
 RANDOM_SIZES = [96, 128, 160, 192, 256]
+RANDOM_SEQUENCE_LENGTHS = [16, 32, 64, 128, 256, 384]
+RANDOM_BATCHES = [1, 1, 1, 2, 4, 8]
 
 
 @dataclass(frozen=True)
@@ -66,18 +84,27 @@ class WorkItem:
     config: CompressionConfig
     stage: str
     architecture: str = ""
-    # Where a prior's variant comes from (the skeleton file and input size): what refinement varies.
+    # Where a prior's variant comes from (the skeleton file, batch and input size or sequence length): what
+    # refinement varies.
     prior_file: str = ""
-    image_size: int | None = None
+    size: int | None = None
+    batch: int | None = None
+    # A quantizer of the user's run on the config's result as it stands (profiler.tools), or "".
+    tool: str = ""
 
     @property
     def item_id(self) -> str:
-        digest = hashlib.sha256(f"{self.label}|{self.config.canonical_json()}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{self.label}|{self.config.canonical_json()}|{self.tool}".encode()).hexdigest()
         return digest[:16]
 
     @property
     def is_sparsity(self) -> bool:
         return self.stage == "sparsity"
+
+    def model(self) -> onnx.ModelProto:
+        """The model to profile: built, compressed by the config, then by the tool."""
+        model = apply_config(self.build(), self.config)
+        return apply_tool(self.tool, model) if self.tool else model
 
 
 def prior_index(priors_dir: Path = DEFAULT_PRIORS_DIR) -> list[dict[str, Any]]:
@@ -86,33 +113,62 @@ def prior_index(priors_dir: Path = DEFAULT_PRIORS_DIR) -> list[dict[str, Any]]:
     if not index_path.exists():
         raise FileNotFoundError(f"no op-space priors at {priors_dir} (expected index.json)")
     entries = json.loads(index_path.read_text())["priors"]
-    return sorted(entries, key=lambda e: (e["priority"], -e["image_size"]))
+    return sorted(entries, key=lambda e: (e["priority"], e["file"]))
 
 
-def _skeleton_builder(path: Path, size_override: int | None = None, seed: int = 0) -> Callable[[], onnx.ModelProto]:
+def _input_shapes(entry: dict[str, Any], skeleton: dict[str, Any], batch: int | None,
+                  size: int | None) -> dict[str, list[int]] | None:
+    """The skeleton's input shapes at another batch size and input size (image side or sequence length)."""
+    if batch is None and size is None:
+        return None
+    shapes = {}
+    for value in skeleton["inputs"]:
+        dims = list(value["shape"])
+        if batch is not None:
+            dims[0] = batch
+        if size is not None:
+            if entry.get("family") == "text":
+                dims[1] = size
+            else:
+                dims[-2:] = [size, size]
+        shapes[value["name"]] = dims
+    return shapes
+
+
+def _skeleton_builder(priors_dir: Path, entry: dict[str, Any], batch: int | None = None, size: int | None = None,
+                      seed: int = 0) -> Callable[[], onnx.ModelProto]:
     def build() -> onnx.ModelProto:
-        skeleton = load_skeleton(path)
-        shapes = None
-        if size_override is not None:
-            shapes = {v["name"]: [v["shape"][0], v["shape"][1], size_override, size_override]
-                      for v in skeleton["inputs"]}
-        return materialize_skeleton(skeleton, seed=seed, input_shapes=shapes)
+        skeleton = load_skeleton(priors_dir / entry["file"])
+        return materialize_skeleton(skeleton, seed=seed, input_shapes=_input_shapes(entry, skeleton, batch, size))
 
     return build
 
 
+def _own(entry: dict[str, Any], batch: int | None, size: int | None) -> tuple[int | None, int | None]:
+    """None where a batch or size is the prior's own (the same model, the same label)."""
+    return (None if batch in (None, int(entry["batch"])) else batch,
+            None if size in (None, int(entry["size"])) else size)
+
+
 def variant_item(priors_dir: Path, entry: dict[str, Any], size: int | None, config: dict[str, Any], stage: str,
-                 name: str, seed: int) -> WorkItem:
-    """A prior architecture at input size `size` (None: its own) under `config`, labelled `<stem>@<size>/<name>`."""
-    image_size = size or int(entry["image_size"])
-    return WorkItem(label=f"{Path(entry['file']).stem}@{image_size}/{name}",
-                    build=_skeleton_builder(priors_dir / entry["file"], size, seed=seed),
+                 name: str, seed: int, batch: int | None = None, tool: str = "") -> WorkItem:
+    """A prior at batch `batch` and input size `size` (None: its own) under `config` (and `tool`), labelled
+    `<stem>@<batch>x<size>/<name>`."""
+    batch, size = _own(entry, batch, size)
+    own_batch, own_size = batch or int(entry["batch"]), size or int(entry["size"])
+    return WorkItem(label=f"{Path(entry['file']).stem}@{own_batch}x{own_size}/{name}",
+                    build=_skeleton_builder(priors_dir, entry, batch, size, seed=seed),
                     config=parse_config(config), stage=stage, architecture=entry["architecture"],
-                    prior_file=entry["file"], image_size=image_size)
+                    prior_file=entry["file"], size=own_size, batch=own_batch, tool=tool)
+
+
+def sizes_for(entry: dict[str, Any]) -> list[int]:
+    """The input sizes (image side or sequence length) random variants and refinement try for a prior."""
+    return RANDOM_SEQUENCE_LENGTHS if entry.get("family") == "text" else RANDOM_SIZES
 
 
 def random_variants(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0) -> Iterator[WorkItem]:
-    """Random variants of the priors without end: input sizes, prune ratios, rounding and bit-widths."""
+    """Random variants of the priors without end: batch sizes, input sizes, prune ratios, rounding, bit-widths."""
     entries = prior_index(priors_dir)
     rng = random.Random(seed)
     resizable = resizable_priors(priors_dir)
@@ -120,12 +176,23 @@ def random_variants(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0) -> Ite
     while True:
         counter += 1
         entry = rng.choice(entries)
-        size = rng.choice(RANDOM_SIZES) if entry["file"] in resizable else None
-        variant: dict[str, Any] = {"default": {"prune_ratio": round(rng.uniform(0.1, 0.7), 2),
-                                               "bits": rng.choice([32, 32, 8])}}
+        size = batch = None
+        if entry["file"] in resizable:
+            size = rng.choice(sizes_for(entry))
+            batch = rng.choice(RANDOM_BATCHES)
+        transformer = entry.get("family") in _TRANSFORMERS
+        bits = rng.choice([32, 32, 8, 8, 4] if transformer else [32, 32, 8])
+        default: dict[str, Any] = {"prune_ratio": round(rng.uniform(0.1, 0.7), 2), "bits": bits}
+        tool = ""
+        if bits == 8 and transformer and rng.random() < 0.5:
+            default["quantization"] = "dynamic"
+        elif bits == 8 and rng.random() < 0.3:
+            default.pop("bits")
+            tool = "quantize_static"
         if rng.random() < 0.3:
-            variant["default"]["round_to"] = rng.choice([4, 8, 16])
-        yield variant_item(priors_dir, entry, size, variant, "random", f"random{counter}", seed=counter)
+            default["round_to"] = rng.choice([4, 8, 16])
+        yield variant_item(priors_dir, entry, size, {"default": default}, "random", f"random{counter}", seed=counter,
+                           batch=batch, tool=tool)
 
 
 def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0,
@@ -136,36 +203,31 @@ def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0,
     chooses the next.
     """
     entries = prior_index(priors_dir)
-    for stage, configs in (("priors", _PRIOR_CONFIGS), ("sparsity", SPARSITY_CONFIGS)):
-        for config_name, raw in configs:
-            for entry in entries:
-                if config_name == "int4" and "vit" not in entry["architecture"]:
-                    continue  # weight-only int4 applies to MatMul/Gemm: transformer layers
-                if stage == "sparsity" and entry["image_size"] != 224:
-                    continue
-                label = f"{Path(entry['file']).stem}/{config_name}"
-                yield WorkItem(label=label, build=_skeleton_builder(priors_dir / entry["file"]),
-                               config=parse_config(raw), stage=stage, architecture=entry["architecture"],
-                               prior_file=entry["file"], image_size=int(entry["image_size"]))
+    for config_name, raw, tool, families in _PRIOR_CONFIGS:
+        for entry in entries:
+            if entry.get("family", "cnn") in families:
+                yield variant_item(priors_dir, entry, None, raw, "priors", config_name, seed=0, tool=tool)
+    for config_name, raw in SPARSITY_CONFIGS:
+        for entry in entries:
+            if entry.get("family", "cnn") == "cnn":
+                yield variant_item(priors_dir, entry, None, raw, "sparsity", config_name, seed=0)
     yield from then if then is not None else random_variants(priors_dir, seed)
 
 
-@lru_cache(maxsize=8)
 def resizable_priors(priors_dir: Path = DEFAULT_PRIORS_DIR) -> frozenset[str]:
-    """Skeleton files of the priors that run at other input sizes (each skeleton is read once per folder)."""
-    return frozenset(e["file"] for e in prior_index(priors_dir) if _resizable(load_skeleton(priors_dir / e["file"])))
+    """Skeleton files of the priors that run at other batch and input sizes.
+
+    benchmarks/make_priors.py tried each at batch 2 and another size in onnxruntime and wrote the answer into the
+    index: exports with shapes baked into constants (Hugging Face models through the TorchScript exporter, the
+    dynamo exporter's reshapes) do not resize.
+    """
+    return frozenset(e["file"] for e in prior_index(priors_dir) if e.get("resizable"))
 
 
-def _resizable(skeleton: dict[str, Any]) -> bool:
-    """True if the architecture runs at other input sizes: no reshape spells out spatial dims, no Flatten of a map."""
-    shapes = {name: entry.get("values") for name, entry in skeleton["initializers"].items()}
-    for node in skeleton["nodes"]:
-        if node["op"] == "Reshape" and len(node["inputs"]) > 1 and len(shapes.get(node["inputs"][1]) or []) >= 4:
-            return False
-        if node["op"] == "Flatten" and not any(n["op"].startswith("Global") and node["inputs"][0] in n["outputs"]
-                                               for n in skeleton["nodes"]):
-            return False
-    return True
+def input_shapes_for(entry: dict[str, Any], skeleton: dict[str, Any], batch: int | None,
+                     size: int | None) -> dict[str, list[int]] | None:
+    """A prior's input shapes at another batch size and input size (what make_priors tries, what variants use)."""
+    return _input_shapes(entry, skeleton, batch, size)
 
 
 def model_plan(model: onnx.ModelProto, name: str, configs: list[tuple[str, CompressionConfig]]) -> list[WorkItem]:

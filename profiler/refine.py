@@ -28,11 +28,11 @@ from predictor.regressors import out_of_fold_latencies
 from predictor.store import MeasurementIn
 from profiler.plan import (
     DEFAULT_PRIORS_DIR,
-    RANDOM_SIZES,
     WorkItem,
     prior_index,
     random_variants,
     resizable_priors,
+    sizes_for,
     variant_item,
 )
 
@@ -40,7 +40,6 @@ __all__ = ["AdaptiveRefinement"]
 
 logger = logging.getLogger(__name__)
 
-_SIZES = sorted({*RANDOM_SIZES, 224})
 _MIN_ITEMS = 12  # models seen before the first fit: fewer say little about where the regressors err
 _MIN_KEYS_PER_OP = 10
 _RATIO_STEP = 0.1
@@ -155,21 +154,20 @@ class AdaptiveRefinement:
         logger.info("refinement fit on %d models, %d kernels; worst: %s", fit.items, fit.kernels, fit.worst[:3])
 
     def _neighbour(self, item: WorkItem, counter: int) -> WorkItem:
-        """A variant near `item`: same architecture and bits, a neighbouring size, a nearby prune ratio."""
+        """A variant near `item`: same architecture, bits and tool, a neighbouring size, a nearby prune ratio."""
         entry = self._entries[item.prior_file]
         spec = item.config.default
-        size = item.image_size or int(entry["image_size"])
-        if item.prior_file in self._resizable and size in _SIZES:
-            position = _SIZES.index(size) + self._rng.choice([-1, 0, 0, 1])
-            size = _SIZES[min(len(_SIZES) - 1, max(0, position))]
+        size = item.size or int(entry["size"])
+        sizes = sorted({*sizes_for(entry), int(entry["size"])})
+        if item.prior_file in self._resizable and size in sizes:
+            position = sizes.index(size) + self._rng.choice([-1, 0, 0, 1])
+            size = sizes[min(len(sizes) - 1, max(0, position))]
         ratio = (spec.prune_ratio or 0.0) + self._rng.uniform(-_RATIO_STEP, _RATIO_STEP)
         ratio = min(_MAX_PRUNE_RATIO, max(0.0, ratio))
-        default: dict[str, Any] = {"bits": spec.bits or 32, "prune_ratio": round(ratio, 2)}
-        if spec.round_to:
-            default["round_to"] = spec.round_to
-        own_size = size if size != int(entry["image_size"]) else None
-        return variant_item(self.priors_dir, entry, own_size, {"default": default}, "refine",
-                            f"refine{counter}", seed=100_000 + counter)
+        default: dict[str, Any] = {**spec.model_dump(exclude_none=True), "bits": spec.bits or 32,
+                                   "prune_ratio": round(ratio, 2)}
+        return variant_item(self.priors_dir, entry, size, {"default": default}, "refine", f"refine{counter}",
+                            seed=100_000 + counter, batch=item.batch, tool=item.tool)
 
 
 def _weighted_error(kernels: list[tuple[str, float]], predicted: dict[str, float]) -> float:

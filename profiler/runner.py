@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from predictor.compress import apply_config
 from predictor.config import CompressionConfig, LayerCompression
 from predictor.kernels import KernelKey
 from predictor.store import MeasurementIn
@@ -348,7 +347,7 @@ class ProfileRunner:
     def _profile_item(self, item: WorkItem, report: RunReport, known: set[str],
                       record: bool = True) -> list[MeasurementIn] | None:
         try:
-            model = apply_config(item.build(), item.config)
+            model = item.model()
             wall = self.backend.measure_model(model, self.protocol)
             # Paired timing says how fast the host was during the runs themselves; else a quick look now.
             reference_now = wall.reference_ms or self._reference_ms(quick=True)

@@ -29,9 +29,11 @@ def model_to_skeleton(model: onnx.ModelProto, name: str) -> dict[str, Any]:
         if array.size <= _EXACT_VALUES_MAX or not np.issubdtype(array.dtype, np.floating):
             entry["values"] = array.reshape(-1).tolist()
         else:
-            entry["mean"] = float(array.mean())
-            entry["std"] = float(array.std())
-            entry["positive"] = bool(array.min() > 0)
+            # Masks hold the float minimum or infinities: their statistics are of their finite values.
+            finite = array[np.isfinite(array)].astype(np.float64)
+            entry["mean"] = float(finite.mean()) if finite.size else 0.0
+            entry["std"] = float(finite.std()) if finite.size else 0.0
+            entry["positive"] = bool(finite.size and finite.min() > 0)
         initializers[init.name] = entry
 
     def value_info(values: Any) -> list[dict[str, Any]]:
@@ -90,7 +92,10 @@ def materialize_skeleton(skeleton: dict[str, Any], seed: int = 0,
         if "values" in entry:
             array = np.array(entry["values"], dtype=entry["dtype"]).reshape(shape)
         else:
-            array = (rng.standard_normal(shape) * entry["std"] + entry["mean"]).astype(entry["dtype"])
+            array = rng.standard_normal(shape, dtype=np.float32)
+            array *= entry["std"]
+            array += entry["mean"]
+            array = array.astype(entry["dtype"], copy=False)
             if entry.get("positive"):
                 array = np.abs(array) + 1e-3
         initializers.append(numpy_helper.from_array(array, name))

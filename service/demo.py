@@ -29,7 +29,7 @@ __all__ = ["DEMO_CANDIDATES", "DEMO_DEVICE", "run_demo"]
 logger = logging.getLogger(__name__)
 
 DEMO_DEVICE = "this-cpu-1t"
-SAMPLE_SKELETON = DEFAULT_PRIORS_DIR / "mobilenet_v2_224.json"
+SAMPLE_SKELETON = DEFAULT_PRIORS_DIR / "mobilenet_v2.json"
 DEMO_CANDIDATES: list[tuple[str, dict[str, Any]]] = [
     ("fp32", {}),
     ("fp16", {"default": {"bits": 16}}),

@@ -139,7 +139,10 @@ class OnnxRuntimeBackend:
             options.enable_profiling = True
             options.profile_file_prefix = str(profile_dir / "profile")
         if optimized_path is not None:
+            # The graph is read for its kernels only: weights go to a file beside it that nobody reads.
             options.optimized_model_filepath = str(optimized_path)
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "4096")
         try:
             return ort.InferenceSession(model.SerializeToString(), options,
                                         providers=[self._runtime.execution_provider])
@@ -289,8 +292,8 @@ class OnnxRuntimeBackend:
                 # The kernels are read from the profiled session's own optimized graph: the runtime numbers the
                 # nodes it inserts ("ReorderOutput_token_18") in an order that differs from session to session.
                 session = self._session(fixed, profile_dir=Path(tmp), optimized_path=Path(tmp) / "optimized.onnx")
-                kernels = kernels_from_optimized(fixed, onnx.load(str(Path(tmp) / "optimized.onnx")),
-                                                 nchwc_block=block)
+                optimized = onnx.load(str(Path(tmp) / "optimized.onnx"), load_external_data=False)
+                kernels = kernels_from_optimized(fixed, optimized, nchwc_block=block)
                 walls, _ = self._run_until_stable(session, random_feeds(session), protocol)
                 profile_path = session.end_profiling()
                 samples = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def conv_key(cin: int = 16, cout: int = 32, size: int = 28, k: int = 3, stride: 
 
 
 def test_feature_names_are_unique_and_fixed_length() -> None:
-    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 50
+    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == 52
 
 
 def test_conv_features_count_macs_bytes_and_layout_exactly() -> None:
@@ -151,3 +152,14 @@ def test_matrix_matches_single_vectors_and_handles_unhashable_attrs() -> None:
                                                            ("strides", [1, 1]))})
     assert kernel_features(listed) == kernel_features(conv_key())
     assert features_matrix([]).shape == (0, len(FEATURE_NAMES))
+
+
+def test_int8_signedness_and_weight_scaling_are_features() -> None:
+    """S8S8 per-tensor (quantize_static's defaults) and U8S8 per-channel are other kernels on x86 CPUs."""
+    base = KernelKey(op_type="QLinearConv", inputs=((1, 16, 28, 28),), outputs=((1, 32, 28, 28),),
+                     weight=(32, 16, 3, 3), attrs=(("channels_last", 1), ("weight_scale", "channel")), dtype="uint8",
+                     bits=8)
+    signed = named(replace(base, dtype="int8", attrs=(("channels_last", 1), ("weight_scale", "tensor"))))
+    unsigned = named(base)
+    assert (unsigned["signed_activations"], unsigned["per_channel_weights"]) == (0, 1)
+    assert (signed["signed_activations"], signed["per_channel_weights"]) == (1, 0)

@@ -43,9 +43,10 @@ def runtime_view(model: onnx.ModelProto) -> tuple[list[Kernel], dict[str, tuple[
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = f"{tmp}/profile"
         options.optimized_model_filepath = f"{tmp}/optimized.onnx"
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         fixed = name_unnamed_nodes(onnx.ModelProto.FromString(model.SerializeToString()))
-        kernels = kernels_from_optimized(fixed, onnx.load(f"{tmp}/optimized.onnx"),
+        kernels = kernels_from_optimized(fixed, onnx.load(f"{tmp}/optimized.onnx", load_external_data=False),
                                          nchwc_block=nchwc_block_size(RUNTIME))
         feeds = {}
         for arg in session.get_inputs():

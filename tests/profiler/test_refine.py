@@ -37,7 +37,8 @@ def test_refinement_draws_near_the_worst_predicted_models() -> None:
     refinement = AdaptiveRefinement(seed=0, refit_every=5, explore_share=0.0)
     plan_items = [item for item in itertools.islice(default_plan(), 40) if item.stage == "priors"][:24]
     rng = np.random.default_rng(0)
-    hard = {item.prior_file for item in plan_items if item.architecture == "resnet18"}
+    hard_archs = {"resnet18", "resnet50"}
+    hard = {item.prior_file for item in plan_items if item.architecture in hard_archs}
     for index, item in enumerate(plan_items):
         keys = random_conv_keys(20, seed=100 + index)
         latencies = true_latency_ms(keys)
@@ -47,13 +48,15 @@ def test_refinement_draws_near_the_worst_predicted_models() -> None:
     drawn = list(itertools.islice(refinement.items(), 40))
     assert all(item.stage == "refine" for item in drawn)
     by_arch = Counter(item.architecture for item in drawn)
-    # resnet18 is 4 of the 24 models seen (a uniform draw: about 7 of 40); a drawn model's weight halves.
-    assert by_arch.most_common(1)[0][0] == "resnet18" and by_arch["resnet18"] >= 12, by_arch
+    # ResNet-18 (both exporters' priors) and ResNet-50 are 3 of the 24 models seen (a uniform draw: 5 of 40); a drawn
+    # model's weight halves.
+    assert by_arch.most_common(1)[0][0] in hard_archs and sum(by_arch[a] for a in hard_archs) >= 15, by_arch
     for item in drawn:  # neighbours keep the bit-width and stay in the prune range
         spec = item.config.default
         assert spec.bits in (32, 8) and 0.0 <= (spec.prune_ratio or 0.0) <= 0.7
     summary = refinement.summary()
-    assert summary["refined_items"] == 40 and summary["fits"]["worst_items"][0][0].startswith("resnet18")
+    assert summary["refined_items"] == 40
+    assert any(label.startswith(tuple(hard_archs)) for label, _ in summary["fits"]["worst_items"][:3])
     assert len({item.item_id for item in drawn}) == len(drawn)
     line = RunReport(run_id="r", device="d", refinement=summary).summary_lines()[-1]
     assert "40 models near the worst-predicted" in line and "NchwcConv" in line
