@@ -26,6 +26,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 def run_server(host: str, port: int, settings: Settings | None = None) -> None:
     """Serve the API on host:port until interrupted; the store is the one named by the settings."""
     settings = settings or get_settings()
+    if not logging.getLogger().handlers:  # `latpred serve` configured it already; a bare run_server has none
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     logger.info("serving latpred on http://%s:%d (docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,16 +1,18 @@
 """What every request meets before a route reads its body: a rate for clients without a token, the token of
-routes that need one, and the size of JSON bodies.
+operations that need one, and the size of JSON bodies.
 
 FastAPI reads and parses a JSON body before it runs a route's dependencies, so a token check there comes after
 the whole body was received (a write without a token used to read 50 MB before its 401), and a body without a
 limit is parsed whatever its size. This middleware answers first:
 - 429 when a client address sent more than `anonymous_requests_per_minute` requests without a valid token
   (health checks and static files are not counted);
-- 401 when the route needs a token (every write; reads with LATPRED_READ_TOKEN_REQUIRED) and the request has
-  none, before a byte of its body is read;
-- 413 when a JSON body is larger than `max_body_mb`: at once from its Content-Length, or as soon as a streamed
-  body passes the limit (nothing more is read). The body is then handed to the route from memory.
-Routes without a JSON body (the multipart model upload) stream their own body under their own limit.
+- 401 when the operation needs a token, before a byte of its body is read: every write under /api (any method
+  but GET, HEAD and OPTIONS, except the questions POST /api/predict and /api/rank, which are reads), and with
+  LATPRED_READ_TOKEN_REQUIRED every other /api operation but the health check and the OpenAPI document. The
+  routes check the same with their dependencies; here an operation not listed as a read is a write (fail closed);
+- 413 when a request body (POST, PUT, PATCH) is larger than `max_body_mb`: at once from its Content-Length, or
+  as soon as a streamed body passes the limit (nothing more is read). The body is then handed to the route from
+  memory. The model upload streams its own multipart body under LATPRED_MAX_UPLOAD_MB instead.
 """
 from __future__ import annotations
 
@@ -19,33 +21,31 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import require_read_token, require_write_token
 from service.api.tokens import TokenVerdict, stored_verdict, token_error
 from service.settings import Settings
 
-__all__ = ["RequestLimitsMiddleware", "RequestRateLimiter"]
+__all__ = ["OPEN_QUESTIONS", "RequestLimitsMiddleware", "RequestRateLimiter"]
 
 logger = logging.getLogger(__name__)
 
 # Paths no rate applies to: load balancers poll health, and a page's static files come with the page.
 _UNCOUNTED_PREFIXES = ("/api/health", "/static/")
+# Reads that are POSTs (the question has a body): open unless reads need a token.
+OPEN_QUESTIONS = frozenset({"/api/predict", "/api/rank"})
+# Open even when reads need a token: load balancers, and the schema the /docs page loads.
+_ALWAYS_OPEN = frozenset({"/api/health", "/api/openapi.json"})
+# The multipart model upload streams its body under its own limit (service.api.uploads).
+_STREAMED_UPLOADS = frozenset({("POST", "/api/models")})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Client addresses whose buckets are kept; the least recently seen are forgotten past it (memory stays bounded
 # whatever the number of addresses, IPv6 included).
 _MAX_TRACKED_CLIENTS = 10_000
-
-
-@dataclass(frozen=True)
-class _RouteRules:
-    access: str | None  # "write", "read" or None: which token check the route's dependencies make
-    json_body: bool  # FastAPI reads and parses the body before the route runs
 
 
 class _BodyTooLarge(Exception):
@@ -77,17 +77,6 @@ class RequestRateLimiter:
         while len(self._buckets) > self.max_clients:
             self._buckets.popitem(last=False)
         return 0.0 if allowed else (1.0 - tokens) / rate_per_s
-
-
-def _rules_of(route: APIRoute) -> _RouteRules:
-    calls = set()
-    stack = [route.dependant]
-    while stack:
-        dependant = stack.pop()
-        calls.add(dependant.call)
-        stack.extend(dependant.dependencies)
-    access = "write" if require_write_token in calls else "read" if require_read_token in calls else None
-    return _RouteRules(access=access, json_body=route.body_field is not None)
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, status_code: int, detail: str,
@@ -126,6 +115,15 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _token_action(method: str, path: str, read_token_required: bool) -> str | None:
+    """"writing" or "reading" when the operation needs a token, None when it is open."""
+    if not path.startswith("/api/") or path in _ALWAYS_OPEN:
+        return None
+    if method not in _SAFE_METHODS and path not in OPEN_QUESTIONS:
+        return "writing"
+    return "reading" if read_token_required else None
+
+
 class RequestLimitsMiddleware:
     """Rate, token and body-size limits, answered before a route reads the body (see the module docstring)."""
 
@@ -134,16 +132,6 @@ class RequestLimitsMiddleware:
         self.settings = settings
         self.rates = RequestRateLimiter(settings.anonymous_requests_per_minute) \
             if settings.anonymous_requests_per_minute > 0 else None
-        self._rules: dict[int, _RouteRules] = {}
-
-    def _route_rules(self, scope: Scope) -> _RouteRules | None:
-        for route in scope["app"].router.routes:
-            if isinstance(route, APIRoute) and route.matches(scope)[0] is Match.FULL:
-                rules = self._rules.get(id(route))
-                if rules is None:
-                    rules = self._rules[id(route)] = _rules_of(route)
-                return rules
-        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -152,6 +140,7 @@ class RequestLimitsMiddleware:
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         verdict = stored_verdict(state, self.settings, headers.get("authorization"))
+        method: str = scope["method"]
         path: str = scope["path"]
         if self.rates is not None and verdict is not TokenVerdict.VALID and not path.startswith(_UNCOUNTED_PREFIXES):
             client = scope.get("client")
@@ -163,18 +152,13 @@ class RequestLimitsMiddleware:
                               "(LATPRED_ANONYMOUS_REQUESTS_PER_MINUTE); send a token or retry later",
                               {"Retry-After": str(math.ceil(wait_s))})
                 return
-        rules = self._route_rules(scope)
-        if rules is None:
-            await self.app(scope, receive, send)
-            return
-        action = {"write": "writing", "read": "reading" if self.settings.read_token_required else None}.get(
-            rules.access or "")
+        action = _token_action(method, path, self.settings.read_token_required)
         if action is not None:
             detail = token_error(verdict, action)
             if detail is not None:
                 await _answer(scope, receive, send, 401, detail, {"WWW-Authenticate": "Bearer"})
                 return
-        if rules.json_body:
+        if method in _BODY_METHODS and (method, path) not in _STREAMED_UPLOADS:
             limit_bytes = int(self.settings.max_body_mb * 2**20)
             too_large = (f"request body exceeds {self.settings.max_body_mb:g} MB (LATPRED_MAX_BODY_MB); "
                          "send smaller batches")

@@ -4,12 +4,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.routes import devices, health, jobs, measurements, models, predict, runs
-from service.api.schemas import ValidationErrorPublic
+from service.api.schemas import ErrorPublic, ValidationErrorPublic
 
 __all__ = ["api_router"]
 
-# Documents the 422 body the error handlers really send (FastAPI's default says `detail` is a list).
-api_router = APIRouter(responses={422: {"model": ValidationErrorPublic, "description": "invalid request"}})
+# Documents the 422 body the error handlers really send (FastAPI's default says `detail` is a list), and the
+# answers of the request limits every operation may meet (service.api.limits).
+api_router = APIRouter(responses={
+    422: {"model": ValidationErrorPublic, "description": "invalid request"},
+    401: {"model": ErrorPublic, "description": "a token is needed (writes; reads with LATPRED_READ_TOKEN_REQUIRED)"},
+    413: {"model": ErrorPublic, "description": "the JSON body is larger than LATPRED_MAX_BODY_MB"},
+    429: {"model": ErrorPublic, "description": "too many requests without a token from this address (Retry-After)"},
+})
 api_router.include_router(health.router)
 api_router.include_router(devices.router)
 api_router.include_router(measurements.router)

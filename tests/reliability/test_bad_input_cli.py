@@ -1,7 +1,8 @@
 """Bad input through the `latpred` CLI that tests/service/test_cli.py does not cover: exit 2, one line, no traceback.
 
-Bit-flipped models, ops the runtime does not have (unknown default-domain op, custom domain), and
-compression configs with out-of-range values for `predict --config` and `rank --configs`.
+Bit-flipped models, ops the runtime does not have (unknown default-domain op, custom domain), compression
+configs with out-of-range values for `predict --config` and `rank --configs`, control flow (If, Loop), and
+external data named outside the model's folder.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 from onnx import helper
@@ -19,6 +21,7 @@ from predictor.graph import load_model
 from predictor.runtime import describe_host, local_runtime
 from predictor.store import create_store_engine, session_factory, session_scope, upgrade_schema, upsert_device
 from tests import factories
+from tests.reliability.hostile_models import external_data_model, if_model, loop_model
 from tests.service.test_cli import assert_usage_error, run_cli
 
 DEVICE = "cli-cpu"
@@ -144,3 +147,34 @@ def test_execution_provider_missing_here_is_named(home: Path) -> None:
                      "--budget-minutes", "0.1", home=home)
     assert_usage_error(result, "CUDAExecutionProvider is not available here")
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("model", [if_model(), loop_model()], ids=["if", "loop"])
+def test_control_flow_models_are_handled(tmp_path: Path, home: Path, model: onnx.ModelProto) -> None:
+    """Graph attributes (If, Loop): the kernels are listed, then the one-line refusal of a device without a table
+    (exit 2, never the internal error's exit 1)."""
+    path = tmp_path / "control_flow.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = run_cli("predict", str(path), "--device", DEVICE, home=home)
+    assert_usage_error(result, f"no measurements for device {DEVICE}")
+    assert any(op in result.stdout for op in ("If", "Loop"))
+
+
+def test_external_data_is_read_only_beside_the_model(tmp_path: Path, home: Path) -> None:
+    """A location outside the model's folder is refused in one line, and nothing of that file is shown; a file
+    beside the model is read."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"S3CR3T-BYTES-" * 8)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    outside = folder / "outside.onnx"
+    outside.write_bytes(external_data_model("../secret.bin"))
+    result = run_cli("predict", str(outside), "--device", DEVICE, home=home)
+    assert_usage_error(result, "only a file beside the model (a plain file name) is read")
+    assert "S3CR3T" not in result.stdout + result.stderr and result.stdout == ""
+    (folder / "weights.bin").write_bytes(np.arange(16, dtype=np.float32).tobytes())
+    beside = folder / "beside.onnx"
+    beside.write_bytes(external_data_model("weights.bin"))
+    result = run_cli("predict", str(beside), "--device", DEVICE, home=home)
+    assert_usage_error(result, f"no measurements for device {DEVICE}")
+    assert "Gemm" in result.stdout

@@ -4,6 +4,8 @@ Schemathesis generates valid and invalid requests for every JSON operation (the 
 and the training job are left out: the first is fuzzed in test_fuzz_onnx.py, the second starts LightGBM
 in the background per example). The app runs in-process on a fresh SQLite store seeded with a device,
 a measured model and a run, so generated requests can also reach the code behind the 404s.
+The same operations run again against low limits (body size, request rate without a token, report size, model
+nodes), with and without a token: the limits answer 401, 413 and 429, never 5xx, as documented.
 Two hypothesis tests go deeper than the schema can: compression configs of plausible and absurd values
 against the measured model, and kernel keys with fields replaced by arbitrary JSON (NaN included).
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -125,6 +128,66 @@ def test_no_server_error_and_documented_responses(api_schema: Any, seeded: dict[
     check()
     if path != "/api/jobs/{job_id}":  # jobs live in memory; none was started
         assert any(200 <= status < 300 for status in statuses), f"no example got past the 4xx: {statuses}"
+
+
+# --- the same operations under limits low enough for generated requests to meet them ----------------------------
+
+LIMITED_EXAMPLES_PER_OPERATION = 10
+LIMITED_RATE_PER_MINUTE = 30
+LIMITED_BODY_MB = 0.0005  # 524 bytes: a question fits, a batch of a few measurements does not
+
+
+@pytest.fixture(scope="module")
+def limited_app(fuzz_settings: Settings, seeded: dict[str, Any]) -> FastAPI:
+    """An app on the seeded store with a 524-byte body limit, 30 requests a minute without a token, 1 KB reports
+    and 50 nodes per model."""
+    return create_app(fuzz_settings.model_copy(update={
+        "max_body_mb": LIMITED_BODY_MB, "anonymous_requests_per_minute": LIMITED_RATE_PER_MINUTE,
+        "max_run_report_kb": 1.0, "max_model_nodes": 50}))
+
+
+@pytest.fixture(scope="module")
+def limited_schema(limited_app: FastAPI) -> Any:
+    return schemathesis.openapi.from_asgi("/api/openapi.json", limited_app)
+
+
+@pytest.fixture(scope="module")
+def limited_statuses() -> dict[str, list[int]]:
+    """Statuses of the limited run, per operation (filled by the parametrized test, checked after it)."""
+    return {}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("method", "path"), _json_operations(), ids=lambda value: str(value))
+def test_limits_never_make_a_server_error(limited_schema: Any, seeded: dict[str, Any],
+                                          limited_statuses: dict[str, list[int]], method: str, path: str) -> None:
+    """Generated requests with and without a token against low limits: 401, 413, 429 where due, never 5xx, and
+    every answer matches the documentation."""
+    operation = limited_schema[path][method]
+    statuses = limited_statuses.setdefault(f"{method} {path}", [])
+    cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
+
+    @given(case=cases, aimed=st.booleans(), token=st.booleans())
+    @settings(max_examples=LIMITED_EXAMPLES_PER_OPERATION, deadline=DEADLINE, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def check(case: Any, aimed: bool, token: bool) -> None:
+        if aimed:
+            _aim_at_seeded_entities(case, seeded)
+        response = case.call_and_validate(
+            headers=AUTH if token else {},
+            checks=[not_a_server_error, response_schema_conformance, content_type_conformance])
+        statuses.append(response.status_code)
+        if response.status_code in (401, 413, 429):
+            assert response.json()["detail"], response.text
+
+    check()
+
+
+def test_the_limited_run_met_every_limit(limited_statuses: dict[str, list[int]]) -> None:
+    """The run above is not vacuous: writes were refused without a token, bodies for size, clients for rate."""
+    seen = {status for statuses in limited_statuses.values() for status in statuses}
+    assert {401, 413, 429} <= seen, sorted(seen)
+    assert any(200 <= status < 300 for status in seen), "some requests got through the limits"
 
 
 @pytest.fixture(scope="module")
