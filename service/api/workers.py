@@ -204,8 +204,14 @@ class PredictionWorkers:
                     self._available.wait(remaining)
             finally:
                 self._waiting -= 1
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.process.is_alive():
+                    return worker
+                # Died while idle (killed from outside, or by the system for memory): start another.
+                logger.warning("a prediction worker died while idle (exit code %s)", worker.process.exitcode)
+                self._started.remove(worker)
+                worker.connection.close()
             self._starting += 1
         try:
             worker = self._start_worker()
