@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", description="SQLAlchemy URL; default: a SQLite file under home")
     api_tokens: str = Field(default="", description="comma-separated bearer tokens that may write")
     read_token_required: bool = Field(default=False, description="require a token for reads too")
-    max_upload_mb: float = Field(default=200.0, gt=0)
+    max_upload_mb: float = Field(default=200.0, gt=0,
+                                 description="largest model upload; larger ones get 413 while they stream")
     optimize_timeout_s: float = Field(default=120.0, gt=0,
                                       description="wall-clock limit on one run of the runtime's optimizer")
     optimize_memory_mb: float = Field(default=4096.0, gt=0,

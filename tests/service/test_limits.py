@@ -166,3 +166,17 @@ def test_limits_are_read_from_latpred_variables(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("LATPRED_PREDICT_WORKERS", "0")
     with pytest.raises(ValueError, match="predict_workers"):
         Settings()
+
+
+def test_every_limit_is_documented_with_its_default() -> None:
+    """docs/security.md has a row per limit: its variable and its default."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip() for line in page.splitlines()
+            if line.startswith("| `LATPRED_")}
+    limits = ["max_body_mb", "max_upload_mb", "max_model_nodes", "max_model_kernels_mb", "optimize_timeout_s",
+              "optimize_memory_mb", "predict_timeout_s", "predict_workers", "predict_queue",
+              "anonymous_requests_per_minute", "max_run_report_kb"]
+    for name in limits:
+        default = Settings.model_fields[name].default
+        assert f"LATPRED_{name.upper()}" in rows, name
+        assert rows[f"LATPRED_{name.upper()}"].split()[0] == f"{default:g}", name
