@@ -1,8 +1,9 @@
 """The measurement key schema (service.api.schemas.KernelKeyCreate) accepts every key the profilers really produce.
 
 Keys come from the committed real exports (tests/data/real: both torch exporters, Hugging Face BERT and GPT-2,
-onnxruntime's quantizers, torch-pruning), from those models compressed as profiling plans compress them, and from
-TensorRT engine descriptions (tests/profiler/data); each must validate and come back as the same key (same hash).
+onnxruntime's quantizers, torch-pruning), from those models compressed as profiling plans compress them, from the
+profiler's priors (data/priors), and from TensorRT engine descriptions (tests/profiler/data); each must validate
+and come back as the same key (same hash).
 """
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ from predictor.kernels import _ELEM_TYPE_NAMES, KernelKey, extract_kernels
 from predictor.prepared import PreparedModel
 from predictor.runtime import local_runtime
 from profiler.backends.tensorrt import _DATATYPE_WORDS, kernels_from_engine_info
+from profiler.plan import DEFAULT_PRIORS_DIR
+from profiler.skeleton import load_skeleton, materialize_skeleton
 from service.api.schemas import KNOWN_DTYPES, KernelKeyCreate
 
 REAL = Path(__file__).resolve().parents[1] / "data" / "real"
 TRT_DATA = Path(__file__).resolve().parents[1] / "profiler" / "data"
 RUNTIME = local_runtime(1)
-COMPRESSIONS = [{"default": {"bits": 8}}, {"default": {"prune_ratio": 0.5}}, {"default": {"sparsity": 0.5}},
-                {"default": {"bits": 16}}]
+COMPRESSIONS = [{"default": {"bits": 8}}, {"default": {"bits": 8, "per_channel": False, "activation_type": "int8"}},
+                {"default": {"bits": 8, "quantization": "dynamic"}}, {"default": {"bits": 4}},
+                {"default": {"prune_ratio": 0.5}}, {"default": {"sparsity": 0.5}},
+                {"default": {"sparsity_pattern": "2:4"}}, {"default": {"bits": 16}}]
 
 
 def real_records() -> list[dict]:
@@ -53,7 +58,8 @@ def test_every_kernel_key_of_the_real_exports_validates(record: dict) -> None:
 
 @pytest.mark.parametrize("name", ["tiny_mobilenet_v2", "tiny_bert"])
 def test_keys_of_compressed_real_exports_validate(name: str) -> None:
-    """What a profiling plan measures: the model under int8, pruning, sparsity and fp16 configs."""
+    """What a profiling plan measures: the model under static (per channel or tensor, uint8 or int8 activations)
+    and dynamic int8, int4, pruning, sparsity (unstructured and 2:4) and fp16 configs."""
     record = next(r for r in real_records() if r["name"] == name)
     prepared = PreparedModel.create(real_model(record), RUNTIME)
     seen = 0
@@ -62,6 +68,16 @@ def test_keys_of_compressed_real_exports_validate(name: str) -> None:
             assert_validates(kernel.key)
             seen += 1
     assert seen > 0
+
+
+@pytest.mark.parametrize("prior", ["mobilenet_v3_small", "shufflenet_v2_x1_0", "efficientnet_b0", "resnet18_dynamo",
+                                   "bert_small_dynamo", "distilbert_b4_s32"])
+def test_keys_of_the_profilers_priors_validate(prior: str) -> None:
+    """The models a profiling run starts from (data/priors skeletons of real exports), CNNs and transformers."""
+    kernels = extract_kernels(materialize_skeleton(load_skeleton(DEFAULT_PRIORS_DIR / f"{prior}.json")), RUNTIME)
+    assert kernels
+    for kernel in kernels:
+        assert_validates(kernel.key)
 
 
 @pytest.mark.parametrize(("name", "precision"), [("trt_engine_resnet_block.json", "fp16"),
