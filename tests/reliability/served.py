@@ -157,7 +157,8 @@ def _parents() -> dict[int, int]:
 def prediction_workers(server_pid: int) -> set[int]:
     """The server's prediction workers: its descendants that lead a process group (service.api.workers)."""
     parents = _parents()
-    descendants, frontier = set(), {server_pid}
+    descendants: set[int] = set()
+    frontier = {server_pid}
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier} - descendants
         descendants |= frontier

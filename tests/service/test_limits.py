@@ -56,7 +56,7 @@ def test_the_middleware_asks_a_token_where_the_routes_do(read_token_required: bo
         declared = declared_access(route)
         if declared == "reading" and not read_token_required:
             declared = None
-        for method in route.methods:
+        for method in route.methods or ():
             action = _token_action(method, path, read_token_required)
             if method in ("POST", "PUT", "PATCH"):
                 checked_bodies += 1
