@@ -1,22 +1,22 @@
-"""Accuracy benchmark: predicted vs measured latency on real architectures and compressed variants.
+"""Accuracy benchmark on files other tools wrote: predicted vs measured latency of the real-export zoo.
 
-    .venv/bin/python benchmarks/accuracy.py --budget-minutes 30 --out benchmarks/results/accuracy.json
+    /work/benchvenv/venv/bin/python -m benchmarks.real_exports --out benchmarks/out/real
+    .venv/bin/python -m benchmarks.accuracy --zoo benchmarks/out/real --budget-minutes 30 \\
+        --out benchmarks/results/accuracy.json
 
-1. profiles this machine (1 thread) with `latpred profile --budget-minutes N` (the default op space:
-   priors from data/priors, then random variants), then `latpred train`;
-2. exports every architecture of benchmarks/zoo.py at 224x224 and measures it end to end (fp32),
-   plus int8 / pruned / int8+pruned / 2:4-sparse variants of several;
-3. compares each prediction with its measurement, and puts the FLOPs proxy beside it (latency = c x MACs,
-   c fitted on the same fp32 set by least squares on relative error: the proxy gets every advantage).
+1. profiles this host (1 thread) with `latpred profile --budget-minutes N` in a fresh store (the default space:
+   the real-export priors of data/priors under latpred's configs and onnxruntime's quantize_static, then
+   random variants), then `latpred train`;
+2. predicts every file of the zoo (benchmarks/real_exports.py: torchvision and Hugging Face models through both
+   torch exporters, at other batch sizes, input sizes and sequence lengths, and files compressed by onnxruntime's
+   quantizers and torch-pruning) the way a user does, `latpred predict FILE`, and measures it end to end on
+   this host the same day;
+3. reports each class of file against the issue's targets, the table hit rate, failures, ranking agreement of
+   each model's variants, and the FLOPs proxy (latency = c x MACs, c fitted on the fp32 files: every advantage).
 
-This host is a shared VM whose speed swings by tens of percent within minutes, the thread CPU time too (a
-busy neighbour of the VM slows the VM itself). The profiler and the measurements here time each model's runs
-in pairs with runs of the device's reference kernel and scale them to the device's baseline state (the
-reference kernel's time when the device was first profiled): "compensated" figures are held against those,
-the "_raw" summaries against the unscaled measurements.
-
-Architectures whose skeletons are in data/priors were profiled as whole models; the others (`held_out`)
-were never seen by the profiler, so their kernels come partly from regressors.
+Measurements are taken in pairs with the device's reference kernel and scaled to the device's baseline state,
+as the table is (a shared host's slow spells are not the model's cost): "error" is against those, "raw_error"
+against the unscaled time. Architectures without a prior skeleton (`held_out`) were never profiled as such.
 """
 from __future__ import annotations
 
@@ -24,39 +24,27 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from predictor.estimate import DevicePredictor
+from predictor.features import FEATURE_NAMES, features_matrix
+from predictor.graph import load_model
+from predictor.prepared import PreparedModel, predict_config
+from predictor.store import create_store_engine, get_device, session_factory
+from predictor.validation import measure_against_table, summarize_validation, validation_row
+from profiler.backends.base import GROUND_TRUTH_PROTOCOL
+from profiler.backends.onnxruntime import OnnxRuntimeBackend
+from profiler.runner import measure_reference_ms
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import zoo  # noqa: E402  (a script's own folder is on sys.path when it runs)
-
-from predictor.config import parse_config  # noqa: E402
-from predictor.estimate import DevicePredictor  # noqa: E402
-from predictor.prepared import PreparedModel  # noqa: E402
-from predictor.store import create_store_engine, get_device, session_factory  # noqa: E402
-from predictor.validation import measure_against_table, summarize_validation, validation_row  # noqa: E402
-from profiler.backends.base import GROUND_TRUTH_PROTOCOL  # noqa: E402
-from profiler.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from profiler.calibration import calibrate_by_default  # noqa: E402
-from profiler.runner import measure_reference_ms  # noqa: E402
-
 DEVICE = "bench-cpu-1t"
-VARIANTS = {
-    "int8": {"default": {"bits": 8}},
-    "prune30": {"default": {"prune_ratio": 0.3}},
-    "int8+prune30": {"default": {"bits": 8, "prune_ratio": 0.3}},
-    "prune50_r8": {"default": {"prune_ratio": 0.5, "round_to": 8}},
-    "sparse2:4": {"default": {"sparsity_pattern": "2:4"}},
-}
-COMPRESSED_ARCHS = ["resnet18", "resnet34", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
-                    "mnasnet1_0", "regnet_x_800mf", "vit_tiny"]
+_MACS = FEATURE_NAMES.index("macs")
 
 
 def latpred(*args: str, env: dict[str, str]) -> None:
@@ -65,66 +53,94 @@ def latpred(*args: str, env: dict[str, str]) -> None:
     subprocess.run(command, env=env, check=True)
 
 
-def macs_of(model: Any) -> float:
-    _, macs = zoo.model_stats(model)
-    return float(macs)
+def file_class(record: dict[str, Any]) -> str:
+    """The issue's classes: fp32 CNN/ViT exports at their own shape, compressed files, text models and other
+    batch sizes or input sizes."""
+    if record["compression"] != "fp32":
+        return "compressed"
+    if record["family"] == "text":
+        return "text_and_shapes"
+    if record["batch"] != 1 or record["size"] != 224:
+        return "text_and_shapes"
+    return "fp32"
 
 
-def summarize(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
-    """The benchmark's summaries of its rows, and the FLOPs proxy's fitted ms per GMAC."""
-    fp32 = [r for r in rows if r["config"] == "fp32"]
-    compressed = [r for r in rows if r["config"] != "fp32"]
-    # FLOPs proxy: latency = c x MACs; c minimises the squared relative error over the fp32 set.
-    truth = [r["compensated_measured_ms"] or r["measured_ms"] for r in fp32]
-    ratios = np.array([t / r["macs"] for t, r in zip(truth, fp32, strict=True)])
-    c = float(np.sum(ratios) / np.sum(ratios ** 2)) if len(ratios) else 0.0
-    c = 1.0 / c if c else 0.0
-    proxy_rows = [{**r, "predicted_ms": c * r["macs"]} for r in fp32]
-    summary = {
-        "fp32_raw": summarize_validation(fp32, compensated=False),
-        "compressed_raw": summarize_validation(compressed, compensated=False),
-        "fp32": summarize_validation(fp32),
-        "fp32_prior_archs": summarize_validation([r for r in fp32 if not r["held_out"]]),
-        "fp32_held_out_archs": summarize_validation([r for r in fp32 if r["held_out"]]),
-        "compressed": summarize_validation(compressed),
-        "ranking_of_variants": summarize_validation([r for r in rows if r["model"] in COMPRESSED_ARCHS]),
-        "flops_proxy_fp32": summarize_validation(proxy_rows),
-    }
-    return summary, c * 1e9
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each class against its target, held-out architectures apart, the ranking of each model's variants and the
+    FLOPs proxy."""
+    ok = [r for r in rows if "error" in r]
+    summary: dict[str, Any] = {"models": len(rows), "failures": [r["model"] for r in rows if "failure" in r]}
+    for name in ("fp32", "compressed", "text_and_shapes"):
+        own = [r for r in ok if r["class"] == name]
+        summary[name] = summarize_validation(own)
+        summary[f"{name}_raw"] = summarize_validation(own, compensated=False)
+        summary[f"{name}_prior_archs"] = summarize_validation([r for r in own if not r["held_out"]])
+        summary[f"{name}_held_out_archs"] = summarize_validation([r for r in own if r["held_out"]])
+    summary["all"] = summarize_validation(ok)
+    # Ranking: the variants of one base model (its fp32 file and what the tools made of it) against each other.
+    summary["ranking_of_variants"] = summarize_validation([{**r, "model": r["group"]} for r in ok])
+    in_priors = [r for r in ok if not r["held_out"]]
+    kernels = sum(r["kernels"] for r in in_priors)
+    summary["table_hits_prior_archs"] = (sum(r["table_hit_rate"] * r["kernels"] for r in in_priors) / kernels
+                                         if kernels else None)
+    summary["unreliable"] = [r["model"] for r in ok if not r["reliable"]]
+    fp32 = [r for r in ok if r["class"] == "fp32"]
+    truth = np.array([r["compensated_measured_ms"] or r["measured_ms"] for r in fp32])
+    macs = np.array([r["macs"] for r in fp32])
+    if len(fp32):
+        # latency = c x MACs with c minimising the squared relative error over the fp32 files.
+        ratios = truth / macs
+        c = float(np.sum(ratios) / np.sum(ratios ** 2))
+        c = 1.0 / c
+        proxy = [{**r, "predicted_ms": c * r["macs"]} for r in ok if r["macs"]]
+        summary["flops_proxy_ms_per_gmac"] = c * 1e9
+        summary["flops_proxy_fp32"] = summarize_validation([p for p in proxy if p["class"] == "fp32"])
+        summary["flops_proxy_all"] = summarize_validation(proxy)
+    return summary
 
 
-def finished_run_arguments(description: str | None) -> argparse.ArgumentParser:
-    """The arguments of the scripts that work on a finished accuracy run: its home and results."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, required=True, help="LATPRED_HOME of an accuracy run")
-    parser.add_argument("--results", type=Path, required=True, help="that run's results JSON")
-    parser.add_argument("--device", default=DEVICE)
-    parser.add_argument("--out", type=Path, default=None)
-    return parser
+def evaluate(record: dict[str, Any], zoo: Path, predictor: DevicePredictor, backend: OnnxRuntimeBackend,
+             prior_archs: set[str]) -> dict[str, Any]:
+    """Predict one file as `latpred predict` does, then measure it end to end."""
+    row: dict[str, Any] = {"model": record["name"], "group": record["group"], "class": file_class(record),
+                           "family": record["family"], "exporter": record["exporter"],
+                           "compression": record["compression"], "batch": record["batch"], "size": record["size"],
+                           "held_out": record["build"] not in prior_archs}
+    shapes = {name: [int(d) for d in dims] for name, dims in record["input_shapes"].items()}
+    started = time.perf_counter()
+    prepared = PreparedModel.create(load_model(zoo / record["file"]), backend.runtime(), shapes)
+    estimate = predict_config(predictor, prepared)
+    predict_s = time.perf_counter() - started
+    measured, scaled, reference_now, reference = measure_against_table(
+        backend, prepared.model, GROUND_TRUTH_PROTOCOL, predictor.reference_baselines,
+        lambda: measure_reference_ms(backend))
+    row |= validation_row(record["name"], record["compression"], estimate.latency_ms, measured, scaled,
+                          estimate.table_hit_rate, list(estimate.interval_ms))
+    row["model"] = record["name"]
+    macs = float(features_matrix([k.key for k in prepared.kernels()], cached=False)[:, _MACS].sum())
+    row |= {"kernels": len(estimate.kernels), "sources": estimate.sources, "reliable": estimate.reliable,
+            "warnings": estimate.warnings, "reference_ms": reference_now, "reference": reference,
+            "macs": macs, "first_prediction_s": round(predict_s, 2)}
+    return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zoo", type=Path, default=ROOT / "benchmarks" / "out" / "real")
     parser.add_argument("--budget-minutes", type=float, default=30.0)
     parser.add_argument("--home", type=Path, default=None, help="LATPRED_HOME to use (default: a fresh temp dir)")
     parser.add_argument("--skip-profile", action="store_true", help="reuse the table already in --home")
+    parser.add_argument("--only", nargs="*", help="zoo entries to evaluate (default: all but the priors-only ones)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
-    parser.add_argument("--archs", default="", help="comma-separated subset of the zoo (default: all)")
-    parser.add_argument("--context-calibration", action=argparse.BooleanOptionalAction, default=None,
-                        help="pass --context-calibration or --no-context-calibration to latpred profile (default: "
-                             "neither, so its default: the context probes with a budget of 5 minutes or more)")
-    parser.add_argument("--no-refinement", action="store_true",
-                        help="pass --no-refinement to latpred profile (random variants after the priors)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     home = args.home or Path(tempfile.mkdtemp(prefix="latpred-accuracy-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATPRED_")} | {"LATPRED_HOME": str(home)}
     started = time.time()
     if not args.skip_profile:
         latpred("profile", "--device", DEVICE, "--backend", "onnxruntime", "--threads", "1",
-                "--budget-minutes", str(args.budget_minutes),
-                *({True: ["--context-calibration"], False: ["--no-context-calibration"], None: []}
-                  [args.context_calibration]), *(["--no-refinement"] if args.no_refinement else []), env=env)
+                "--budget-minutes", str(args.budget_minutes), env=env)
     latpred("train", "--device", DEVICE, env=env)
     profile_minutes = (time.time() - started) / 60
 
@@ -132,50 +148,40 @@ def main() -> None:
     with session_factory(engine)() as session:
         predictor = DevicePredictor.load(session, get_device(session, DEVICE))
     backend = OnnxRuntimeBackend(threads=1)
-    runtime = backend.runtime()
-    protocol = GROUND_TRUTH_PROTOCOL
     priors = json.loads((ROOT / "data" / "priors" / "index.json").read_text())
     prior_archs = {entry["architecture"] for entry in priors["priors"]}
-    names = args.archs.split(",") if args.archs else list(zoo.ARCHITECTURES)
+    manifest = json.loads((args.zoo / "manifest.json").read_text())
+    records = [r for r in manifest["models"] if not r["name"].startswith("prior_")
+               and (not args.only or r["name"] in args.only)]
 
     rows: list[dict[str, Any]] = []
-    for name in names:
-        model = zoo.build_model(name, image_size=224)
-        prepared = PreparedModel.create(model, runtime)
-        configs = [("fp32", {})] + ([(v, c) for v, c in VARIANTS.items()] if name in COMPRESSED_ARCHS else [])
-        for config_name, raw in configs:
-            config = parse_config(raw)
-            estimate = predictor.estimate(prepared.kernels(config))
-            compressed = prepared.compressed(config)
-            measured, scaled, reference_now, reference = measure_against_table(
-                backend, compressed, protocol, predictor.reference_baselines, lambda: measure_reference_ms(backend))
-            row = validation_row(name, config_name, estimate.latency_ms, measured, scaled,
-                                 estimate.table_hit_rate, list(estimate.interval_ms))
-            row |= {"held_out": name not in prior_archs, "sources": estimate.sources, "reference_ms": reference_now,
-                    "reference": reference,
-                    "macs": macs_of(model) if config_name == "fp32" else None}
-            rows.append(row)
-            print(f"{name:22s} {config_name:14s} predicted {estimate.latency_ms:9.3f} ms  measured {measured:9.3f} ms"
-                  f" (compensated {row['compensated_measured_ms'] or measured:9.3f})  error {row['error'] * 100:+6.1f}%"
-                  f" (raw {row['raw_error'] * 100:+6.1f}%)  table hits {estimate.table_hit_rate:4.0%}", flush=True)
+    for record in records:
+        try:
+            row = evaluate(record, args.zoo, predictor, backend, prior_archs)
+        except Exception as exc:  # noqa: BLE001 - a failing file is a result of the benchmark, not its end
+            rows.append({"model": record["name"], "group": record["group"], "class": file_class(record),
+                         "failure": f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"})
+            print(f"{record['name']:30s} FAILED {rows[-1]['failure']}", flush=True)
+            traceback.print_exc()
+            continue
+        rows.append(row)
+        print(f"{row['model']:30s} {row['class']:16s} predicted {row['predicted_ms']:9.3f} ms  measured "
+              f"{row['measured_ms']:9.3f} ms (scaled {row['compensated_measured_ms'] or row['measured_ms']:9.3f})  "
+              f"error {row['error'] * 100:+6.1f}% (raw {row['raw_error'] * 100:+6.1f}%)  "
+              f"table hits {row['table_hit_rate']:4.0%}", flush=True)
 
-    summary, ms_per_gmac = summarize(rows)
     result = {
         "device": DEVICE,
-        "budget_minutes": args.budget_minutes,
-        # Whether this run's profile calibrated (None: it reused a table, --skip-profile).
-        "context_calibration": (None if args.skip_profile
-                                else calibrate_by_default(args.context_calibration, False, args.budget_minutes)),
-        "context": predictor.context.to_dict() if predictor.context else None,
-        "refinement": None if args.skip_profile else not args.no_refinement,
+        "zoo_versions": manifest.get("versions"),
+        "budget_minutes": None if args.skip_profile else args.budget_minutes,
         "profile_and_train_minutes": round(profile_minutes, 1),
         "table_size": predictor.measurement_count,
-        "summary": summary,
-        "flops_proxy_ms_per_gmac": ms_per_gmac,
+        "reference_baselines": predictor.reference_baselines,
+        "summary": summarize(rows),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))
 
 

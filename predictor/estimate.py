@@ -23,7 +23,15 @@ from predictor.memo import BoundedMemo
 from predictor.store import Device, iter_measured_medians, list_runs
 from predictor.table import MeasuredTable, key_python_hashes
 
-__all__ = ["DevicePredictor", "Estimate", "EstimateSummary", "KernelEstimate", "flat_axes_of"]
+__all__ = [
+    "DevicePredictor",
+    "Estimate",
+    "EstimateSummary",
+    "KernelEstimate",
+    "baselines_of",
+    "device_baselines",
+    "flat_axes_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +91,9 @@ class Estimate:
     warnings: list[str] = field(default_factory=list)
     # False when the figure rests on guesses: kernels of unknown shape, or fallbacks carrying much of the time.
     reliable: bool = True
+    # The state the figure is in: the device's reference kernels' times (ms) when its table was profiled; a
+    # measurement scaled to them is what the prediction is held against (empty: raw times).
+    baseline_reference_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def sources(self) -> dict[str, int]:
@@ -100,6 +111,7 @@ class Estimate:
             "overhead_ms": self.overhead_ms,
             "sources": self.sources,
             "reliable": self.reliable,
+            "baseline_reference_ms": dict(self.baseline_reference_ms),
             "warnings": list(self.warnings),
             "kernels": [k.to_dict() for k in self.kernels],
         }
@@ -141,6 +153,20 @@ def reported_reference_ms(report: dict[str, Any], kind: str, baseline: bool = Tr
     if value is None and kind == "fp32":
         value = report.get(field)
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def device_baselines(session: Session, device: Device) -> dict[str, float]:
+    """The reference kernels' times in the device's baseline state, by kind (empty where its table is not scaled):
+    what a measurement is scaled by to be held against the device's predictions (predictor.validation.compensate)."""
+    return baselines_of([run.report or {} for run in list_runs(session, device)])
+
+
+def baselines_of(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """The baseline state of a table profiled by these runs: each run scales to the first run's reference time
+    (profiler.runner). Unpaired runs timed by thread CPU time are not scaled, and then neither is anything held
+    against them (no baselines)."""
+    scaled = all(report.get("paired") or report.get("clock") != "thread_cpu" for report in reports)
+    return _reference_baselines(reports) if scaled else {}
 
 
 def _reference_baselines(reports: list[dict[str, Any]]) -> dict[str, float]:
@@ -240,12 +266,7 @@ class DevicePredictor:
             fallback=fallback,
             context=context,
         )
-        # The table is in the device's baseline state: the reference kernel's time its runs' reports name as
-        # baseline (every run scales to the first run's, profiler.runner). Measurements held against the table
-        # are scaled to the same. Unpaired runs timed by thread CPU time are not scaled, so then neither are they.
-        scaled = all(report.get("paired") or report.get("clock") != "thread_cpu" for report in reports)
-        if scaled:
-            predictor.reference_baselines = _reference_baselines(reports)
+        predictor.reference_baselines = baselines_of(reports)
         predictor.reference_ms = predictor.reference_baselines.get("fp32")
         return predictor
 
@@ -277,7 +298,8 @@ class DevicePredictor:
             ]
             estimates.append(Estimate(device=self.device, latency_ms=totals.latency_ms, interval_ms=totals.interval_ms,
                                       table_hit_rate=totals.table_hit_rate, overhead_ms=totals.overhead_ms,
-                                      kernels=kernel_estimates, warnings=totals.warnings, reliable=totals.reliable))
+                                      kernels=kernel_estimates, warnings=totals.warnings, reliable=totals.reliable,
+                                      baseline_reference_ms=dict(self.reference_baselines)))
         return estimates
 
     def summarize_many(self, key_lists: Sequence[Sequence[KernelKey]]) -> list[EstimateSummary]:

@@ -12,7 +12,7 @@ import typer
 from predictor.compress import apply_config
 from predictor.config import CompressionConfig, load_config, parse_config
 from predictor.errors import ConfigError, LatpredError, NoMeasurementsError
-from predictor.estimate import DevicePredictor
+from predictor.estimate import DevicePredictor, device_baselines
 from predictor.graph import load_model, parse_input_shapes, set_input_shapes
 from predictor.kernels import Kernel
 from predictor.prepared import PreparedModel, predict_config, rank_candidates
@@ -27,6 +27,7 @@ from predictor.store import (
     session_scope,
     upsert_device,
 )
+from predictor.validation import compensate
 from service.context import Store, open_store
 from service.settings import get_settings
 
@@ -168,8 +169,19 @@ def predict(
               f"[{estimate.interval_ms[0]:.3f}, {estimate.interval_ms[1]:.3f}], "
               f"{len(estimate.kernels)} kernels, table hit rate {estimate.table_hit_rate:.0%}, "
               f"overhead {estimate.overhead_ms:.3f} ms")
+    emit_line(_state_line(estimate.baseline_reference_ms))
     for warning in estimate.warnings:
         sys.stderr.write(f"latpred: warning: {warning}\n")
+
+
+def _state_line(baselines: dict[str, float]) -> str:
+    """What a predicted figure means: steady-state latency in the device's baseline state."""
+    if not baselines:
+        return "steady-state latency on the device as its table was measured (runs not scaled)"
+    fp32 = baselines.get("fp32")
+    return ("steady-state latency in the device's baseline state (its reference kernel took "
+            f"{fp32:.3f} ms when it was profiled; `latpred measure` scales its measurement to that state)"
+            if fp32 is not None else "steady-state latency in the device's baseline state")
 
 
 def _local_backend(device: Any) -> Any:
@@ -355,16 +367,20 @@ def measure(
     store = _open()
     with store.sessions() as session:
         dev = get_device(session, device)
+        baselines = device_baselines(session, dev)
     backend = _local_backend(dev)
     from profiler.runner import measure_reference_ms
 
-    timing = backend.measure_model(apply_config(onnx_model, compression), GROUND_TRUTH_PROTOCOL)
+    timing = backend.measure_model(apply_config(onnx_model, compression), GROUND_TRUTH_PROTOCOL,
+                                   reference=None if "int8" in baselines else "fp32")
     # How fast the host was: from the runs' paired reference runs, else timed right after.
     reference_now = timing.reference_ms or measure_reference_ms(backend)
+    kind = timing.reference_kind if timing.reference_ms else "fp32"
+    scaled = compensate(timing.median_ms, reference_now, baselines.get(kind))
     document = {"model": str(model), "device": device, "config": compression.model_dump(exclude_none=True),
                 "measured_ms": timing.median_ms, "p10_ms": timing.p10_ms, "p90_ms": timing.p90_ms,
-                "repeats": timing.repeats, "reference_ms": reference_now,
-                "reference": timing.reference_kind,
+                "repeats": timing.repeats, "reference_ms": reference_now, "reference": kind,
+                "baseline_reference_ms": baselines.get(kind), "scaled_ms": scaled,
                 "clock": getattr(backend, "clock_name", "wall")}
     if as_json:
         emit_json(document)
@@ -372,6 +388,9 @@ def measure(
     emit_line(f"{model.name} on {device}: {timing.median_ms:.3f} ms median "
               f"(p10 {timing.p10_ms:.3f}, p90 {timing.p90_ms:.3f}, {timing.repeats} runs, "
               f"{document['clock'].replace('_', ' ')} time)")
+    if scaled is not None:
+        emit_line(f"{scaled:.3f} ms in the device's baseline state, the figure `latpred predict` is held against "
+                  f"(its {kind} reference kernel took {reference_now:.3f} ms now, {baselines[kind]:.3f} ms then)")
 
 
 @app.command()

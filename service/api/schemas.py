@@ -364,6 +364,10 @@ class EstimatePublic(BaseModel):
     sources: dict[str, int]
     reliable: bool = Field(description="false when the figure rests on guesses (kernels of unknown shape, or "
                                        "fallback kernels carrying a tenth of the time or more); warnings say which")
+    baseline_reference_ms: dict[str, float] = Field(
+        description="the figure is steady-state latency in the device's baseline state: its reference kernels' "
+                    "times (ms) when its table was profiled; a measurement scaled by them is comparable (empty: "
+                    "the table holds raw times)")
     warnings: list[str]
     kernels: list[KernelEstimatePublic]
 

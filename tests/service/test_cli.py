@@ -182,7 +182,16 @@ def test_profile_predict_rank_measure_validate(profiled_home: tuple[Path, Path, 
 
     measured = run_cli("measure", str(model_path), "--device", "cpu", "--json", home=home)
     assert measured.returncode == 0, measured.stderr
-    assert json.loads(measured.stdout)["measured_ms"] > 0
+    measurement = json.loads(measured.stdout)
+    assert measurement["measured_ms"] > 0
+    # One meaning of latency: the prediction is in the device's baseline state, and the measurement says what it
+    # comes to in that state (scaled by the reference kernel's time now against then).
+    baseline = document["baseline_reference_ms"][measurement["reference"]]
+    assert measurement["baseline_reference_ms"] == baseline
+    assert measurement["scaled_ms"] == pytest.approx(
+        measurement["measured_ms"] * baseline / measurement["reference_ms"])
+    text = run_cli("predict", str(model_path), "--device", "cpu", home=home)
+    assert "baseline state" in text.stdout
 
     validated = run_cli("validate", str(model_path), "--device", "cpu", "--configs", str(configs), "--json",
                         home=home)
