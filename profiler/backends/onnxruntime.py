@@ -36,6 +36,7 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -262,7 +263,7 @@ class OnnxRuntimeBackend:
                 session = self._session(chain, profile_dir=Path(tmp))
                 profiled = float(np.median(self._run_until_stable(session, random_feeds(session), protocol)[0]))
                 profile_path = session.end_profiling()
-                events = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
+                events, _ = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
                 os.unlink(profile_path)
             events_ms = sum(float(np.median(values)) for values in events.values())
             in_graph_ms = plain - self.empty_run_ms(protocol)
@@ -284,19 +285,25 @@ class OnnxRuntimeBackend:
         fixed = name_unnamed_nodes(set_input_shapes(model))
         block = nchwc_block_size(self._runtime)
         order: list[Kernel] = []
-        # Samples per kernel, by (key, how many kernels of that key came before it): the same kernel in every
-        # session, whatever that session named it.
-        pooled: dict[tuple[str, int], list[float]] = defaultdict(list)
-        for _ in range(max(1, protocol.sessions)):
+        # Samples per kernel of the first session, by position in `order`.
+        pooled: dict[int, list[float]] = defaultdict(list)
+        # The first session's kernels by what the profiler reports of them (op, input and output shapes), in the
+        # order of its events: a later session's node of the same signature is the same kernel.
+        by_signature: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+        for session_index in range(max(1, protocol.sessions)):
             with tempfile.TemporaryDirectory(prefix="latpred-prof-") as tmp:
-                # The kernels are read from the profiled session's own optimized graph: the runtime numbers the
-                # nodes it inserts ("ReorderOutput_token_18") in an order that differs from session to session.
-                session = self._session(fixed, profile_dir=Path(tmp), optimized_path=Path(tmp) / "optimized.onnx")
-                optimized = onnx.load(str(Path(tmp) / "optimized.onnx"), load_external_data=False)
-                kernels = kernels_from_optimized(fixed, optimized, nchwc_block=block)
+                # The kernels are read from the first session's own optimized graph: the runtime numbers the nodes
+                # it inserts ("ReorderOutput_token_18") in an order that differs from session to session, so later
+                # sessions are matched to them by signature.
+                first = session_index == 0
+                session = self._session(fixed, profile_dir=Path(tmp),
+                                        optimized_path=Path(tmp) / "optimized.onnx" if first else None)
+                if first:
+                    optimized = onnx.load(str(Path(tmp) / "optimized.onnx"), load_external_data=False)
+                    order = kernels_from_optimized(fixed, optimized, nchwc_block=block)
                 walls, _ = self._run_until_stable(session, random_feeds(session), protocol)
                 profile_path = session.end_profiling()
-                samples = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
+                samples, signatures = _node_times_ms(Path(profile_path), skip_runs=protocol.warmup_runs)
                 os.unlink(profile_path)
                 del session
             if wall is not None:
@@ -305,39 +312,55 @@ class OnnxRuntimeBackend:
                 in_graph_ms = (float(np.median(walls)) - self.empty_run_ms(protocol)
                                - len(samples) * self.profiler_overhead_ms(protocol))
             per_node = split_node_times(samples, in_graph_ms, self.profiler_event_ms(protocol))
-            occurrences: dict[str, int] = defaultdict(int)
-            for kernel, node_samples in _kernel_samples(kernels, per_node):
-                slot = (kernel.key.key_hash, occurrences[kernel.key.key_hash])
-                occurrences[kernel.key.key_hash] += 1
-                pooled[slot].extend(node_samples)
-            if not order:
-                order = kernels
+            if first:
+                positions = _kernel_positions(order, per_node)
+                for node in per_node:  # in the order the nodes ran
+                    if node in positions:
+                        by_signature[signatures[node]].append(positions[node])
+            else:
+                positions = _positions_by_signature(per_node, signatures, by_signature)
+            for node, position in positions.items():
+                pooled[position].extend(per_node[node])
         timings: list[KernelTiming] = []
-        occurrences = defaultdict(int)
-        for kernel in order:
-            slot = (kernel.key.key_hash, occurrences[kernel.key.key_hash])
-            occurrences[kernel.key.key_hash] += 1
-            if not pooled.get(slot):
+        for position, kernel in enumerate(order):
+            if not pooled.get(position):
                 logger.warning("no profiler events for kernel %s (%s)", kernel.name, kernel.runtime_node)
                 continue
-            timings.append(KernelTiming(kernel=kernel, timing=summarize_ms(pooled[slot])))
+            timings.append(KernelTiming(kernel=kernel, timing=summarize_ms(pooled[position])))
         return timings
 
 
-def _kernel_samples(kernels: list[Kernel], per_node: dict[str, list[float]]) -> list[tuple[Kernel, list[float]]]:
-    """Each kernel with its profiled times. Nodes onnxruntime's fusions leave unnamed in the saved graph get
-    "<Op>_<index>" names in the session; they are matched to the unnamed kernels of that op type in order."""
+def _kernel_positions(kernels: list[Kernel], per_node: dict[str, list[float]]) -> dict[str, int]:
+    """The profiled node of each kernel (node name -> position in `kernels`). Nodes onnxruntime's fusions leave
+    unnamed in the saved graph get "<Op>_<index>" names in the session; they are matched to the unnamed kernels of
+    that op type in order."""
     named = {k.runtime_node for k in kernels if k.runtime_node}
     spare: dict[str, list[str]] = defaultdict(list)
     for node in sorted((n for n in per_node if n not in named), key=_index_of):
         spare[node.rsplit("_", 1)[0]].append(node)
-    found = []
-    for kernel in kernels:
+    positions: dict[str, int] = {}
+    for position, kernel in enumerate(kernels):
         node = kernel.runtime_node
         if not node and spare.get(kernel.key.op_type.removeprefix("Nchwc")):
             node = spare[kernel.key.op_type.removeprefix("Nchwc")].pop(0)
-        found.append((kernel, per_node.get(node, []) if node else []))
-    return found
+        if node and node in per_node:
+            positions[node] = position
+    return positions
+
+
+def _positions_by_signature(per_node: dict[str, list[float]], signatures: dict[str, tuple[Any, ...]],
+                            by_signature: dict[tuple[Any, ...], list[int]]) -> dict[str, int]:
+    """A later session's nodes matched to the first session's kernels: the k-th node of a signature, in event
+    order, is the k-th kernel of that signature (kernels of one signature have one key and one cost)."""
+    taken: dict[tuple[Any, ...], int] = defaultdict(int)
+    positions: dict[str, int] = {}
+    for node in per_node:
+        signature = signatures.get(node)
+        candidates = by_signature.get(signature, []) if signature is not None else []
+        if taken[signature] < len(candidates):
+            positions[node] = candidates[taken[signature]]
+            taken[signature] += 1
+    return positions
 
 
 class _Pairing:
@@ -404,18 +427,24 @@ def split_node_times(samples: dict[str, list[float]], in_graph_ms: float,
     return {node: [value * scale for value in values] for node, values in corrected.items()}
 
 
-def _node_times_ms(profile_path: Path, skip_runs: int) -> dict[str, list[float]]:
-    """Per-node kernel times (ms) from an onnxruntime profile, dropping the warm-up runs."""
+def _node_times_ms(profile_path: Path, skip_runs: int) -> tuple[dict[str, list[float]], dict[str, tuple[Any, ...]]]:
+    """Per-node kernel times (ms) from an onnxruntime profile, dropping the warm-up runs, in the order the nodes
+    first ran; and each node's signature (op, input and output shapes as the runtime reports them)."""
     events = json.loads(profile_path.read_text())
-    per_node: dict[str, list[float]] = defaultdict(list)
+    per_node: dict[str, list[float]] = {}
+    signatures: dict[str, tuple[Any, ...]] = {}
     seen: dict[str, int] = defaultdict(int)
     for event in events:
         if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
             continue
         node = event["name"][: -len("_kernel_time")]
         seen[node] += 1
+        if node not in signatures:
+            args = event.get("args") or {}
+            signatures[node] = (args.get("op_name"), json.dumps(args.get("input_type_shape")),
+                                json.dumps(args.get("output_type_shape")))
         if seen[node] <= skip_runs:
             continue
         # The profiler's clock ticks in microseconds; a kernel reported as 0 us took under one.
-        per_node[node].append(max(float(event["dur"]), 0.5) / 1000.0)
-    return dict(per_node)
+        per_node.setdefault(node, []).append(max(float(event["dur"]), 0.5) / 1000.0)
+    return per_node, signatures

@@ -59,7 +59,7 @@ def test_calibrated_event_time_is_what_a_trivial_nodes_event_holds_beyond_its_co
     with tempfile.TemporaryDirectory() as tmp:
         session = backend._session(chain, profile_dir=Path(tmp))
         backend._run_until_stable(session, random_feeds(session), PROTOCOL)
-        events = _node_times_ms(Path(session.end_profiling()), skip_runs=PROTOCOL.warmup_runs)
+        events, _ = _node_times_ms(Path(session.end_profiling()), skip_runs=PROTOCOL.warmup_runs)
     relu_event_ms = float(np.median(events["relu"]))
     # The event outlasts the Relu's own cost (a fraction of a microsecond), which is no less than nothing.
     assert 0 < event_ms < relu_event_ms
