@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 _START_TIMEOUT_S = 120.0
 _ORPHAN_CHECK_S = 1.0
 _KILL_JOIN_TIMEOUT_S = 10.0
+_WAIT_POLL_S = 0.05
 _TIMED_OUT = "timed out"
 _DIED = "died"
 # Live pools, killed at interpreter exit: workers are not daemons (a daemon may not start the optimizer
@@ -83,14 +84,35 @@ class _Worker:
         self.process.join(timeout=_KILL_JOIN_TIMEOUT_S)
 
 
-def _receive_answer(connection: Connection, timeout_s: float) -> Any:
-    """The worker's answer, _TIMED_OUT when it has none after timeout_s, _DIED when its end of the pipe closed."""
+def _recv(connection: Connection) -> Any:
     try:
-        if not connection.poll(timeout_s):
-            return _TIMED_OUT
         return connection.recv()
     except (EOFError, OSError):
         return _DIED
+
+
+async def _await_answer(connection: Connection, timeout_s: float) -> Any:
+    """The worker's answer, _TIMED_OUT when it has none after timeout_s, _DIED when its end of the pipe closed.
+
+    The event loop watches the pipe (no thread waits the question out); reading the answer, once it comes, takes a
+    thread for as long as the copy.
+    """
+    loop = asyncio.get_running_loop()
+    readable = loop.create_future()
+    descriptor = connection.fileno()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(descriptor, ready)
+    try:
+        await asyncio.wait_for(readable, timeout_s)
+    except TimeoutError:
+        return _TIMED_OUT
+    finally:
+        loop.remove_reader(descriptor)
+    return await run_in_threadpool(_recv, connection)
 
 
 async def _client_gone(receive: Receive) -> None:
@@ -110,7 +132,7 @@ class PredictionWorkers:
         self.predictor_ttl_s = predictor_ttl_s
         self.predictor_refresh_s = predictor_refresh_s
         self._worker_settings = worker_settings(settings)
-        self._available = threading.Condition()
+        self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._started: list[_Worker] = []
         self._starting = 0
@@ -124,7 +146,7 @@ class PredictionWorkers:
 
     # ------------------------------------------------------------------------------------------ cache events
     def _queue_event(self, event: str, device_name: str) -> None:
-        with self._available:
+        with self._lock:
             for worker in self._started:
                 worker.pending.append((event, device_name))
 
@@ -142,13 +164,13 @@ class PredictionWorkers:
 
         `receive` is the request's: a disconnect message from it stops the question.
         """
-        worker = await run_in_threadpool(self._checkout)
+        worker = await self._checkout()
         healthy = False
         try:
-            with self._available:
+            with self._lock:
                 events, worker.pending = worker.pending, []
             await run_in_threadpool(worker.connection.send, (events, kind, dict(body)))
-            answer = asyncio.ensure_future(run_in_threadpool(_receive_answer, worker.connection, self.timeout_s))
+            answer = asyncio.ensure_future(_await_answer(worker.connection, self.timeout_s))
             gone = asyncio.ensure_future(_client_gone(receive))
             try:
                 await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -183,44 +205,61 @@ class PredictionWorkers:
         finally:
             await run_in_threadpool(self._checkin, worker, healthy)
 
-    def _checkout(self) -> _Worker:
-        """An idle worker, a new one, or the first one freed within the deadline; 503 when none comes."""
-        with self._available:
-            if self._closed:
-                raise HTTPException(status_code=503, detail="the service is shutting down")
-            capacity = self.settings.predict_workers
-            if not self._idle and len(self._started) + self._starting >= capacity \
-                    and self._waiting >= self.settings.predict_queue:
-                raise self._busy(f"all {capacity} prediction workers are busy and {self._waiting} questions wait "
-                                 "already (LATPRED_PREDICT_WORKERS, LATPRED_PREDICT_QUEUE)")
-            self._waiting += 1
-            try:
-                deadline = time.monotonic() + self.timeout_s
-                while not self._idle and len(self._started) + self._starting >= capacity:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._closed:
-                        raise self._busy(f"no prediction worker became free within {self.timeout_s:g} s "
-                                         "(LATPRED_PREDICT_TIMEOUT_S)")
-                    self._available.wait(remaining)
-            finally:
-                self._waiting -= 1
-            while self._idle:
-                worker = self._idle.pop()
-                if worker.process.is_alive():
-                    return worker
-                # Died while idle (killed from outside, or by the system for memory): start another.
-                logger.warning("a prediction worker died while idle (exit code %s)", worker.process.exitcode)
-                self._started.remove(worker)
-                worker.connection.close()
-            self._starting += 1
+    def _take_idle(self) -> _Worker | None:
+        """An idle worker that is alive, or None; call with the lock held."""
+        while self._idle:
+            worker = self._idle.pop()
+            # An idle worker's end of the pipe has nothing to read; readable means closed: the worker is gone (its
+            # exit code may not have reached the forkserver yet).
+            if worker.process.exitcode is None and not worker.connection.poll(0):
+                return worker
+            # Died while idle (killed from outside, or by the system for memory): another is started.
+            logger.warning("a prediction worker died while idle (exit code %s)", worker.process.exitcode)
+            self._started.remove(worker)
+            worker.connection.close()
+        return None
+
+    async def _checkout(self) -> _Worker:
+        """An idle worker, a new one, or the first one freed within the deadline; 503 when none comes.
+
+        A question waiting for a worker polls (every _WAIT_POLL_S) instead of holding a thread of the pool the
+        other routes run in.
+        """
+        capacity = self.settings.predict_workers
+        deadline = time.monotonic() + self.timeout_s
+        queued = False
         try:
-            worker = self._start_worker()
+            while True:
+                with self._lock:
+                    if self._closed:
+                        raise HTTPException(status_code=503, detail="the service is shutting down")
+                    worker = self._take_idle()
+                    if worker is not None:
+                        return worker
+                    if len(self._started) + self._starting < capacity:
+                        self._starting += 1
+                        break
+                    if not queued:
+                        if self._waiting >= self.settings.predict_queue:
+                            raise self._busy(f"all {capacity} prediction workers are busy and {self._waiting} "
+                                             "questions wait already (LATPRED_PREDICT_WORKERS, LATPRED_PREDICT_QUEUE)")
+                        self._waiting += 1
+                        queued = True
+                if time.monotonic() >= deadline:
+                    raise self._busy(f"no prediction worker became free within {self.timeout_s:g} s "
+                                     "(LATPRED_PREDICT_TIMEOUT_S)")
+                await asyncio.sleep(_WAIT_POLL_S)
+        finally:
+            if queued:
+                with self._lock:
+                    self._waiting -= 1
+        try:
+            worker = await run_in_threadpool(self._start_worker)
         except BaseException:
-            with self._available:
+            with self._lock:
                 self._starting -= 1
-                self._available.notify()
             raise
-        with self._available:
+        with self._lock:
             self._starting -= 1
             self._started.append(worker)
         return worker
@@ -253,27 +292,25 @@ class PredictionWorkers:
         if not healthy or self._closed:
             worker.kill()
             worker.connection.close()
-        with self._available:
+        with self._lock:
             if healthy and not self._closed:
                 self._idle.append(worker)
             elif worker in self._started:
                 self._started.remove(worker)
-            self._available.notify()
 
     def worker_pids(self) -> list[int]:
         """Process ids of the started workers (for the service's own checks and tests)."""
-        with self._available:
+        with self._lock:
             return [worker.process.pid for worker in self._started if worker.process.pid is not None]
 
     def shutdown(self) -> None:
         """Kill every worker, busy ones included; questions still running answer 500 or 503."""
-        with self._available:
+        with self._lock:
             self._closed = True
             workers, self._idle = list(self._started), []
-            self._available.notify_all()
         for worker in workers:
             worker.kill()
-        with self._available:
+        with self._lock:
             for worker in self._idle:
                 worker.connection.close()
 

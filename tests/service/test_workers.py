@@ -19,19 +19,12 @@ from service.settings import Settings
 from tests.service.conftest import AUTH, DEVICE, fake_measurement, local_device_body
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-
-
 def _wait_gone(pid: int, timeout_s: float = 30.0) -> bool:
+    """Wait until the process is gone from the process table (reaped: all its threads ended, its pipes closed)."""
     deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not _alive(pid)
+    return not Path(f"/proc/{pid}").exists()
 
 
 def _ask(client: TestClient, model_id: str) -> Any:
