@@ -4,12 +4,12 @@ operations that need one, and the size of JSON bodies.
 FastAPI reads and parses a JSON body before it runs a route's dependencies, so a token check there comes after
 the whole body was received (a write without a token used to read 50 MB before its 401), and a body without a
 limit is parsed whatever its size. This middleware answers first:
-- 429 when a client address sent more than `anonymous_requests_per_minute` requests without a valid token
-  (health checks and static files are not counted);
 - 401 when the operation needs a token, before a byte of its body is read: every write under /api (any method
   but GET, HEAD and OPTIONS, except the questions POST /api/predict and /api/rank, which are reads), and with
   LATPRED_READ_TOKEN_REQUIRED every other /api operation but the health check and the OpenAPI document. The
   routes check the same with their dependencies; here an operation not listed as a read is a write (fail closed);
+- 429 when a client address sent more than `anonymous_requests_per_minute` requests without a valid token
+  (health checks and static files are not counted; a write without a token is answered 401 above, uncounted);
 - 413 when a request body (POST, PUT, PATCH) is larger than `max_body_mb`: at once from its Content-Length, or
   as soon as a streamed body passes the limit (nothing more is read). The body is then handed to the route from
   memory. The model upload streams its own multipart body under LATPRED_MAX_UPLOAD_MB instead.
@@ -142,6 +142,12 @@ class RequestLimitsMiddleware:
         verdict = stored_verdict(state, self.settings, headers.get("authorization"))
         method: str = scope["method"]
         path: str = scope["path"]
+        action = _token_action(method, path, self.settings.read_token_required)
+        if action is not None:
+            detail = token_error(verdict, action)
+            if detail is not None:
+                await _answer(scope, receive, send, 401, detail, {"WWW-Authenticate": "Bearer"})
+                return
         if self.rates is not None and verdict is not TokenVerdict.VALID and not path.startswith(_UNCOUNTED_PREFIXES):
             client = scope.get("client")
             wait_s = self.rates.retry_after_s(client[0] if client else "unknown")
@@ -151,12 +157,6 @@ class RequestLimitsMiddleware:
                               f"{self.settings.anonymous_requests_per_minute} a minute "
                               "(LATPRED_ANONYMOUS_REQUESTS_PER_MINUTE); send a token or retry later",
                               {"Retry-After": str(math.ceil(wait_s))})
-                return
-        action = _token_action(method, path, self.settings.read_token_required)
-        if action is not None:
-            detail = token_error(verdict, action)
-            if detail is not None:
-                await _answer(scope, receive, send, 401, detail, {"WWW-Authenticate": "Bearer"})
                 return
         if method in _BODY_METHODS and (method, path) not in _STREAMED_UPLOADS:
             limit_bytes = int(self.settings.max_body_mb * 2**20)
