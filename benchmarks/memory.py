@@ -38,7 +38,7 @@ from predictor.store import (  # noqa: E402
     session_scope,
     start_run,
     upgrade_schema,
-    upsert_device,
+    register_device,
 )
 from tests.factories import kernel_measurement_rows  # noqa: E402
 
@@ -67,7 +67,7 @@ def write_table(url: str, rows: int) -> None:
                                           bits=key.bits, median_ms=median, p10_ms=median * 0.9,
                                           p90_ms=median * 1.1, repeats=50))
     with session_scope(factory) as session:
-        device = upsert_device(session, name=DEVICE, backend="onnxruntime", execution_provider="CPUExecutionProvider",
+        device = register_device(session, name=DEVICE, backend="onnxruntime", execution_provider="CPUExecutionProvider",
                                runtime_version="1.0", threads=1, host="benchmark")
         start_run(session, device, "synthetic")
         for start in range(0, len(measurements), BATCH_ROWS):

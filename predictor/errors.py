@@ -28,3 +28,7 @@ class StoreError(LatpredError):
 
 class NoMeasurementsError(LatpredError):
     """The device has no measurements to predict from."""
+
+
+class DeviceConflictError(LatpredError):
+    """A device registered again with another runtime, thread count or kernel profile than it has."""

@@ -17,9 +17,11 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from predictor.context import ContextModel, measured_context_factors, sensitivity
+from predictor.devices import DeviceKernels, kernels_for_device
 from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import Kernel, KernelKey
 from predictor.memo import BoundedMemo
+from predictor.runtime import RuntimeSpec, local_runtime
 from predictor.store import Device, iter_measured_medians, list_runs
 from predictor.table import MeasuredTable, key_python_hashes
 
@@ -208,6 +210,9 @@ class DevicePredictor:
         # ("fp32", "int8": profiler.backends.base.REFERENCE_KINDS); reference_ms is the fp32 one's.
         self.reference_baselines: dict[str, float] = {}
         self.reference_ms: float | None = None
+        # How this host builds the device's kernels, and for which kinds of model (predictor.devices); None: as
+        # this host's runtime builds them (a predictor made in code, not loaded from the store).
+        self.device_kernels: DeviceKernels | None = None
         # What each key came to (see _memo): ranking asks about the same kernels over and over, so each key
         # is looked up or predicted once.
         self._by_key_memo: BoundedMemo[KernelKey, _Value] = BoundedMemo(_MEMO_ENTRIES)
@@ -268,7 +273,14 @@ class DevicePredictor:
         )
         predictor.reference_baselines = baselines_of(reports)
         predictor.reference_ms = predictor.reference_baselines.get("fp32")
+        predictor.device_kernels = kernels_for_device(device.name, device.runtime, device.kernel_profile,
+                                                      local_runtime(device.threads, device.execution_provider))
         return predictor
+
+    @property
+    def runtime(self) -> RuntimeSpec | None:
+        """The runtime setting this host builds the device's kernels with (None: this host's own)."""
+        return self.device_kernels.runtime if self.device_kernels is not None else None
 
     @property
     def measurement_count(self) -> int:

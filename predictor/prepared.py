@@ -13,6 +13,7 @@ import onnx
 
 from predictor.compress import apply_config
 from predictor.config import CompressionConfig, parse_config
+from predictor.devices import categories_of
 from predictor.estimate import DevicePredictor, Estimate
 from predictor.fastpath import FastConfigPath
 from predictor.graph import model_inputs, set_input_shapes
@@ -162,6 +163,8 @@ def predict_config(predictor: DevicePredictor, prepared: PreparedModel,
     """The model compressed by `config` predicted on the device, with what the config could not do among its
     warnings (the answer of `latpred predict` and `POST /api/predict`)."""
     config = config or CompressionConfig()
+    if predictor.device_kernels is not None:
+        predictor.device_kernels.check(categories_of(prepared.model, config))
     kernels = prepared.kernels(config)
     estimate = predictor.estimate(kernels)
     warnings = prepared.config_warnings(config, kernels)
@@ -181,6 +184,9 @@ def rank_candidates(
     compressing and optimizing each candidate for real.
     """
     configs = [raw if isinstance(raw, CompressionConfig) else parse_config(raw) for _, raw in candidates]
+    if predictor.device_kernels is not None:
+        for config in configs:
+            predictor.device_kernels.check(categories_of(prepared.model, config))
     # Ranking needs each candidate's totals only: keys go in, no per-kernel breakdown comes out.
     key_lists = [prepared.fast_keys(c) if fast else [k.key for k in prepared.kernels(c)] for c in configs]
     config_warnings = [prepared.config_warnings(c) for c in configs]

@@ -41,9 +41,20 @@ class RuntimeSpec:
     execution_provider: str = "CPUExecutionProvider"
     threads: int = 1
     runtime_version: str = ""
+    # The runtime's graph transformers left out where kernels are built for a device whose runtime does not run
+    # them (an ARM build has no NchwcTransformer): see predictor.devices.
+    disabled_optimizers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        fields = asdict(self)
+        fields["disabled_optimizers"] = list(self.disabled_optimizers)
+        return fields
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> RuntimeSpec:
+        fields = dict(data)
+        fields["disabled_optimizers"] = tuple(fields.get("disabled_optimizers") or ())  # type: ignore[call-overload]
+        return cls(**fields)  # type: ignore[arg-type]
 
 
 def local_runtime(threads: int = 1, execution_provider: str = "CPUExecutionProvider") -> RuntimeSpec:
@@ -83,13 +94,13 @@ def _session_options(runtime: RuntimeSpec):  # type: ignore[no-untyped-def]
     return options
 
 
-_block_sizes: dict[tuple[str, str, str], int] = {}
+_block_sizes: dict[tuple[str, str, str, tuple[str, ...]], int] = {}
 
 
 def nchwc_block_size(runtime: RuntimeSpec) -> int:
     """Channel block of onnxruntime's NCHWc layout for this runtime on this CPU (8 with AVX2, 16 with AVX-512); 0
     if it runs none (a small conv is optimized once per runtime and its layout read off)."""
-    cache_key = (runtime.backend, runtime.execution_provider, runtime.runtime_version)
+    cache_key = (runtime.backend, runtime.execution_provider, runtime.runtime_version, runtime.disabled_optimizers)
     if cache_key not in _block_sizes:
         block = 0
         if runtime.backend == "onnxruntime":
@@ -184,7 +195,8 @@ def _optimize_bytes(data: bytes, runtime: RuntimeSpec, level: str, weights: bool
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                              str(_INLINE_TENSOR_BYTES))
         try:
-            ort.InferenceSession(data, options, providers=[runtime.execution_provider])
+            ort.InferenceSession(data, options, providers=[runtime.execution_provider],
+                                 disabled_optimizers=list(runtime.disabled_optimizers) or None)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise translate_runtime_error(exc) from exc
         return optimized_path.read_bytes()
@@ -367,8 +379,8 @@ def _serve_optimizer(connection: Connection) -> None:
             return
         try:
             with _address_space_limit(idle_bytes, memory_mb):
-                answer: tuple[str, object] = ("ok", _optimize_bytes(data, RuntimeSpec(**runtime_fields), level,
-                                                                    weights))
+                answer: tuple[str, object] = ("ok", _optimize_bytes(data, RuntimeSpec.from_dict(runtime_fields),
+                                                                    level, weights))
         except InvalidModelError as exc:
             answer = ("invalid", str(exc))
         except MemoryError:

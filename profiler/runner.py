@@ -19,6 +19,7 @@ import numpy as np
 
 from predictor.config import CompressionConfig, LayerCompression
 from predictor.kernels import KernelKey
+from predictor.runtime import describe_host
 from predictor.store import MeasurementIn
 from profiler.backends.base import (
     PROFILING_PROTOCOL,
@@ -53,7 +54,8 @@ class Sink(Protocol):
 
     def previous_references(self, kind: str = "fp32") -> list[float]: ...
 
-    def start(self, run_id: str, budget_minutes: float | None) -> None: ...
+    def start(self, run_id: str, budget_minutes: float | None, runtime: dict[str, Any] | None = None,
+              host: str | None = None) -> None: ...
 
     def write(self, run_id: str, rows: list[MeasurementIn], report: dict[str, Any]) -> int: ...
 
@@ -260,7 +262,7 @@ class ProfileRunner:
         table = self.sink.known_table()
         known = set(table)
         done_before = self.sink.done_items()
-        self.sink.start(run_id, budget_minutes)
+        self.sink.start(run_id, budget_minutes, runtime=self.backend.runtime().to_dict(), host=describe_host())
         sparsity_pairs: dict[str, list[float]] = defaultdict(list)
         # Every measurement is scaled to the device's baseline state: the reference kernel's time when the
         # device's first run started, the same for every later run, so all runs' rows share one scale and a

@@ -60,9 +60,11 @@ class StoreSink:
             runs = list_runs(session, get_device(session, self.device_name))
             return reference_times([run.report or {} for run in runs], kind)
 
-    def start(self, run_id: str, budget_minutes: float | None) -> None:
+    def start(self, run_id: str, budget_minutes: float | None, runtime: dict[str, Any] | None = None,
+              host: str | None = None) -> None:
         with session_scope(self.sessions) as session:
-            start_run(session, get_device(session, self.device_name), run_id, budget_minutes)
+            start_run(session, get_device(session, self.device_name), run_id, budget_minutes, runtime=runtime,
+                      host=host)
 
     def write(self, run_id: str, rows: list[MeasurementIn], report: dict[str, Any]) -> int:
         with session_scope(self.sessions) as session:
@@ -90,7 +92,7 @@ class HttpSink:
         self.client.headers.update(headers)
 
     def register_device(self, fields: dict[str, Any]) -> None:
-        """Create or update the device on the service."""
+        """Register the device on the service (a 409 if it is registered with another runtime)."""
         self._request("POST", "/api/devices", json=fields)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -134,9 +136,10 @@ class HttpSink:
         device = self._request("GET", f"/api/devices/{self.device_name}")
         return reference_times([run.get("report") or {} for run in device.get("runs", [])], kind)
 
-    def start(self, run_id: str, budget_minutes: float | None) -> None:
+    def start(self, run_id: str, budget_minutes: float | None, runtime: dict[str, Any] | None = None,
+              host: str | None = None) -> None:
         self._request("POST", f"/api/devices/{self.device_name}/runs",
-                      json={"run_id": run_id, "budget_minutes": budget_minutes})
+                      json={"run_id": run_id, "budget_minutes": budget_minutes, "runtime": runtime, "host": host})
 
     def write(self, run_id: str, rows: list[MeasurementIn], report: dict[str, Any]) -> int:
         if not rows:

@@ -11,12 +11,13 @@ import typer
 
 from predictor.compress import apply_config
 from predictor.config import CompressionConfig, load_config, parse_config
+from predictor.devices import DeviceKernels, categories_of, kernels_for_device, observe_kernel_profile
 from predictor.errors import ConfigError, LatpredError, NoMeasurementsError
 from predictor.estimate import DevicePredictor, device_baselines
 from predictor.graph import load_model, parse_input_shapes, set_input_shapes
 from predictor.kernels import Kernel
 from predictor.prepared import PreparedModel, predict_config, rank_candidates
-from predictor.runtime import describe_host
+from predictor.runtime import describe_host, local_runtime
 from predictor.store import (
     add_validation,
     count_measurements_by_op,
@@ -24,8 +25,8 @@ from predictor.store import (
     list_devices,
     list_runs,
     load_regressors,
+    register_device,
     session_scope,
-    upsert_device,
 )
 from predictor.validation import compensate
 from service.context import Store, open_store
@@ -268,14 +269,15 @@ def profile(
         observer = None
         items = default_plan()
     device_fields = {"name": device, "backend": runtime.backend, "execution_provider": runtime.execution_provider,
-                     "runtime_version": runtime.runtime_version, "threads": runtime.threads, "host": describe_host()}
+                     "runtime_version": runtime.runtime_version, "threads": runtime.threads, "host": describe_host(),
+                     "kernel_profile": _observed_profile(runtime)}
     if to:
         sink: Any = HttpSink(to, token, device)
         sink.register_device(device_fields)
     else:
         store = _open()
         with session_scope(store.sessions) as session:
-            upsert_device(session, **device_fields)
+            register_device(session, **device_fields)
         sink = StoreSink(store.sessions, device)
     with progress_reporter(f"profiling {device}") as progress:
         report = ProfileRunner(device, profiler_backend, sink, progress=progress, observer=observer,
@@ -286,6 +288,13 @@ def profile(
         return
     for line in report.summary_lines():
         emit_line(line)
+
+
+def _observed_profile(runtime: Any) -> dict[str, Any] | None:
+    """What decides this host's kernels for the runtime (predictor.devices), recorded with the device it profiles."""
+    if runtime.backend != "onnxruntime":
+        return None
+    return observe_kernel_profile(runtime).to_dict()
 
 
 def make_backend(name: str, threads: int, execution_provider: str = "CPUExecutionProvider") -> Any:
@@ -347,8 +356,65 @@ def _prepare(model: Path, device: str, input_shape: list[str] | None
     with store.sessions() as session:
         dev = get_device(session, device)
         predictor = DevicePredictor.load(session, dev) if count_measurements_by_op(session, dev) else None
-        runtime = dev.runtime
+        runtime = predictor.runtime if predictor is not None and predictor.runtime else _device_kernels(dev).runtime
     return PreparedModel.create(onnx_model, runtime, shapes), predictor
+
+
+def _device_kernels(dev: Any) -> DeviceKernels:
+    """How this host builds the device's kernels (predictor.devices)."""
+    return kernels_for_device(dev.name, dev.runtime, dev.kernel_profile,
+                              local_runtime(dev.threads, dev.execution_provider))
+
+
+@app.command()
+def kernels(
+    model: Annotated[Path, typer.Argument(help="ONNX model file")],
+    config: ConfigOpt = None,
+    device: Annotated[str | None, typer.Option("--device", "-d", help="the kernels as this device builds them "
+                                                                      "(default: this host's runtime)")] = None,
+    input_shape: InputShapeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the kernels the runtime runs for a model: op type, key hash, shapes, and the model's nodes each covers.
+
+    The node names are what a config's `layers` patterns match.
+    """
+    compression = load_config(config) if config else CompressionConfig()
+    onnx_model = set_input_shapes(load_model(model), parse_input_shapes(input_shape or []))
+    if device is None:
+        runtime = local_runtime()
+        where = f"this host ({runtime.backend} {runtime.runtime_version})"
+    else:
+        store = _open()
+        with store.sessions() as session:
+            built = _device_kernels(get_device(session, device))
+        built.check(categories_of(onnx_model, compression))
+        runtime = built.runtime
+        where = f"device {device}" + (f", built here without {', '.join(runtime.disabled_optimizers)}"
+                                      if runtime.disabled_optimizers else "")
+    found = PreparedModel.create(onnx_model, runtime).kernels(compression)
+    if as_json:
+        emit_json({"model": str(model), "device": device, "runtime": runtime.to_dict(),
+                   "config": compression.model_dump(exclude_none=True),
+                   "kernels": [{"name": k.name, "op_type": k.op_type, "key_hash": k.key.key_hash,
+                                "nodes": list(k.nodes), "inputs": k.key.to_dict()["inputs"],
+                                "outputs": k.key.to_dict()["outputs"], "weight": k.key.to_dict()["weight"],
+                                "bits": k.key.bits, "sparsity": k.key.sparsity, "key": k.key.to_dict()}
+                               for k in found]})
+        return
+    emit_table(["kernel", "op_type", "key", "input", "output", "weight", "bits", "nodes"],
+               [[k.name, k.op_type, k.key.key_hash[:12], _dims(k.key.inputs[0] if k.key.inputs else None),
+                 _dims(k.key.outputs[0] if k.key.outputs else None), _dims(k.key.weight), k.key.bits,
+                 ", ".join(k.nodes) or "(inserted by the runtime)"] for k in found])
+    emit_line()
+    emit_line(f"{model.name}: {len(found)} kernels as {where} runs them")
+
+
+def _dims(shape: Any) -> str:
+    """A shape as 1x3x224x224 ("?" unknown, "-" none: a kernel without weights)."""
+    if shape is None:
+        return "-"
+    return "x".join(str(d) for d in shape) or "scalar"
 
 
 @app.command()

@@ -135,10 +135,11 @@ class LatpredClient:
         return self._request("GET", f"/api/devices/{_segment(name)}")
 
     def register_device(self, name: str, backend: str, execution_provider: str, runtime_version: str,
-                        threads: int, host: str = "") -> dict[str, Any]:
-        """Register the device, or update its runtime fields."""
+                        threads: int, host: str = "", kernel_profile: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Register the device (a 409 if the name is registered with another runtime or kernel profile)."""
         body = {"name": name, "backend": backend, "execution_provider": execution_provider,
-                "runtime_version": runtime_version, "threads": threads, "host": host}
+                "runtime_version": runtime_version, "threads": threads, "host": host,
+                "kernel_profile": kernel_profile}
         return self._request("POST", "/api/devices", json=body)
 
     def model(self, model_id: str) -> dict[str, Any]:

@@ -25,12 +25,12 @@ from predictor.store.crud import (
     load_regressors,
     lookup_table,
     measured_key_hashes,
+    register_device,
     save_regressor,
     save_stored_model,
     set_overhead,
     start_run,
     update_run_report,
-    upsert_device,
 )
 from predictor.store.database import (
     create_store_engine,
@@ -89,5 +89,5 @@ __all__ = [
     "start_run",
     "update_run_report",
     "upgrade_schema",
-    "upsert_device",
+    "register_device",
 ]

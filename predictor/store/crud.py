@@ -16,7 +16,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from predictor.errors import LatpredError, StoreError, UnknownDeviceError
+from predictor.errors import DeviceConflictError, LatpredError, StoreError, UnknownDeviceError
 from predictor.store.models import (
     Device,
     Measurement,
@@ -55,7 +55,7 @@ __all__ = [
     "set_overhead",
     "start_run",
     "update_run_report",
-    "upsert_device",
+    "register_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def get_device(session: Session, name: str) -> Device:
     raise UnknownDeviceError(f"unknown device {name!r}; known: {shown}")
 
 
-def upsert_device(
+def register_device(
     session: Session,
     *,
     name: str,
@@ -193,8 +193,15 @@ def upsert_device(
     runtime_version: str,
     threads: int,
     host: str,
+    kernel_profile: dict[str, Any] | None = None,
 ) -> Device:
-    """Create the device, or update its fields if the name exists; safe under concurrent registration."""
+    """Create the device, or return it if the name exists with the same runtime; safe under concurrent registration.
+
+    A device is a runtime, its version, execution provider and thread count on one kind of host: registering the
+    name again with another of these, or with a kernel profile (predictor.devices) that decides other kernels, is
+    a DeviceConflictError naming what differs, never an overwrite (its table would mix devices). A device
+    registered before it had a kernel profile takes the first one it is given; its host text is kept current.
+    """
     _check_identifier("device name", name, 128)
     _check_identifier("backend", backend, 32)
     _check_identifier("execution_provider", execution_provider, 128)
@@ -203,27 +210,48 @@ def upsert_device(
         raise ValueError(f"threads must be an int >= 0 (0: runtime default), got {threads!r}")
     if not isinstance(host, str):
         raise ValueError(f"host must be a string, got {host!r}")
-    fields = {
-        "backend": backend,
-        "execution_provider": execution_provider,
-        "runtime_version": runtime_version,
-        "threads": threads,
-        "host": host,
-    }
+    if kernel_profile is not None and not isinstance(kernel_profile, dict):
+        raise ValueError("kernel_profile must be a JSON object")
+    fields = {"backend": backend, "execution_provider": execution_provider, "runtime_version": runtime_version,
+              "threads": threads}
     session.flush()
     table = Device.__table__
     assert isinstance(table, Table)
-    insert = _dialect_insert(session, table)
     session.execute(
-        insert.values(name=name, created_at=utc_now(), **fields).on_conflict_do_update(
-            index_elements=[table.c.name], set_=fields
-        )
+        _dialect_insert(session, table)
+        .values(name=name, created_at=utc_now(), host=host, kernel_profile=kernel_profile, **fields)
+        .on_conflict_do_nothing(index_elements=[table.c.name])
     )
     device = session.scalars(
         select(Device).where(Device.name == name).execution_options(populate_existing=True)
     ).one()
-    logger.debug("upserted device %r (id %d)", name, device.id)
+    differs = [f"{field} {getattr(device, field)!r} (asked: {value!r})" for field, value in fields.items()
+               if getattr(device, field) != value]
+    if kernel_profile is not None and device.kernel_profile is not None:
+        differs += _profile_differences(device.kernel_profile, kernel_profile)
+    if differs:
+        raise DeviceConflictError(
+            f"device {name!r} is registered with {'; '.join(differs)}: a device is one runtime on one kind of "
+            "host; register this one under another name")
+    if kernel_profile is not None and device.kernel_profile is None:
+        device.kernel_profile = kernel_profile
+    if host and device.host != host:
+        device.host = host
+    session.flush()
+    logger.debug("registered device %r (id %d)", name, device.id)
     return device
+
+
+_PROFILE_FIELDS = ("backend", "runtime_version", "execution_provider", "machine", "isa", "nchwc_block")
+
+
+def _profile_differences(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """What two kernel profiles disagree on: the fields that decide kernels, then the probes' kernels."""
+    differs = [f"{field} {stored.get(field)!r} (asked: {given.get(field)!r})" for field in _PROFILE_FIELDS
+               if stored.get(field) != given.get(field)]
+    if not differs and stored.get("probes") != given.get("probes"):
+        differs.append("other kernels for the probe models (a profile of another latpred version or runtime build)")
+    return differs
 
 
 def list_devices(session: Session) -> list[Device]:
@@ -367,11 +395,13 @@ def count_measurements_by_op(session: Session, device: Device) -> dict[str, int]
 
 
 def start_run(
-    session: Session, device: Device, run_id: str, budget_minutes: float | None = None
+    session: Session, device: Device, run_id: str, budget_minutes: float | None = None,
+    runtime: dict[str, Any] | None = None, host: str | None = None,
 ) -> ProfilingRun:
     """Record a running profiling run; idempotent: an existing run id is returned unchanged.
 
-    Raises ValueError if the run id already belongs to another device.
+    `runtime` and `host`: what the run measures with (RuntimeSpec.to_dict, predictor.runtime.describe_host),
+    kept with the run that every measurement names. Raises ValueError if the run id belongs to another device.
     """
     _check_identifier("run_id", run_id, 64)
     if budget_minutes is not None and (not _is_finite_number(budget_minutes) or budget_minutes <= 0):
@@ -387,6 +417,8 @@ def start_run(
             started_at=utc_now(),
             status="running",
             budget_minutes=None if budget_minutes is None else float(budget_minutes),
+            runtime=runtime,
+            host=host,
         )
         .on_conflict_do_nothing(index_elements=[table.c.run_id])
     )
@@ -519,19 +551,25 @@ def add_validation(
     config_name: str,
     predicted_ms: float,
     measured_ms: float,
+    scaled_ms: float | None = None,
 ) -> Validation:
-    """Record a predicted-vs-measured end-to-end latency for one model and compression config."""
+    """Record a predicted-vs-measured end-to-end latency for one model and compression config.
+
+    `scaled_ms`: the measurement in the device's baseline state, what the prediction is held against."""
     _check_identifier("model_name", model_name, 256)
     _check_identifier("config_name", config_name, 256)
     for field, value in (("predicted_ms", predicted_ms), ("measured_ms", measured_ms)):
         if not _is_finite_number(value) or value < 0:
             raise ValueError(f"{field} must be a finite number >= 0, got {value!r}")
+    if scaled_ms is not None and (not _is_finite_number(scaled_ms) or scaled_ms < 0):
+        raise ValueError(f"scaled_ms must be a finite number >= 0 or None, got {scaled_ms!r}")
     validation = Validation(
         device_id=device.id,
         model_name=model_name,
         config_name=config_name,
         predicted_ms=float(predicted_ms),
         measured_ms=float(measured_ms),
+        scaled_ms=None if scaled_ms is None else float(scaled_ms),
     )
     session.add(validation)
     session.flush()

@@ -99,6 +99,9 @@ class Device(Base):
     host: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     overhead: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # What decides the device's kernels, as its agent observed them (predictor.devices.KernelProfile.to_dict):
+    # runtime, CPU architecture and features, NCHWc block, and the kernels its runtime builds for the probes.
+    kernel_profile: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
     def __repr__(self) -> str:
         return f"Device(id={self.id!r}, name={self.name!r}, backend={self.backend!r})"
@@ -123,6 +126,9 @@ class ProfilingRun(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")
     budget_minutes: Mapped[float | None] = mapped_column(Float, default=None)
     report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Where the run's measurements came from: the runtime (RuntimeSpec.to_dict) and the host that ran it.
+    runtime: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    host: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class Measurement(Base):
@@ -172,6 +178,8 @@ class Validation(Base):
     config_name: Mapped[str] = mapped_column(String(256))
     predicted_ms: Mapped[float] = mapped_column(Float)
     measured_ms: Mapped[float] = mapped_column(Float)
+    # The measurement in the device's baseline state, what the prediction is held against (None: not scaled).
+    scaled_ms: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 

@@ -66,6 +66,8 @@ _MIN_EVENT_SHARE = 0.1
 # Reference runs after each block of paired runs; the last one is the block's pair and a block lasts as long as
 # they do, so pairing costs at most as much time as the runs (1: the cold run is the pair, see the module docstring).
 _REFERENCE_RUNS_PER_BLOCK = 1
+# Runs enough for a median where each run takes so long that the protocol's minimum would not fit its time cap.
+_MIN_SLOW_REPEATS = 3
 # Nodes of a quantized model (QDQ or integer ops): only such a model can need the int8 reference.
 _QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger",
                             "ConvInteger", "DynamicQuantizeLinear"})
@@ -159,8 +161,11 @@ class OnnxRuntimeBackend:
         if kind not in self._references:
             session = self._session(reference_model(kind))
             feeds = random_feeds(session)
+            warm_until = time.perf_counter() + 1.0
             for _ in range(3):
                 session.run(None, feeds)
+                if time.perf_counter() > warm_until:  # a slow device: one warm-up is enough
+                    break
             self._references[kind] = _Pairing(session, feeds, self._timed_ms(session, feeds))
         return self._references[kind]
 
@@ -179,8 +184,14 @@ class OnnxRuntimeBackend:
         block lasts at least as long as those runs, so pairing costs at most as much time as the runs
         themselves. With pairing, the stopping rule looks at the runs' ratios to their reference runs.
         """
+        # A budget is a budget on slow devices (a board, an emulated CPU, where one run takes seconds): the
+        # protocol's counts give way to its time. Warm-up stops once it has taken half the time cap, and past the
+        # cap _MIN_SLOW_REPEATS runs are enough.
+        warm_until = time.perf_counter() + protocol.max_seconds / 2
         for _ in range(protocol.warmup_runs):
             session.run(None, feeds)
+            if time.perf_counter() > warm_until:
+                break
         samples: list[float] = []
         references: list[float] = []
         block_ms = 0.0
@@ -193,9 +204,11 @@ class OnnxRuntimeBackend:
                     self._close_block(pairing, samples, references)
                     block_ms = 0.0
             judged = samples if pairing is None else _ratios(samples, references)
-            if len(judged) >= protocol.min_repeats and (
-                median_is_stable(judged, protocol.stable_within) or time.perf_counter() > deadline
-            ):
+            past_deadline = time.perf_counter() > deadline
+            if len(judged) >= protocol.min_repeats and (median_is_stable(judged, protocol.stable_within)
+                                                         or past_deadline):
+                break
+            if past_deadline and len(judged) >= _MIN_SLOW_REPEATS:
                 break
         if pairing is not None and len(references) < len(samples):
             self._close_block(pairing, samples, references)

@@ -11,8 +11,10 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from predictor.devices import UnreproducibleKernelsError
 from predictor.errors import (
     ConfigError,
+    DeviceConflictError,
     InvalidModelError,
     LatpredError,
     NoMeasurementsError,
@@ -30,6 +32,8 @@ logger = logging.getLogger(__name__)
 _STATUS_BY_ERROR: tuple[tuple[type[LatpredError], int], ...] = (
     (UnknownDeviceError, 404),
     (NoMeasurementsError, 409),
+    (DeviceConflictError, 409),
+    (UnreproducibleKernelsError, 422),
     (InvalidModelError, 422),
     (ConfigError, 422),
     (UnsupportedKernelError, 422),

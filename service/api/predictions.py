@@ -165,7 +165,8 @@ class PredictionCache:
         with store.sessions() as session:
             device = get_device(session, device_name)
             predictor = DevicePredictor.load(session, device)
-            runtime = device.runtime
+            # The device's kernels as this host builds them (predictor.devices), not this host's own.
+            runtime = predictor.runtime or device.runtime
         if predictor.measurement_count == 0:
             # Not cached: the first upload (from any process) must be seen at once.
             raise NoMeasurementsError(

@@ -106,9 +106,13 @@ class DeviceBase(BaseModel):
 
 
 class DeviceCreate(DeviceBase):
-    """Register a device, or update the fields of an existing one with that name."""
+    """Register a device; the same name with another runtime or kernel profile is a 409."""
 
     model_config = ConfigDict(extra="forbid")
+
+    kernel_profile: JsonObject | None = Field(
+        default=None, description="what decides the device's kernels, as its agent observed them: runtime, CPU "
+                                  "architecture and features, NCHWc block, kernels of the probe models")
 
 
 class DevicePublic(DeviceBase):
@@ -116,6 +120,7 @@ class DevicePublic(DeviceBase):
 
     created_at: datetime
     overhead: dict[str, Any] | None = None
+    kernel_profile: dict[str, Any] | None = None
 
 
 class DevicesPublic(BaseModel):
@@ -135,6 +140,8 @@ class RunCreate(BaseModel):
 
     run_id: str = Field(min_length=1, max_length=64, pattern=_RUN_ID_PATTERN)
     budget_minutes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    runtime: JsonObject | None = Field(default=None, description="the runtime the run measures with")
+    host: str | None = Field(default=None, max_length=1024, description="the host the run measures on")
 
 
 class RunFinish(BaseModel):
@@ -154,6 +161,8 @@ class RunPublic(BaseModel):
     finished_at: datetime | None = None
     budget_minutes: float | None = None
     report: dict[str, Any] | None = None
+    runtime: dict[str, Any] | None = None
+    host: str | None = None
 
 
 class DeviceDetail(DevicePublic):

@@ -18,10 +18,10 @@ from predictor.store import (
     add_measurements,
     finish_run,
     get_device,
+    register_device,
     session_factory,
     session_scope,
     start_run,
-    upsert_device,
 )
 from predictor.training import train_device
 
@@ -73,7 +73,7 @@ def record_profile(engine: Engine, device_name: str, models: list[list[KernelKey
                    ) -> None:
     """Write what the profiler would: each key's first measurement (in its model's context) and the runs."""
     with session_scope(session_factory(engine)) as session:
-        device = upsert_device(session, name=device_name, backend="onnxruntime",
+        device = register_device(session, name=device_name, backend="onnxruntime",
                                execution_provider="CPUExecutionProvider", runtime_version="1.0", threads=1,
                                host="test")
         start_run(session, device, "run-1")

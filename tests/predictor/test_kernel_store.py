@@ -10,9 +10,9 @@ from predictor.store import (
     add_measurements,
     iter_measurements,
     lookup_table,
+    register_device,
     session_factory,
     session_scope,
-    upsert_device,
 )
 from tests import factories
 
@@ -31,7 +31,7 @@ def test_extracted_keys_round_trip_through_the_store(store_engine: Engine) -> No
     ]
     factory = session_factory(store_engine)
     with session_scope(factory) as session:
-        device = upsert_device(session, name="cpu", backend=RUNTIME.backend,
+        device = register_device(session, name="cpu", backend=RUNTIME.backend,
                                execution_provider=RUNTIME.execution_provider,
                                runtime_version=RUNTIME.runtime_version, threads=1, host=describe_host())
         inserted = add_measurements(session, device, "run-1", rows)

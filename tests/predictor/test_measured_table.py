@@ -16,11 +16,11 @@ from predictor.store import (
     create_store_engine,
     get_device,
     lookup_table,
+    register_device,
     session_factory,
     session_scope,
     start_run,
     upgrade_schema,
-    upsert_device,
 )
 from predictor.table import MeasuredTable
 from tests.factories import kernel_measurement_rows
@@ -38,7 +38,7 @@ def _keys(count: int, seed: int = 0) -> list[tuple[KernelKey, float]]:
 
 def _store(engine: Engine, runs: dict[str, list[tuple[KernelKey, float]]]) -> None:
     with session_scope(session_factory(engine)) as session:
-        device = upsert_device(session, name="table-cpu", backend="onnxruntime",
+        device = register_device(session, name="table-cpu", backend="onnxruntime",
                                execution_provider="CPUExecutionProvider", runtime_version="1.0", threads=1,
                                host="test")
         for run_id, rows in runs.items():

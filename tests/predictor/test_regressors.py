@@ -25,9 +25,9 @@ from predictor.store import (
     MeasurementIn,
     add_measurements,
     load_regressors,
+    register_device,
     session_factory,
     session_scope,
-    upsert_device,
 )
 
 
@@ -291,7 +291,7 @@ def test_train_device_regressors_stores_what_regressor_set_loads(store_engine: E
     fused = _fused(random_conv_keys(12, seed=13, op_type="Conv"))
     factory = session_factory(store_engine)
     with session_scope(factory) as session:
-        device = upsert_device(session, name="cpu-test", backend="onnxruntime",
+        device = register_device(session, name="cpu-test", backend="onnxruntime",
                                execution_provider="CPUExecutionProvider", runtime_version="1.18.0", threads=1,
                                host="test")
         # Gemm measured in three runs: the median of medians (the truth x 1.01) wins over a 5x outlier run.

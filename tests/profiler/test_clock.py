@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from predictor.estimate import DevicePredictor
 from predictor.runtime import describe_host
-from predictor.store import get_device, session_factory, session_scope, upsert_device
+from predictor.store import get_device, register_device, session_factory, session_scope
 from profiler.backends.base import MeasureProtocol, Timing
 from profiler.backends.onnxruntime import OnnxRuntimeBackend, _Pairing
 from profiler.plan import model_plan
@@ -76,7 +76,7 @@ def test_drift_is_reported_and_paired_or_wall_time_runs_are_scaled(
         store_engine: Engine, threads: int, paired: bool, expected_factor: float) -> None:
     runtime = OnnxRuntimeBackend(threads=threads).runtime()
     with session_scope(session_factory(store_engine)) as session:
-        upsert_device(session, name="drift", backend=runtime.backend, execution_provider=runtime.execution_provider,
+        register_device(session, name="drift", backend=runtime.backend, execution_provider=runtime.execution_provider,
                       runtime_version=runtime.runtime_version, threads=threads, host=describe_host())
     items = model_plan(factories.conv_bn_relu_model(), "block", [])
     sink = StoreSink(session_factory(store_engine), "drift")

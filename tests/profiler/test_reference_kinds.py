@@ -13,7 +13,7 @@ from predictor.compress import apply_config
 from predictor.config import parse_config
 from predictor.estimate import DevicePredictor
 from predictor.runtime import describe_host
-from predictor.store import get_device, session_factory, session_scope, upsert_device
+from predictor.store import get_device, register_device, session_factory, session_scope
 from predictor.validation import measure_against_table
 from profiler.backends.base import MeasureProtocol, Timing, reference_model
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
@@ -95,7 +95,7 @@ class _Int8DriftBackend(OnnxRuntimeBackend):
 def _device(engine: Engine, name: str) -> StoreSink:
     runtime = OnnxRuntimeBackend(threads=1).runtime()
     with session_scope(session_factory(engine)) as session:
-        upsert_device(session, name=name, backend=runtime.backend, execution_provider=runtime.execution_provider,
+        register_device(session, name=name, backend=runtime.backend, execution_provider=runtime.execution_provider,
                       runtime_version=runtime.runtime_version, threads=1, host=describe_host())
     return StoreSink(session_factory(engine), name)
 

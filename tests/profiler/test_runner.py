@@ -22,10 +22,10 @@ from predictor.store import (
     create_store_engine,
     get_device,
     list_runs,
+    register_device,
     session_factory,
     session_scope,
     upgrade_schema,
-    upsert_device,
 )
 from profiler.backends.base import MeasureProtocol
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
@@ -40,7 +40,7 @@ FAST = MeasureProtocol(warmup_runs=2, min_repeats=5, max_repeats=30, max_seconds
 def register(engine: Engine, name: str = "cpu-test") -> None:
     runtime = OnnxRuntimeBackend(threads=1).runtime()
     with session_scope(session_factory(engine)) as session:
-        upsert_device(session, name=name, backend=runtime.backend, execution_provider=runtime.execution_provider,
+        register_device(session, name=name, backend=runtime.backend, execution_provider=runtime.execution_provider,
                       runtime_version=runtime.runtime_version, threads=1, host=describe_host())
 
 

@@ -19,7 +19,7 @@ from onnx import helper
 from predictor.errors import LatpredError
 from predictor.graph import load_model
 from predictor.runtime import describe_host, local_runtime
-from predictor.store import create_store_engine, session_factory, session_scope, upgrade_schema, upsert_device
+from predictor.store import create_store_engine, register_device, session_factory, session_scope, upgrade_schema
 from tests import factories
 from tests.reliability.hostile_models import external_data_model, if_model, loop_model
 from tests.service.test_cli import assert_usage_error, run_cli
@@ -35,7 +35,7 @@ def home(tmp_path: Path) -> Path:
     upgrade_schema(engine)
     runtime = local_runtime(1)
     with session_scope(session_factory(engine)) as session:
-        upsert_device(session, name=DEVICE, backend=runtime.backend, execution_provider=runtime.execution_provider,
+        register_device(session, name=DEVICE, backend=runtime.backend, execution_provider=runtime.execution_provider,
                       runtime_version=runtime.runtime_version, threads=1, host=describe_host())
     engine.dispose()
     return home

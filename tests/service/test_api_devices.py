@@ -113,10 +113,15 @@ def test_register_list_and_read_device(api: TestClient, device: str) -> None:
     assert detail["runs"] == []
 
 
-def test_register_again_updates_the_device(api: TestClient, device: str) -> None:
-    body = {**local_device_body(), "threads": 4}
-    assert api.post("/api/devices", json=body, headers=AUTH).status_code == 201
-    assert api.get(f"/api/devices/{device}").json()["threads"] == 4
+def test_register_again_is_a_noop_and_another_runtime_a_conflict(api: TestClient, device: str) -> None:
+    """A device is one runtime on one kind of host: the same registration again changes nothing (an agent's
+    restart), another thread count or runtime version is a 409 naming what differs, never an overwrite."""
+    assert api.post("/api/devices", json=local_device_body(), headers=AUTH).status_code == 201
+    for change in ({"threads": 4}, {"runtime_version": "1.18.0"}):
+        answer = api.post("/api/devices", json={**local_device_body(), **change}, headers=AUTH)
+        assert answer.status_code == 409, answer.text
+        assert next(iter(change)) in answer.json()["detail"] and "another name" in answer.json()["detail"]
+    assert api.get(f"/api/devices/{device}").json()["threads"] == local_device_body()["threads"]
     assert api.get("/api/devices").json()["count"] == 1
 
 

@@ -42,17 +42,17 @@ def registered_device(tmp_path: Path) -> str:
     from predictor.runtime import describe_host, local_runtime
     from predictor.store import (
         create_store_engine,
+        register_device,
         session_factory,
         session_scope,
         upgrade_schema,
-        upsert_device,
     )
 
     engine = create_store_engine(f"sqlite:///{tmp_path / 'home' / 'latpred.db'}")
     upgrade_schema(engine)
     runtime = local_runtime(1)
     with session_scope(session_factory(engine)) as session:
-        upsert_device(session, name="cpu-1t", backend=runtime.backend, execution_provider=runtime.execution_provider,
+        register_device(session, name="cpu-1t", backend=runtime.backend, execution_provider=runtime.execution_provider,
                       runtime_version=runtime.runtime_version, threads=1, host=describe_host())
     engine.dispose()
     return "cpu-1t"

@@ -17,12 +17,12 @@ from predictor.store import (
     add_measurements,
     add_validation,
     finish_run,
+    register_device,
     save_regressor,
     save_stored_model,
     session_factory,
     session_scope,
     start_run,
-    upsert_device,
 )
 from service.app import create_app
 from service.dashboard import STATIC_DIR
@@ -73,7 +73,7 @@ def fill_store(engine: Engine, device_name: str = DEVICE) -> None:
     """The rows above, two regressors (held out), one run with drift, two validations."""
     sessions = session_factory(engine)
     with session_scope(sessions) as session:
-        device = upsert_device(session, name=device_name, backend="onnxruntime",
+        device = register_device(session, name=device_name, backend="onnxruntime",
                                execution_provider="CPUExecutionProvider", runtime_version="1.20.1", threads=1,
                                host="test host")
         start_run(session, device, "run-one", budget_minutes=5)

@@ -6,12 +6,13 @@ import dataclasses
 import math
 import random
 import threading
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from predictor.errors import LatpredError, UnknownDeviceError
+from predictor.errors import DeviceConflictError, LatpredError, UnknownDeviceError
 from predictor.store import (
     Device,
     Measurement,
@@ -33,6 +34,7 @@ from predictor.store import (
     load_regressors,
     lookup_table,
     measured_key_hashes,
+    register_device,
     save_regressor,
     save_stored_model,
     session_factory,
@@ -40,7 +42,6 @@ from predictor.store import (
     set_overhead,
     start_run,
     update_run_report,
-    upsert_device,
 )
 
 
@@ -60,8 +61,9 @@ def _measurement(
     return dataclasses.replace(row, **changes)  # type: ignore[arg-type]
 
 
-def _new_device(session: Session, name: str = "xeon-ort-4t", runtime_version: str = "1.18.0") -> Device:
-    return upsert_device(
+def _new_device(session: Session, name: str = "xeon-ort-4t", runtime_version: str = "1.18.0",
+                kernel_profile: dict[str, Any] | None = None) -> Device:
+    return register_device(
         session,
         name=name,
         backend="onnxruntime",
@@ -69,6 +71,7 @@ def _new_device(session: Session, name: str = "xeon-ort-4t", runtime_version: st
         runtime_version=runtime_version,
         threads=4,
         host="Intel Xeon Gold 6248",
+        kernel_profile=kernel_profile,
     )
 
 
@@ -234,13 +237,26 @@ def test_get_device_unknown_names_the_known_devices(factory: sessionmaker[Sessio
         assert get_device(session, "cpu-a").name == "cpu-a"
 
 
-def test_upsert_device_updates_in_place(factory: sessionmaker[Session], device: Device) -> None:
+def test_registering_a_device_again_with_another_runtime_is_a_conflict(factory: sessionmaker[Session],
+                                                                        device: Device) -> None:
     with session_scope(factory) as session:
-        updated = _new_device(session, device.name, runtime_version="1.19.2")
-        assert updated.id == device.id
-        assert updated.created_at == device.created_at
+        same = _new_device(session, device.name)
+        assert (same.id, same.created_at) == (device.id, device.created_at)
+    with session_scope(factory) as session, pytest.raises(DeviceConflictError, match="runtime_version"):
+        _new_device(session, device.name, runtime_version="1.19.2")
     with session_scope(factory) as session:
-        assert [(d.name, d.runtime_version) for d in list_devices(session)] == [(device.name, "1.19.2")]
+        assert [(d.name, d.runtime_version) for d in list_devices(session)] == [(device.name, device.runtime_version)]
+
+
+def test_a_device_keeps_its_kernel_profile(factory: sessionmaker[Session], device: Device) -> None:
+    profile = {"version": 1, "backend": "onnxruntime", "runtime_version": "1.18.0", "machine": "aarch64",
+               "isa": ["asimd"], "nchwc_block": 0, "execution_provider": "CPUExecutionProvider", "probes": {}}
+    with session_scope(factory) as session:
+        assert _new_device(session, device.name, kernel_profile=profile).kernel_profile == profile
+    with session_scope(factory) as session:
+        assert _new_device(session, device.name, kernel_profile=profile).kernel_profile == profile
+    with session_scope(factory) as session, pytest.raises(DeviceConflictError, match="machine"):
+        _new_device(session, device.name, kernel_profile={**profile, "machine": "x86_64"})
 
 
 def test_runs_start_idempotently_and_finish(factory: sessionmaker[Session], device: Device) -> None:

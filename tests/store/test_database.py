@@ -15,13 +15,16 @@ from predictor.errors import LatpredError, StoreError
 from predictor.store import (
     Base,
     Device,
+    add_validation,
     create_store_engine,
     downgrade_schema,
     get_stored_model,
+    list_devices,
+    register_device,
     session_factory,
     session_scope,
+    start_run,
     upgrade_schema,
-    upsert_device,
 )
 
 TABLES = {"devices", "profiling_runs", "measurements", "regressors", "validations", "models"}
@@ -29,7 +32,7 @@ TABLES = {"devices", "profiling_runs", "measurements", "regressors", "validation
 
 def _add_device(engine: Engine, name: str = "cpu") -> None:
     with session_scope(session_factory(engine)) as session:
-        upsert_device(
+        register_device(
             session,
             name=name,
             backend="onnxruntime",
@@ -67,7 +70,7 @@ def test_upgrade_creates_all_tables(store_engine: Engine) -> None:
         "inputs",
         "kernels",
     }
-    assert _revision(store_engine) == "0002"
+    assert _revision(store_engine) == "0003"
 
 
 def test_migration_matches_models(store_engine: Engine) -> None:
@@ -83,7 +86,7 @@ def test_upgrade_schema_twice_is_a_noop(store_engine: Engine) -> None:
     upgrade_schema(store_engine)
 
     assert set(inspect(store_engine).get_table_names()) == tables_before
-    assert _revision(store_engine) == "0002"
+    assert _revision(store_engine) == "0003"
     with store_engine.connect() as connection:
         assert connection.execute(select(Device.name)).scalars().all() == ["kept"]
         assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
@@ -168,9 +171,31 @@ def test_migration_0002_forgets_stored_kernel_lists(sqlite_url: str) -> None:
             text("INSERT INTO models (id, name, size_bytes, created_at, inputs, kernels) "
                  "VALUES (:id, 'm.onnx', 5, '2026-01-01 00:00:00', '{}', :kernels)"),
             {"id": "a" * 64, "kernels": json.dumps([leaked])})
-    upgrade_schema(engine)
+    upgrade_schema(engine, "0002")
     assert _revision(engine) == "0002"
     with session_scope(session_factory(engine)) as session:
         stored = get_stored_model(session, "a" * 64)
         assert stored is not None and stored.kernels is None and stored.name == "m.onnx"
+    engine.dispose()
+
+
+def test_migration_0003_keeps_devices_runs_and_validations(sqlite_url: str) -> None:
+    """0003 adds what decides a device's kernels, where runs measured, and scaled validations; rows stay."""
+    engine = create_store_engine(sqlite_url)
+    upgrade_schema(engine, "0002")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO devices (name, backend, execution_provider, runtime_version, threads, "
+                                "host, created_at) VALUES ('before', 'onnxruntime', 'CPUExecutionProvider', '1.18', 1, "
+                                "'', '2026-01-01 00:00:00')"))
+    upgrade_schema(engine)
+    assert _revision(engine) == "0003"
+    with session_scope(session_factory(engine)) as session:
+        device = list_devices(session)[0]
+        assert (device.name, device.kernel_profile) == ("before", None)
+        run = start_run(session, device, "r1", 5.0, runtime={"backend": "onnxruntime"}, host="a host")
+        assert (run.runtime, run.host) == ({"backend": "onnxruntime"}, "a host")
+        assert add_validation(session, device, model_name="m", config_name="c", predicted_ms=1.0, measured_ms=2.0,
+                              scaled_ms=1.9).scaled_ms == 1.9
+    downgrade_schema(engine, "0002")
+    assert _revision(engine) == "0002"
     engine.dispose()

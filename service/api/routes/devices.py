@@ -9,7 +9,7 @@ from predictor.store import (
     list_devices,
     list_runs,
     load_regressors,
-    upsert_device,
+    register_device,
 )
 from service.api.deps import PredictionsDep, ReadAccess, SessionDep, WriteAccess
 from service.api.schemas import (
@@ -33,10 +33,11 @@ def read_devices(session: SessionDep) -> DevicesPublic:
     return DevicesPublic(data=devices, count=len(devices))
 
 
-@router.post("", response_model=DevicePublic, status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess])
-def register_device(body: DeviceCreate, session: SessionDep, predictions: PredictionsDep) -> DevicePublic:
-    """Register a device, or update the runtime fields of the device with that name."""
-    device = upsert_device(session, **body.model_dump())
+@router.post("", response_model=DevicePublic, status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess],
+             responses={409: {"description": "the name is registered with another runtime or kernel profile"}})
+def create_device(body: DeviceCreate, session: SessionDep, predictions: PredictionsDep) -> DevicePublic:
+    """Register a device; registering it again with the same runtime is a no-op, with another one a 409."""
+    device = register_device(session, **body.model_dump())
     public = DevicePublic.model_validate(device)
     session.commit()
     predictions.invalidate_device(body.name)

@@ -26,7 +26,7 @@ def create_run(name: str, body: RunCreate, session: SessionDep) -> RunPublic:
     """Record a running run; idempotent (an existing run id of this device is returned unchanged)."""
     device = get_device(session, name)
     try:
-        run = start_run(session, device, body.run_id, body.budget_minutes)
+        run = start_run(session, device, body.run_id, body.budget_minutes, runtime=body.runtime, host=body.host)
     except ValueError as exc:
         raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     public = RunPublic.model_validate(run)

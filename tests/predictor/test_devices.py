@@ -1,0 +1,106 @@
+"""What decides a device's kernels, and building them as the device does or refusing to.
+
+The ARM profile in tests/data/devices was observed by the agent on an emulated Cortex-A72 (onnxruntime 1.24.4 on
+aarch64, qemu-user: tests/aarch64/build_env.sh), the way a recorded TensorRT inspector output stands in for a GPU.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from predictor.config import parse_config
+from predictor.devices import (
+    CATEGORIES,
+    KernelProfile,
+    UnreproducibleKernelsError,
+    categories_of,
+    cpu_features,
+    kernels_for_device,
+    observe_kernel_profile,
+    reproduce_kernels,
+)
+from predictor.graph import load_model
+from predictor.kernels import extract_kernels
+from predictor.runtime import RuntimeSpec, local_runtime, nchwc_block_size
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+RUNTIME = local_runtime(1)
+
+
+@pytest.fixture(scope="module")
+def own_profile() -> KernelProfile:
+    return observe_kernel_profile(RUNTIME)
+
+
+@pytest.fixture(scope="module")
+def arm_profile() -> KernelProfile:
+    return KernelProfile.from_dict(json.loads((DATA / "devices" / "arm_cortex_a72_ort_1.24.4.json").read_text()))
+
+
+def test_the_agent_observes_its_runtime_cpu_and_probe_kernels(own_profile: KernelProfile) -> None:
+    assert own_profile.runtime_version == RUNTIME.runtime_version
+    assert own_profile.nchwc_block == nchwc_block_size(RUNTIME)
+    assert set(own_profile.isa) == set(cpu_features())
+    assert set(own_profile.probes) == set(CATEGORIES)
+    assert all(hashes for probes in own_profile.probes.values() for hashes in probes.values())
+    assert KernelProfile.from_dict(json.loads(json.dumps(own_profile.to_dict()))) == own_profile
+
+
+def test_a_device_like_this_host_is_built_as_this_host_builds(own_profile: KernelProfile) -> None:
+    built = reproduce_kernels("same", own_profile, RUNTIME)
+    assert built.reproduced == frozenset(CATEGORIES) and not built.differs
+    assert built.runtime.disabled_optimizers == ()
+
+
+def test_an_arm_device_is_built_without_the_nchwc_layout(arm_profile: KernelProfile) -> None:
+    assert (arm_profile.machine, arm_profile.nchwc_block) == ("aarch64", 0)
+    built = reproduce_kernels("arm", arm_profile, RUNTIME)
+    assert "NchwcTransformer" in built.runtime.disabled_optimizers
+    assert {"fp32", "int8_static_u8", "int8_dynamic"} <= built.reproduced
+    model = load_model(DATA / "real" / "tiny_resnet18_prune88.onnx")
+    kernels = extract_kernels(model, built.runtime)
+    assert kernels and not any(k.op_type.startswith("Nchwc") for k in kernels)
+    assert any(k.op_type.startswith("Nchwc") for k in extract_kernels(model, RUNTIME))
+
+
+def test_kinds_of_model_an_arm_device_builds_otherwise_are_refused_saying_why(arm_profile: KernelProfile) -> None:
+    """On ARM onnxruntime fuses int8 layers with int8 activations (quantize_static's defaults) into QLinearConv;
+    on this AVX2 host they stay float convs between Q/DQ: no setting of this host's runtime builds them as ARM does."""
+    built = reproduce_kernels("arm", arm_profile, RUNTIME)
+    assert "int8_static_s8" not in built.reproduced
+    model = load_model(DATA / "real" / "tiny_mobilenet_v2_qdq.onnx")
+    assert "int8_static_s8" in categories_of(model)
+    with pytest.raises(UnreproducibleKernelsError) as caught:
+        built.check(categories_of(model))
+    message = str(caught.value)
+    assert "arm" in message and "int8" in message and "1.24.4" in message and "probe" in message
+    built.check(categories_of(load_model(DATA / "real" / "tiny_resnet18_prune88.onnx")))  # float: fine
+
+
+def test_configs_name_the_kinds_they_need() -> None:
+    model = load_model(DATA / "real" / "tiny_bert.onnx")
+    assert categories_of(model) == {"fp32"}
+    assert categories_of(model, parse_config({"default": {"bits": 8, "quantization": "dynamic"}})) == \
+        {"fp32", "int8_dynamic"}
+    assert "int8_static_s8" in categories_of(model, parse_config({"default": {"bits": 8, "activation_type": "int8"}}))
+    assert "int4" in categories_of(load_model(DATA / "real" / "tiny_bert_int4.onnx"))
+    assert "int8_dynamic" in categories_of(load_model(DATA / "real" / "tiny_bert_dynamic_int8.onnx"))
+
+
+def test_tensorrt_devices_and_devices_without_a_profile_of_another_runtime_are_refused() -> None:
+    trt = kernels_for_device("gpu", RuntimeSpec(backend="tensorrt", execution_provider="", runtime_version="10.3"),
+                             None, RUNTIME)
+    with pytest.raises(UnreproducibleKernelsError, match="tensorrt builds an engine's kernels"):
+        trt.check({"fp32"})
+    old = kernels_for_device("old", replace(RUNTIME, runtime_version="1.18.0"), None, RUNTIME)
+    with pytest.raises(UnreproducibleKernelsError, match="no kernel profile"):
+        old.check({"fp32"})
+    kernels_for_device("here", RUNTIME, None, RUNTIME).check(set(CATEGORIES))
+
+
+def test_a_profile_of_another_version_is_refused_not_misread() -> None:
+    with pytest.raises(ValueError, match="version"):
+        KernelProfile.from_dict({"version": 99})
