@@ -512,7 +512,8 @@ def validate(
         dev = get_device(session, device)
         for row in result["rows"]:
             add_validation(session, dev, model_name=row["model"], config_name=row["config"],
-                           predicted_ms=row["predicted_ms"], measured_ms=row["measured_ms"])
+                           predicted_ms=row["predicted_ms"], measured_ms=row["measured_ms"],
+                           scaled_ms=row["compensated_measured_ms"])
     if as_json:
         emit_json(result)
         return

@@ -11,7 +11,7 @@ from predictor.config import parse_config
 from predictor.estimate import DevicePredictor
 from predictor.prepared import PreparedModel, rank_candidates
 from predictor.runtime import describe_host
-from predictor.store import add_validation, get_device, session_scope, upsert_device
+from predictor.store import add_validation, get_device, register_device, session_scope
 from predictor.training import train_device
 from predictor.validation import measure_against_table, summarize_validation
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
@@ -51,8 +51,8 @@ def run_demo(settings: Settings, budget_minutes: float, as_json: bool, emit_line
     backend = OnnxRuntimeBackend(threads=1)
     runtime = backend.runtime()
     with session_scope(store.sessions) as session:
-        upsert_device(session, name=DEMO_DEVICE, backend=runtime.backend,
-                      execution_provider=runtime.execution_provider, runtime_version=runtime.runtime_version,
+        register_device(session, name=DEMO_DEVICE, backend=runtime.backend,
+                        execution_provider=runtime.execution_provider, runtime_version=runtime.runtime_version,
                       threads=runtime.threads, host=describe_host())
     model = materialize_skeleton(load_skeleton(SAMPLE_SKELETON))
     sample_path = settings.home / "sample_mobilenet_v2.onnx"
@@ -96,7 +96,8 @@ def run_demo(settings: Settings, budget_minutes: float, as_json: bool, emit_line
         device = get_device(session, DEMO_DEVICE)
         for row in rows:
             add_validation(session, device, model_name=row["model"], config_name=row["config"],
-                           predicted_ms=row["predicted_ms"], measured_ms=row["measured_ms"])
+                           predicted_ms=row["predicted_ms"], measured_ms=row["measured_ms"],
+                           scaled_ms=row["compensated_measured_ms"])
     summary = summarize_validation(rows)
     store.close()
     if as_json:
