@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from predictor.context import ContextModel, measured_context_factors, sensitivity
+from predictor.context import ContextModel, measurement_contexts, report_samples, sensitivity
 from predictor.devices import DeviceKernels, kernels_for_device
+from predictor.errors import UnknownDeviceError
 from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import Kernel, KernelKey
 from predictor.memo import BoundedMemo
 from predictor.runtime import RuntimeSpec, local_runtime
-from predictor.store import Device, iter_measured_medians, list_runs
-from predictor.table import MeasuredTable, key_python_hashes
+from predictor.store import Device, ProfilingRun, TableVersion, list_runs, read_device_version, read_measured_rows
+from predictor.table import MeasuredRows, MeasuredTable
 
 __all__ = [
     "DevicePredictor",
@@ -46,8 +47,6 @@ _FALLBACK_INTERVAL = 0.5
 _UNRELIABLE_FALLBACK_SHARE = 0.1
 # Memoized keys per loaded predictor: bounded memory (predictor.memo).
 _MEMO_ENTRIES = 50_000
-# Keys parsed at a time while loading a table (for their features and hashes; then dropped).
-_LOAD_CHUNK_KEYS = 4096
 # A kernel's latency, interval (low, high) and source, as its KernelEstimate states them.
 _Value = tuple[float, float, float, str]
 
@@ -135,8 +134,12 @@ class EstimateSummary:
 
 def flat_axes_of(session: Session, device: Device) -> dict[str, list[str]]:
     """Axes that proved flat per op type in the device's profiling runs (latest report wins)."""
+    return _flat_axes(list_runs(session, device))
+
+
+def _flat_axes(runs: Sequence[ProfilingRun]) -> dict[str, list[str]]:
     flat: dict[str, list[str]] = {}
-    for run in list_runs(session, device):
+    for run in runs:
         report = run.report or {}
         for op_type, axes in (report.get("flat_axes") or {}).items():
             flat[op_type] = sorted(set(axes))
@@ -219,62 +222,75 @@ class DevicePredictor:
         # Each key's (bytes moved, context sensitivity), kept while a context model is active.
         self._traffic_memo: BoundedMemo[KernelKey, tuple[float, float]] = BoundedMemo(_MEMO_ENTRIES)
         self._memo_basis: tuple[Any, ...] = ()
+        # What a predictor loaded from the store was built from (None: made in code): see `updated`.
+        self.version: TableVersion | None = None
+        self._rows: MeasuredRows | None = None
+        self._state: _DeviceState | None = None
 
     @classmethod
     def load(cls, session: Session, device: Device) -> DevicePredictor:
-        from predictor.regressors import RegressorSet
+        """The device's predictor as the store has it now.
 
-        # One read of the table: the lookup and the fallback see the same snapshot even while an agent is
-        # uploading (median of medians where a key was measured in several runs). Only numbers outlive it:
-        # each key is parsed once, in chunks, for its Python hash and the fallback's features (see table.py).
-        runs_of: dict[str, list[float]] = {}
-        pending: list[KernelKey] = []
-        features: list[np.ndarray] = []
-        hashes: list[np.ndarray] = []
-        for key_hash, key, median_ms in iter_measured_medians(session, device):
-            medians_of_key = runs_of.get(key_hash)
-            if medians_of_key is not None:
-                medians_of_key.append(median_ms)
-                continue
-            runs_of[key_hash] = [median_ms]
-            pending.append(KernelKey.from_dict(key))
-            if len(pending) == _LOAD_CHUNK_KEYS:
-                features.append(_fallback_features_array(pending))
-                hashes.append(key_python_hashes(pending))
-                pending = []
-        if pending:
-            features.append(_fallback_features_array(pending))
-            hashes.append(key_python_hashes(pending))
-        del pending
-        # np.median of one value is that value; calling it for each of 100k keys took a third of the load.
-        medians = {key_hash: values[0] if len(values) == 1 else float(np.median(values))
-                   for key_hash, values in runs_of.items()}
-        del runs_of
-        target = np.fromiter(medians.values(), dtype=np.float64, count=len(medians))
-        bytes_and_macs = np.concatenate(features) if features else np.zeros((0, 2))
-        reports = [run.report or {} for run in list_runs(session, device)]
-        context = ContextModel.from_overhead(device.overhead)
-        if context is not None:
-            target = target / measured_context_factors(context, list(medians), bytes_and_macs[:, 0],
-                                                       bytes_and_macs[:, 1], reports)
-            medians = dict(zip(medians, target.tolist(), strict=True))
-        fallback = _fit_bandwidth(bytes_and_macs, target)
-        table = MeasuredTable.from_medians(medians, np.concatenate(hashes) if hashes else np.zeros(0, np.int64))
-        del medians, features, hashes, target, bytes_and_macs
-        regressors = RegressorSet.load(session, device)
+        Reads the device's measured kernels (one row per key, the median of its runs' medians and the key's bytes
+        moved and MACs, kept by every upload: predictor.store.aggregates), never its measurement rows, and parses
+        no key: the table is looked up by key-hash digest. Remembers what it was built from (`version`), so that
+        `updated` reads only what changed since.
+        """
+        # The version first: whatever changes after it is read again by the next `updated`.
+        version = read_device_version(session, device.id)
+        if version is None:
+            raise UnknownDeviceError(f"unknown device {device.name!r} (id {device.id}); it was deleted")
+        rows = read_measured_rows(session, device.id)
+        return cls._assemble(device.name, rows, _DeviceState.read(session, device), version)
+
+    def updated(self, session: Session, device: Device) -> DevicePredictor:
+        """The predictor as the store has it now, built from this one: itself when nothing changed.
+
+        Measured kernels changed since this one was loaded (new uploads: device.table_seq) are merged into its
+        rows; its runs, regressors, overhead and kernel profile are read again only if they changed
+        (device.state_version). This one is left as it is (questions being answered with it go on).
+        """
+        version = read_device_version(session, device.id)
+        if version is None:
+            raise UnknownDeviceError(f"unknown device {device.name!r} (id {device.id}); it was deleted")
+        loaded, rows, state = self.version, self._rows, self._state
+        if loaded is None or rows is None or state is None \
+                or (loaded.device_id, loaded.registered_at) != (version.device_id, version.registered_at):
+            return type(self).load(session, device)
+        if version == loaded:
+            return self
+        if version.table_seq != loaded.table_seq:
+            rows = rows.merged(read_measured_rows(session, device.id, after_seq=loaded.table_seq,
+                                                  upto_seq=version.table_seq))
+        if version.state_version != loaded.state_version:
+            state = _DeviceState.read(session, device)
+        return type(self)._assemble(device.name, rows, state, version)
+
+    @classmethod
+    def _assemble(cls, name: str, rows: MeasuredRows, state: _DeviceState, version: TableVersion) -> DevicePredictor:
+        """A predictor of the rows and state: context-free medians, the bandwidth fallback fit, the table."""
+        medians = rows.all_medians
+        bytes_moved, macs = rows.all_bytes_moved, rows.all_macs
+        # Keys the store holds no summary of (not usable kernel keys) are looked up, never fitted on.
+        described = np.isfinite(bytes_moved) & np.isfinite(macs)
+        target = medians
+        if state.context is not None:
+            target = medians / _measured_context_factors(state.context, rows, bytes_moved, macs, described,
+                                                         state.reports)
+        fallback = _fit_bandwidth(np.column_stack([bytes_moved[described], macs[described]]), target[described])
         predictor = cls(
-            device=device.name,
-            table=table,
-            regressors=regressors if regressors.op_types else None,
-            overhead=device.overhead or {},
-            flat_axes=flat_axes_of(session, device),
+            device=name,
+            table=MeasuredTable.from_rows(rows, target),
+            regressors=state.regressors,
+            overhead=state.overhead,
+            flat_axes=state.flat_axes,
             fallback=fallback,
-            context=context,
+            context=state.context,
         )
-        predictor.reference_baselines = baselines_of(reports)
+        predictor.reference_baselines = dict(state.baselines)
         predictor.reference_ms = predictor.reference_baselines.get("fp32")
-        predictor.device_kernels = kernels_for_device(device.name, device.runtime, device.kernel_profile,
-                                                      local_runtime(device.threads, device.execution_provider))
+        predictor.device_kernels = state.device_kernels
+        predictor.version, predictor._rows, predictor._state = version, rows, state
         return predictor
 
     @property
@@ -470,6 +486,57 @@ class DevicePredictor:
             intercept, per_byte, per_mac = self.fallback
             values.append(max(1e-4, intercept + per_byte * bytes_moved + per_mac * macs))
         return values
+
+
+@dataclass(frozen=True)
+class _DeviceState:
+    """What a predictor reads from the store besides its table; a change to any of it raises the state version."""
+
+    reports: list[dict[str, Any]]
+    overhead: dict[str, Any]
+    flat_axes: dict[str, list[str]]
+    regressors: Any
+    context: ContextModel | None
+    baselines: dict[str, float]
+    device_kernels: DeviceKernels
+
+    @classmethod
+    def read(cls, session: Session, device: Device) -> _DeviceState:
+        from predictor.regressors import RegressorSet
+
+        runs = list_runs(session, device)
+        reports = [run.report or {} for run in runs]
+        regressors = RegressorSet.load(session, device)
+        return cls(
+            reports=reports,
+            overhead=dict(device.overhead or {}),
+            flat_axes=_flat_axes(runs),
+            regressors=regressors if regressors.op_types else None,
+            context=ContextModel.from_overhead(device.overhead),
+            baselines=baselines_of(reports),
+            device_kernels=kernels_for_device(device.name, device.runtime, device.kernel_profile,
+                                              local_runtime(device.threads, device.execution_provider)),
+        )
+
+
+def _measured_context_factors(context: ContextModel, rows: MeasuredRows, bytes_moved: np.ndarray, macs: np.ndarray,
+                              described: np.ndarray, reports: list[dict[str, Any]]) -> np.ndarray:
+    """predictor.context.measured_context_factors of every row, looking up only the keys the reports' samples name
+    (not a dict of every measured key)."""
+    samples = report_samples(reports)
+    named = sorted({key_hash for sample in samples for key_hash in sample})
+    places = rows.positions(named)
+    bytes_of = {key_hash: float(bytes_moved[place]) for key_hash, place in zip(named, places, strict=True)
+                if place is not None and described[place]}
+    contexts = measurement_contexts(samples, bytes_of)
+    median_context = float(np.median(list(contexts.values()))) if contexts else 0.0
+    measured_in = np.full(len(bytes_moved), median_context)
+    for key_hash, place in zip(named, places, strict=True):
+        if place is not None and key_hash in contexts:
+            measured_in[place] = contexts[key_hash]
+    factors = context.factors(sensitivity(np.nan_to_num(bytes_moved), np.nan_to_num(macs)), measured_in)
+    factors[~described] = 1.0
+    return np.asarray(factors, dtype=np.float64)
 
 
 _BYTES_COLUMN = FEATURE_NAMES.index("bytes_moved")

@@ -5,20 +5,25 @@ from __future__ import annotations
 import logging
 import math
 import re
-import statistics
-from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from predictor.errors import DeviceConflictError, LatpredError, StoreError, UnknownDeviceError
+from predictor.errors import DeviceConflictError, LatpredError, UnknownDeviceError
+from predictor.store.aggregates import (
+    TableVersion,
+    bump_state_version,
+    read_table_version,
+    read_tallies,
+    record_measurements,
+)
 from predictor.store.models import (
     Device,
+    MeasuredKernel,
     Measurement,
     ProfilingRun,
     Regressor,
@@ -26,15 +31,19 @@ from predictor.store.models import (
     Validation,
     utc_now,
 )
+from predictor.store.upsert import dialect_insert
 
 __all__ = [
     "RUN_STATUSES",
     "MeasurementConflict",
     "MeasurementIn",
+    "RegressorMetrics",
     "RunClosedError",
+    "RunSummary",
     "StoredModelSummary",
     "add_measurements",
     "add_validation",
+    "count_measurements",
     "count_measurements_by_op",
     "find_measurement_conflicts",
     "finish_run",
@@ -44,6 +53,7 @@ __all__ = [
     "iter_measured_medians",
     "iter_measurements",
     "list_devices",
+    "list_regressor_metrics",
     "list_runs",
     "list_stored_models",
     "list_validations",
@@ -54,6 +64,8 @@ __all__ = [
     "save_stored_model",
     "set_overhead",
     "start_run",
+    "summarize_runs",
+    "table_version",
     "update_run_report",
     "register_device",
 ]
@@ -98,16 +110,6 @@ class MeasurementIn:
     p10_ms: float
     p90_ms: float
     repeats: int
-
-
-def _dialect_insert(session: Session, table: Table) -> Any:
-    """Return the dialect's INSERT construct, which supports ON CONFLICT on SQLite and PostgreSQL."""
-    dialect_name = session.get_bind().dialect.name
-    if dialect_name == "postgresql":
-        return postgresql.insert(table)
-    if dialect_name == "sqlite":
-        return sqlite.insert(table)
-    raise StoreError(f"unsupported database dialect {dialect_name!r}; use SQLite or PostgreSQL")
 
 
 def _check_identifier(what: str, value: object, max_length: int) -> None:
@@ -218,7 +220,7 @@ def register_device(
     table = Device.__table__
     assert isinstance(table, Table)
     session.execute(
-        _dialect_insert(session, table)
+        dialect_insert(session, table)
         .values(name=name, created_at=utc_now(), host=host, kernel_profile=kernel_profile, **fields)
         .on_conflict_do_nothing(index_elements=[table.c.name])
     )
@@ -235,6 +237,8 @@ def register_device(
             "host; register this one under another name")
     if kernel_profile is not None and device.kernel_profile is None:
         device.kernel_profile = kernel_profile
+        session.flush()
+        bump_state_version(session, device.id)
     if host and device.host != host:
         device.host = host
     session.flush()
@@ -262,9 +266,11 @@ def list_devices(session: Session) -> list[Device]:
 def add_measurements(session: Session, device: Device, run_id: str, rows: Sequence[MeasurementIn]) -> int:
     """Append measurements of one run; return how many were new.
 
-    Idempotent and safe under concurrent uploads: rows whose (device, run_id, key_hash) exist are
+    Idempotent and safe under concurrent uploads: rows whose (device, key_hash, run_id) exist are
     skipped (INSERT ... ON CONFLICT DO NOTHING), duplicates within the batch collapse to the first.
     Every row is validated before anything is written: ValueError names the key hash and field.
+    The rows that were new are folded into the device's aggregates in the same transaction
+    (predictor.store.aggregates): its measured kernels, tallies and table sequence.
     """
     _check_identifier("run_id", run_id, 64)
     for row in rows:
@@ -296,16 +302,17 @@ def add_measurements(session: Session, device: Device, run_id: str, rows: Sequen
     table = Measurement.__table__
     assert isinstance(table, Table)
     insert = (
-        _dialect_insert(session, table)
-        .on_conflict_do_nothing(index_elements=[table.c.device_id, table.c.run_id, table.c.key_hash])
-        .returning(table.c.id)
+        dialect_insert(session, table)
+        .on_conflict_do_nothing(index_elements=[table.c.device_id, table.c.key_hash, table.c.run_id])
+        .returning(table.c.key_hash)
     )
-    inserted = 0
+    inserted: list[str] = []
     for start in range(0, len(values), _INSERT_CHUNK_ROWS):
         chunk = values[start : start + _INSERT_CHUNK_ROWS]
-        inserted += len(session.execute(insert.values(chunk)).all())
-    logger.debug("run %r on device %r: %d of %d measurements new", run_id, device.name, inserted, len(values))
-    return inserted
+        inserted.extend(session.execute(insert.values(chunk)).scalars())
+    record_measurements(session, device.id, [first_by_hash[key_hash] for key_hash in inserted])
+    logger.debug("run %r on device %r: %d of %d measurements new", run_id, device.name, len(inserted), len(values))
+    return len(inserted)
 
 
 def find_measurement_conflicts(
@@ -334,20 +341,27 @@ def find_measurement_conflicts(
 
 def measured_key_hashes(session: Session, device: Device) -> set[str]:
     """Return the key hashes measured on the device in any run."""
-    return set(
-        session.scalars(select(Measurement.key_hash).where(Measurement.device_id == device.id).distinct())
-    )
+    return set(session.scalars(select(MeasuredKernel.key_hash).where(MeasuredKernel.device_id == device.id)))
 
 
 def lookup_table(session: Session, device: Device) -> dict[str, float]:
     """Map key hash to median latency in ms; a key measured in several runs gets the median of medians."""
-    medians: defaultdict[str, list[float]] = defaultdict(list)
     rows = session.execute(
-        select(Measurement.key_hash, Measurement.median_ms).where(Measurement.device_id == device.id)
-    )
-    for key_hash, median_ms in rows:
-        medians[key_hash].append(median_ms)
-    return {key_hash: statistics.median(values) for key_hash, values in medians.items()}
+        select(MeasuredKernel.key_hash, MeasuredKernel.median_ms).where(MeasuredKernel.device_id == device.id))
+    return {key_hash: float(median_ms) for key_hash, median_ms in rows}
+
+
+def table_version(session: Session, device_name: str) -> TableVersion:
+    """What a loaded predictor of the device must match to be current (aggregates.TableVersion).
+
+    One indexed row read: cheap enough to check before every use of a cached predictor. Raises
+    UnknownDeviceError listing the known names.
+    """
+    version = read_table_version(session, device_name)
+    if version is None:
+        get_device(session, device_name)  # raises, naming the known devices
+        raise UnknownDeviceError(f"unknown device {device_name!r}")
+    return version
 
 
 def iter_measurements(
@@ -357,17 +371,30 @@ def iter_measurements(
     bits: int | None = None,
     limit: int | None = None,
     offset: int = 0,
+    after_id: int | None = None,
 ) -> Iterator[Measurement]:
-    """Yield the device's measurements in insertion order, optionally filtered by op type and bits."""
+    """Yield the device's measurements in insertion order, optionally filtered by op type and bits.
+
+    `after_id`: only rows after that measurement id (a keyset page: as fast on the last page as on the first,
+    unlike `offset`, which reads every row it skips).
+    """
     statement = select(Measurement).where(Measurement.device_id == device.id)
     if op_type is not None:
         statement = statement.where(Measurement.op_type == op_type)
     if bits is not None:
         statement = statement.where(Measurement.bits == bits)
+    if after_id is not None:
+        statement = statement.where(Measurement.id > after_id)
     statement = statement.order_by(Measurement.id).offset(offset)
     if limit is not None:
         statement = statement.limit(limit)
     yield from session.scalars(statement.execution_options(yield_per=1000))
+
+
+def count_measurements(session: Session, device: Device, op_type: str | None = None, bits: int | None = None) -> int:
+    """How many measurement rows the device has (of that op type and bit-width), from its tallies."""
+    return sum(tally.measurements for tally in read_tallies(session, device.id)
+               if (op_type is None or tally.op_type == op_type) and (bits is None or tally.bits == bits))
 
 
 def iter_measured_medians(session: Session, device: Device) -> Iterator[tuple[str, dict[str, Any], float]]:
@@ -384,14 +411,11 @@ def iter_measured_medians(session: Session, device: Device) -> Iterator[tuple[st
 
 
 def count_measurements_by_op(session: Session, device: Device) -> dict[str, int]:
-    """Return the number of measurement rows per op type on the device."""
-    rows = session.execute(
-        select(Measurement.op_type, func.count(Measurement.id))
-        .where(Measurement.device_id == device.id)
-        .group_by(Measurement.op_type)
-        .order_by(Measurement.op_type)
-    )
-    return {op_type: count for op_type, count in rows}
+    """Return the number of measurement rows per op type on the device (from its tallies, not its rows)."""
+    counts: dict[str, int] = {}
+    for tally in read_tallies(session, device.id):
+        counts[tally.op_type] = counts.get(tally.op_type, 0) + tally.measurements
+    return counts
 
 
 def start_run(
@@ -410,7 +434,7 @@ def start_run(
     table = ProfilingRun.__table__
     assert isinstance(table, Table)
     session.execute(
-        _dialect_insert(session, table)
+        dialect_insert(session, table)
         .values(
             run_id=run_id,
             device_id=device.id,
@@ -461,6 +485,7 @@ def finish_run(
     run.finished_at = utc_now()
     run.report = new_report
     session.flush()
+    bump_state_version(session, run.device_id)
     return run
 
 
@@ -476,6 +501,7 @@ def update_run_report(session: Session, run_id: str, report: Mapping[str, Any]) 
         raise _closed_error(run, "a closed run's report cannot change")
     run.report = dict(report)
     session.flush()
+    bump_state_version(session, run.device_id)
     return run
 
 
@@ -513,10 +539,11 @@ def save_regressor(
     table = Regressor.__table__
     assert isinstance(table, Table)
     session.execute(
-        _dialect_insert(session, table)
+        dialect_insert(session, table)
         .values(device_id=device.id, op_type=op_type, **fields)
         .on_conflict_do_update(index_elements=[table.c.device_id, table.c.op_type], set_=fields)
     )
+    bump_state_version(session, device.id)
     return session.scalars(
         select(Regressor)
         .where(Regressor.device_id == device.id, Regressor.op_type == op_type)
@@ -530,6 +557,46 @@ def load_regressors(session: Session, device: Device) -> dict[str, Regressor]:
     return {regressor.op_type: regressor for regressor in regressors}
 
 
+@dataclass(frozen=True)
+class RegressorMetrics:
+    """A stored regressor without its model text (which may be megabytes)."""
+
+    op_type: str
+    metrics: dict[str, Any]
+    data_version: str
+    trained_at: datetime
+
+
+def list_regressor_metrics(session: Session, device: Device) -> dict[str, RegressorMetrics]:
+    """The device's regressors' metrics keyed by op type, without reading their model texts."""
+    rows = session.execute(
+        select(Regressor.op_type, Regressor.metrics, Regressor.data_version, Regressor.trained_at)
+        .where(Regressor.device_id == device.id).order_by(Regressor.op_type))
+    return {op_type: RegressorMetrics(op_type, dict(metrics or {}), data_version, trained_at)
+            for op_type, metrics, data_version, trained_at in rows}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A profiling run without its report."""
+
+    run_id: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+
+
+def summarize_runs(session: Session, device: Device) -> tuple[int, RunSummary | None]:
+    """How many runs the device has and its latest (by start), without reading their reports."""
+    count = int(session.scalar(select(func.count()).select_from(ProfilingRun)
+                               .where(ProfilingRun.device_id == device.id)) or 0)
+    row = session.execute(
+        select(ProfilingRun.run_id, ProfilingRun.status, ProfilingRun.started_at, ProfilingRun.finished_at)
+        .where(ProfilingRun.device_id == device.id)
+        .order_by(ProfilingRun.started_at.desc(), ProfilingRun.id.desc()).limit(1)).one_or_none()
+    return count, None if row is None else RunSummary(*row)
+
+
 def set_overhead(session: Session, device: Device, overhead: Mapping[str, Any]) -> Device:
     """Store the learned per-device overhead, e.g. {"per_run_ms": 0.02, "per_kernel_ms": 0.001}."""
     if not isinstance(overhead, Mapping) or not all(isinstance(name, str) for name in overhead):
@@ -540,6 +607,7 @@ def set_overhead(session: Session, device: Device, overhead: Mapping[str, Any]) 
     own = _refetch_device(session, device)
     own.overhead = dict(overhead)
     session.flush()
+    bump_state_version(session, own.id)
     return own
 
 
@@ -638,7 +706,7 @@ def save_stored_model(
     table = StoredModel.__table__
     assert isinstance(table, Table)
     session.execute(
-        _dialect_insert(session, table)
+        dialect_insert(session, table)
         .values(
             id=model_id,
             name=name,

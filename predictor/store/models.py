@@ -12,7 +12,9 @@ from sqlalchemy import (
     Dialect,
     Float,
     ForeignKey,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -27,8 +29,12 @@ from predictor.runtime import RuntimeSpec
 __all__ = [
     "Base",
     "Device",
+    "Job",
     "JsonType",
+    "MeasuredKernel",
     "Measurement",
+    "MeasurementTally",
+    "ModelBlob",
     "ProfilingRun",
     "Regressor",
     "StoredModel",
@@ -102,6 +108,10 @@ class Device(Base):
     # What decides the device's kernels, as its agent observed them (predictor.devices.KernelProfile.to_dict):
     # runtime, CPU architecture and features, NCHWc block, and the kernels its runtime builds for the probes.
     kernel_profile: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Raised by every upload that adds measurements; measured_kernels rows it changed carry its new value.
+    table_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Raised by every other change a loaded predictor depends on: run reports, regressors, overhead, kernel profile.
+    state_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     def __repr__(self) -> str:
         return f"Device(id={self.id!r}, name={self.name!r}, backend={self.backend!r})"
@@ -132,24 +142,72 @@ class ProfilingRun(Base):
 
 
 class Measurement(Base):
-    """One measured kernel latency; append-only, unique per (device, run, key)."""
+    """One measured kernel latency; append-only, unique per (device, key, run)."""
 
     __tablename__ = "measurements"
-    __table_args__ = (UniqueConstraint("device_id", "run_id", "key_hash"),)
+    __table_args__ = (
+        # Also what recomputing a key's median of run medians reads: (device, key) comes first.
+        UniqueConstraint("device_id", "key_hash", "run_id"),
+        # Keyset pages of a device's table, all of it or one op type's, in insertion order.
+        Index("ix_measurements_device_id_id", "device_id", "id"),
+        Index("ix_measurements_device_id_op_type_id", "device_id", "op_type", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     # Not a foreign key: agents may upload measurements before (or without) a run row.
-    run_id: Mapped[str] = mapped_column(String(64), index=True)
-    key_hash: Mapped[str] = mapped_column(String(64), index=True)
+    run_id: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64))
     key: Mapped[dict[str, Any]] = mapped_column()
-    op_type: Mapped[str] = mapped_column(String(64), index=True)
+    op_type: Mapped[str] = mapped_column(String(64))
     bits: Mapped[int] = mapped_column(Integer)
     median_ms: Mapped[float] = mapped_column(Float)
     p10_ms: Mapped[float] = mapped_column(Float)
     p90_ms: Mapped[float] = mapped_column(Float)
     repeats: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class MeasuredKernel(Base):
+    """A device's measured kernel (distinct key): the median of its runs' medians and the numbers loading needs.
+
+    Kept by every upload (predictor.store.aggregates), so a predictor loads its table without reading the
+    measurement rows or parsing a key: one row per key, summaries computed when the key was first stored.
+    """
+
+    __tablename__ = "measured_kernels"
+    __table_args__ = (
+        Index("ix_measured_kernels_device_id_seq", "device_id", "seq"),
+        Index("ix_measured_kernels_device_id_shape_hash", "device_id", "shape_hash"),
+    )
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    op_type: Mapped[str] = mapped_column(String(64))
+    bits: Mapped[int] = mapped_column(Integer)
+    median_ms: Mapped[float] = mapped_column(Float)
+    # Measurement rows of the key (runs that measured it).
+    runs: Mapped[int] = mapped_column(Integer)
+    # The device's table_seq when this row last changed: what a loaded predictor has not seen yet.
+    seq: Mapped[int] = mapped_column(BigInteger)
+    # predictor.store.summary; NULL for a key that is not a usable kernel key.
+    bytes_moved: Mapped[float | None] = mapped_column(Float, default=None)
+    macs: Mapped[float | None] = mapped_column(Float, default=None)
+    sparsity: Mapped[float | None] = mapped_column(Float, default=None)
+    sparsity_pattern: Mapped[str | None] = mapped_column(String(32), default=None)
+    shape_hash: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class MeasurementTally(Base):
+    """How many measurement rows and distinct kernels a device has per op type and bit-width."""
+
+    __tablename__ = "measurement_tallies"
+
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    op_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bits: Mapped[int] = mapped_column(Integer, primary_key=True)
+    measurements: Mapped[int] = mapped_column(BigInteger)
+    kernels: Mapped[int] = mapped_column(BigInteger)
 
 
 class Regressor(Base):
@@ -194,3 +252,33 @@ class StoredModel(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     inputs: Mapped[Any] = mapped_column(JsonType)
     kernels: Mapped[Any | None] = mapped_column(JsonType, nullable=True, default=None)
+
+
+class ModelBlob(Base):
+    """The bytes of an uploaded model, where every service process reads them."""
+
+    __tablename__ = "model_blobs"
+
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Job(Base):
+    """A background job (regressor training): queued by any service process, run by a `latpred worker`."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Written by the worker running it every few seconds: a running job whose worker died is found by its age.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    worker: Mapped[str | None] = mapped_column(String(256), default=None)
+    result: Mapped[Any | None] = mapped_column(JsonType, nullable=True, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)

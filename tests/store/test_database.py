@@ -27,7 +27,9 @@ from predictor.store import (
     upgrade_schema,
 )
 
-TABLES = {"devices", "profiling_runs", "measurements", "regressors", "validations", "models"}
+TABLES = {"devices", "profiling_runs", "measurements", "regressors", "validations", "models", "measured_kernels",
+          "measurement_tallies", "model_blobs", "jobs"}
+HEAD = "0004"
 
 
 def _add_device(engine: Engine, name: str = "cpu") -> None:
@@ -52,12 +54,21 @@ def test_upgrade_creates_all_tables(store_engine: Engine) -> None:
     inspector = inspect(store_engine)
     assert TABLES <= set(inspector.get_table_names())
     unique = {tuple(c["column_names"]) for c in inspector.get_unique_constraints("measurements")}
-    assert ("device_id", "run_id", "key_hash") in unique
+    # (device, key) first: the index a key's run medians are read by is the uniqueness index.
+    assert unique == {("device_id", "key_hash", "run_id")}
     assert ("device_id", "op_type") in {
         tuple(c["column_names"]) for c in inspector.get_unique_constraints("regressors")
     }
     indexed = {tuple(index["column_names"]) for index in inspector.get_indexes("measurements")}
-    assert {("run_id",), ("key_hash",), ("op_type",)} <= indexed
+    # PostgreSQL lists the unique constraint's index too.
+    assert indexed - {("device_id", "key_hash", "run_id")} == {("device_id", "id"), ("device_id", "op_type", "id")}
+    assert inspector.get_pk_constraint("measured_kernels")["constrained_columns"] == ["device_id", "key_hash"]
+    assert {tuple(index["column_names"]) for index in inspector.get_indexes("measured_kernels")} == {
+        ("device_id", "seq"), ("device_id", "shape_hash")}
+    assert inspector.get_pk_constraint("measurement_tallies")["constrained_columns"] == ["device_id", "op_type",
+                                                                                          "bits"]
+    assert {tuple(index["column_names"]) for index in inspector.get_indexes("jobs")} == {
+        ("device_id",), ("status", "created_at")}
     foreign = inspector.get_foreign_keys("measurements")
     assert [(fk["referred_table"], fk["constrained_columns"]) for fk in foreign] == [
         ("devices", ["device_id"])
@@ -70,7 +81,7 @@ def test_upgrade_creates_all_tables(store_engine: Engine) -> None:
         "inputs",
         "kernels",
     }
-    assert _revision(store_engine) == "0003"
+    assert _revision(store_engine) == HEAD
 
 
 def test_migration_matches_models(store_engine: Engine) -> None:
@@ -86,7 +97,7 @@ def test_upgrade_schema_twice_is_a_noop(store_engine: Engine) -> None:
     upgrade_schema(store_engine)
 
     assert set(inspect(store_engine).get_table_names()) == tables_before
-    assert _revision(store_engine) == "0003"
+    assert _revision(store_engine) == HEAD
     with store_engine.connect() as connection:
         assert connection.execute(select(Device.name)).scalars().all() == ["kept"]
         assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
@@ -188,7 +199,7 @@ def test_migration_0003_keeps_devices_runs_and_validations(sqlite_url: str) -> N
                                 "host, created_at) VALUES ('before', 'onnxruntime', 'CPUExecutionProvider', '1.18', 1, "
                                 "'', '2026-01-01 00:00:00')"))
     upgrade_schema(engine)
-    assert _revision(engine) == "0003"
+    assert _revision(engine) == HEAD
     with session_scope(session_factory(engine)) as session:
         device = list_devices(session)[0]
         assert (device.name, device.kernel_profile) == ("before", None)
@@ -198,4 +209,7 @@ def test_migration_0003_keeps_devices_runs_and_validations(sqlite_url: str) -> N
                               scaled_ms=1.9).scaled_ms == 1.9
     downgrade_schema(engine, "0002")
     assert _revision(engine) == "0002"
+    with engine.connect() as connection:  # dropping a column of devices deletes no row that refers to a device
+        assert connection.execute(text("SELECT count(*) FROM validations")).scalar_one() == 1
+        assert connection.execute(text("SELECT count(*) FROM profiling_runs")).scalar_one() == 1
     engine.dispose()

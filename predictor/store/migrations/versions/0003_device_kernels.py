@@ -39,5 +39,10 @@ def downgrade() -> None:
     with op.batch_alter_table("profiling_runs") as batch:
         batch.drop_column("host")
         batch.drop_column("runtime")
-    with op.batch_alter_table("devices") as batch:
-        batch.drop_column("kernel_profile")
+    if op.get_bind().dialect.name == "sqlite":
+        # In place: SQLite's batch copy drops the old devices table, and with it (ON DELETE CASCADE) every row that
+        # refers to a device.
+        op.execute("ALTER TABLE devices DROP COLUMN kernel_profile")
+    else:
+        with op.batch_alter_table("devices") as batch:
+            batch.drop_column("kernel_profile")
