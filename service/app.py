@@ -13,8 +13,8 @@ from predictor.runtime import OptimizerLimits, optimizer_limits
 from service.api import api_router
 from service.api.database import StoreConnector
 from service.api.errors import install_error_handlers
-from service.api.jobs import JobRegistry
 from service.api.limits import RequestLimitsMiddleware
+from service.api.model_store import open_model_store
 from service.api.workers import PredictionWorkers
 from service.dashboard import install_dashboard
 from service.settings import Settings, get_settings
@@ -22,9 +22,6 @@ from service.settings import Settings, get_settings
 __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PREDICTOR_TTL_S = 300.0
-DEFAULT_PREDICTOR_REFRESH_S = 5.0
 
 
 class OptimizerLimitsMiddleware:
@@ -43,11 +40,13 @@ class OptimizerLimitsMiddleware:
             await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAULT_PREDICTOR_TTL_S,
-               predictor_refresh_s: float = DEFAULT_PREDICTOR_REFRESH_S) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the store is opened at start-up (or on the first request if the database is down).
 
-    Run it with `latpred serve`, or `uvicorn --factory service.app:create_app`.
+    Run it with `latpred serve [--workers N]`, or `uvicorn --factory service.app:create_app [--workers N]`. The app
+    keeps nothing another process needs: jobs and model bytes are in the store (or the configured model
+    directory), and each process's cached predictors are checked against the store before each use. Jobs are run
+    by `latpred worker` processes, not here.
     """
     settings = settings or get_settings()
 
@@ -56,9 +55,8 @@ def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAUL
         connector = StoreConnector(settings)
         app.state.settings = settings
         app.state.store_connector = connector
-        app.state.predictions = PredictionWorkers(settings, predictor_ttl_s=predictor_ttl_s,
-                                                  predictor_refresh_s=predictor_refresh_s)
-        app.state.jobs = JobRegistry()
+        app.state.predictions = PredictionWorkers(settings)
+        app.state.model_store = open_model_store(settings)
         try:
             connector.get()
         except StoreError as exc:
@@ -68,7 +66,6 @@ def create_app(settings: Settings | None = None, predictor_ttl_s: float = DEFAUL
         try:
             yield
         finally:
-            app.state.jobs.shutdown()
             app.state.predictions.shutdown()
             connector.close()
 

@@ -534,11 +534,42 @@ def validate(
 def serve(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="server processes on the port (they share the "
+                                                              "store: PostgreSQL for more than a few)")] = 1,
+    job_worker: Annotated[bool, typer.Option(help="also run one `latpred worker` for the jobs the API queues "
+                                                  "(--no-job-worker where workers run elsewhere)")] = True,
 ) -> None:
-    """Run the REST service and dashboard."""
+    """Run the REST service and dashboard (see docs/scale.md for several processes and hosts)."""
     from service.server import run_server
 
-    run_server(host, port)
+    run_server(host, port, workers=workers, job_worker=job_worker)
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option(help="run the queued jobs, then exit")] = False,
+    exit_with: Annotated[int | None, typer.Option(hidden=True, help="exit once this process is gone")] = None,
+) -> None:
+    """Run the background jobs (regressor training) that any service process queues in the store."""
+    import signal
+    import threading
+
+    from service.worker import JobWorker
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    job_worker = JobWorker(get_settings(), exit_with=exit_with)
+    try:
+        done = job_worker.run(stop, once=once)
+    finally:
+        job_worker.close()
+    if once:
+        emit_line(f"ran {done} job(s)")
 
 
 @app.command()

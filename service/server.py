@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import uvicorn
 
 from service.app import create_app
+from service.context import open_store
 from service.settings import Settings, get_settings
 
 __all__ = ["ServerProcess", "ServerStartError", "free_port", "run_server", "server_process"]
@@ -23,14 +25,46 @@ logger = logging.getLogger(__name__)
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_server(host: str, port: int, settings: Settings | None = None) -> None:
-    """Serve the API on host:port until interrupted; the store is the one named by the settings."""
-    settings = settings or get_settings()
+def run_server(host: str, port: int, settings: Settings | None = None, workers: int = 1,
+               job_worker: bool = False) -> None:
+    """Serve the API on host:port until interrupted; the store is the one named by the settings.
+
+    `workers` > 1 runs that many server processes (uvicorn's, on one port), each with its own prediction workers
+    and caches: they share everything through the store, so they answer alike. Their settings come from the
+    LATPRED_* environment (each process reads it), so `settings` must be None then. `job_worker` also runs one
+    `latpred worker` child process for the jobs the API queues (stopped with the server).
+    """
     if not logging.getLogger().handlers:  # `latpred serve` configured it already; a bare run_server has none
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    logger.info("serving latpred on http://%s:%d (docs at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if workers > 1 and settings is not None:
+        raise ValueError("several workers read their settings from the LATPRED_* environment; pass no settings")
+    # Migrate once, before any process starts: not each worker racing the others.
+    open_store(settings or get_settings()).close()
+    with ExitStack() as stack:
+        if job_worker:
+            stack.enter_context(_job_worker_process())
+        logger.info("serving latpred on http://%s:%d with %d process(es) (docs at /docs)", host, port, workers)
+        if workers > 1:
+            uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers,
+                        log_level="warning")
+        else:
+            uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+
+
+@contextmanager
+def _job_worker_process(stop_timeout_s: float = 15.0) -> Iterator[subprocess.Popen[bytes]]:
+    """`latpred worker` in a child process (same environment) while the block runs."""
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--exit-with", str(os.getpid())],
+                               cwd=os.getcwd())
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def free_port() -> int:
@@ -52,7 +86,8 @@ class ServerProcess:
 
 @contextmanager
 def server_process(env: Mapping[str, str], log_path: Path | None = None, python: str = sys.executable,
-                   start_timeout_s: float = 60.0, stop_timeout_s: float = 15.0) -> Iterator[ServerProcess]:
+                   start_timeout_s: float = 60.0, stop_timeout_s: float = 15.0, workers: int = 1,
+                   job_worker: bool = False) -> Iterator[ServerProcess]:
     """`run_server` in a child process on a free loopback port, configured by `env` (LATPRED_* settings).
 
     Yields once GET /api/health answers 200; terminates the child on exit (killed if it does not stop).
@@ -66,7 +101,8 @@ def server_process(env: Mapping[str, str], log_path: Path | None = None, python:
     with ExitStack() as stack:
         log = stack.enter_context(log_path.open("w")) if log_path is not None else None
         process = subprocess.Popen(
-            [python, "-c", f"from service.server import run_server; run_server('127.0.0.1', {port})"],
+            [python, "-c", "from service.server import run_server; "
+                           f"run_server('127.0.0.1', {port}, workers={workers}, job_worker={job_worker})"],
             cwd=_REPO_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT if log is not None else None,
         )
         try:

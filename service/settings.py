@@ -41,6 +41,18 @@ class Settings(BaseSettings):
                                  description="worker processes answering predict and rank questions at once")
     predict_queue: int = Field(default=16, ge=0,
                                description="questions that may wait for a free worker; more get 503")
+    model_store: str = Field(default="database",
+                             description='where uploaded models are kept: "database" (the store, read by every '
+                                         "process) or a directory every replica mounts")
+    predictor_refresh_wait_s: float = Field(
+        default=0.5, ge=0, description="how long a question waits for its device's predictor to take in what changed "
+                                       "in the store; past it, the question is answered by the current predictor "
+                                       "while the new one is built")
+    job_poll_s: float = Field(default=1.0, gt=0, description="how often an idle `latpred worker` looks for jobs")
+    job_stale_s: float = Field(default=120.0, gt=0,
+                               description="a running job whose worker wrote no heartbeat for this long is queued "
+                                           "again (its worker died)")
+    job_max_attempts: int = Field(default=3, ge=1, description="runs of a job before it is failed for good")
     anonymous_requests_per_minute: int = Field(
         default=600, ge=0, description="requests per minute one client address may send without a valid token "
                                        "(429 past it; 0: no limit)")

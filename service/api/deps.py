@@ -1,4 +1,4 @@
-"""Dependencies of the routes: settings, store, sessions, caches, jobs and bearer-token checks."""
+"""Dependencies of the routes: settings, store, sessions, prediction workers, model store and bearer-token checks."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -9,14 +9,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.api.database import StoreConnector
-from service.api.jobs import JobRegistry
+from service.api.model_store import ModelStore
 from service.api.tokens import stored_verdict, token_error
 from service.api.workers import PredictionWorkers
 from service.context import Store
 from service.settings import Settings
 
 __all__ = [
-    "JobsDep",
+    "ModelStoreDep",
     "PredictionsDep",
     "ReadAccess",
     "SessionDep",
@@ -66,12 +66,12 @@ def get_predictions(request: Request) -> PredictionWorkers:
 PredictionsDep = Annotated[PredictionWorkers, Depends(get_predictions)]
 
 
-def get_jobs(request: Request) -> JobRegistry:
-    jobs: JobRegistry = request.app.state.jobs
-    return jobs
+def get_model_store(request: Request) -> ModelStore:
+    model_store: ModelStore = request.app.state.model_store
+    return model_store
 
 
-JobsDep = Annotated[JobRegistry, Depends(get_jobs)]
+ModelStoreDep = Annotated[ModelStore, Depends(get_model_store)]
 
 
 def _check_token(request: Request, settings: Settings, action: str) -> None:

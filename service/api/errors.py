@@ -22,7 +22,7 @@ from predictor.errors import (
     UnknownDeviceError,
     UnsupportedKernelError,
 )
-from service.api.predictions import ModelNotFoundError
+from service.api.model_store import ModelNotFoundError
 
 __all__ = ["describe_error", "install_error_handlers", "one_line", "status_for"]
 

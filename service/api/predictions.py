@@ -2,19 +2,24 @@
 
 A repeated question rebuilds nothing: the PreparedModel (fixed shapes, kernels per config) is kept per
 (model id, runtime, input shapes) and the DevicePredictor (table, regressors, overhead) per device.
-A device's predictor is dropped when this process sees new measurements, retrained regressors, a finished
-run or a re-registration, and in any case after `predictor_ttl_s` (other workers and the CLI write too).
+
+A cached predictor is checked against its device's version in the store before every use (one indexed row:
+devices.table_seq and state_version, raised by every write a predictor depends on, from any process). When it
+changed, the predictor takes in what changed (DevicePredictor.updated: new measured kernels merged, runs and
+regressors read again) in a background thread; the question waits at most `refresh_wait_s` for it and is
+otherwise answered by the current predictor. An upload never makes a question wait for a reload, and no process
+answers from a predictor older than the store for longer than one refresh.
 """
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from predictor.config import parse_config
@@ -23,31 +28,22 @@ from predictor.estimate import DevicePredictor
 from predictor.graph import load_model
 from predictor.prepared import PreparedModel, predict_config, rank_candidates
 from predictor.runtime import RuntimeSpec
-from predictor.store import get_device, get_stored_model
+from predictor.store import get_device, get_stored_model, table_version
+from service.api.model_store import ModelNotFoundError, ModelStore
 from service.api.schemas import PredictRequest, RankRequest
 from service.context import Store
 
-__all__ = ["ModelNotFoundError", "PredictionCache", "answer_question", "model_path"]
+__all__ = ["ModelNotFoundError", "PredictionCache", "answer_question"]
 
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
 ShapesKey = tuple[tuple[str, tuple[int, ...]], ...]
+# Threads taking in changes of cached predictors (one refresh per device at a time).
+_REFRESH_THREADS = 2
 
-
-class ModelNotFoundError(LookupError):
-    """No uploaded model with that id (or its file is gone)."""
-
-
-def model_path(models_dir: Path, model_id: str) -> Path:
-    """Where the bytes of an uploaded model live; only ever named by the sha256 id (checked here)."""
-    if not _SHA256_HEX.fullmatch(model_id):
-        raise ModelNotFoundError(f"unknown model id {model_id!r}: ids are sha256 hex digests")
-    return models_dir / f"{model_id}.onnx"
 
 class _BuildOnceLru(Generic[K, V]):
     """A bounded LRU map whose missing values are built once even under concurrent requests."""
@@ -102,7 +98,6 @@ class _BuildOnceLru(Generic[K, V]):
 class _LoadedDevice:
     runtime: RuntimeSpec
     predictor: DevicePredictor
-    loaded_at: float
 
 
 def _shapes_key(input_shapes: Mapping[str, list[int]] | None) -> ShapesKey | None:
@@ -126,42 +121,70 @@ def _fixed_inputs(inputs: object) -> dict[str, list[int]] | None:
 class PredictionCache:
     """Prepared models and device predictors of this process (see the module docstring)."""
 
-    def __init__(self, models_dir: Path, predictor_ttl_s: float = 300.0, max_models: int = 32,
-                 max_devices: int = 256, predictor_refresh_s: float = 5.0) -> None:
-        self.models_dir = models_dir
-        self.predictor_ttl_s = predictor_ttl_s
-        # New measurements make a device's predictor stale; it is reloaded at most this often, so agents
-        # uploading all the time do not make every prediction reload the whole table.
-        self.predictor_refresh_s = predictor_refresh_s
-        self._stale: set[str] = set()
+    def __init__(self, model_store: ModelStore, max_models: int = 32, max_devices: int = 256,
+                 refresh_wait_s: float = 0.5) -> None:
+        self.model_store = model_store
+        self.refresh_wait_s = refresh_wait_s
         self._prepared: _BuildOnceLru[tuple[str, RuntimeSpec, ShapesKey | None], PreparedModel] = (
             _BuildOnceLru(max_models)
         )
         self._devices: _BuildOnceLru[str, _LoadedDevice] = _BuildOnceLru(max_devices)
-        self._generations: dict[str, int] = {}
-        self._generations_lock = threading.Lock()
-
-    def model_path(self, model_id: str) -> Path:
-        return model_path(self.models_dir, model_id)
+        self._refreshing: dict[str, Future[_LoadedDevice]] = {}
+        self._refresh_lock = threading.Lock()
+        self._refresher = ThreadPoolExecutor(max_workers=_REFRESH_THREADS, thread_name_prefix="latpred-refresh")
 
     def device_predictor(self, store: Store, device_name: str) -> tuple[RuntimeSpec, DevicePredictor]:
-        """The device's runtime and predictor; raises UnknownDeviceError or NoMeasurementsError."""
+        """The device's runtime and predictor, current with the store; raises UnknownDeviceError or
+        NoMeasurementsError."""
+        with store.sessions() as session:
+            version = table_version(session, device_name)
         loaded = self._devices.get(device_name)
-        if loaded is not None:
-            age = time.monotonic() - loaded.loaded_at
-            fresh = device_name not in self._stale or age < self.predictor_refresh_s
-            if fresh and age <= self.predictor_ttl_s:
-                return loaded.runtime, loaded.predictor
-        self._stale.discard(device_name)
-        self._devices.pop(device_name)
-        generation = self._generations.get(device_name, 0)
-        loaded = self._devices.get_or_build(device_name, lambda: self._load_device(store, device_name))
-        if self._generations.get(device_name, 0) != generation:
-            # Invalidated while loading: answer this request, but do not keep what may predate the write.
+        known = None if loaded is None else loaded.predictor.version
+        if known is None or (known.device_id, known.registered_at) != (version.device_id, version.registered_at):
+            # Nothing to answer with meanwhile: the first load is waited for (once, however many ask).
             self._devices.pop(device_name)
+            loaded = self._devices.get_or_build(device_name, lambda: self._load_device(store, device_name))
+            return loaded.runtime, loaded.predictor
+        if loaded.predictor.version == version:
+            return loaded.runtime, loaded.predictor
+        refresh = self._refresh(store, device_name, loaded)
+        try:
+            loaded = refresh.result(timeout=self.refresh_wait_s)
+        except FutureTimeout:
+            logger.debug("device %r: answering with its current predictor while the new one is built", device_name)
+        except Exception as exc:  # the store went away meanwhile, say: the current predictor still answers
+            logger.warning("device %r: could not take in the store's changes, answering with the current predictor: "
+                           "%s", device_name, exc)
         return loaded.runtime, loaded.predictor
 
+    def _refresh(self, store: Store, device_name: str, loaded: _LoadedDevice) -> Future[_LoadedDevice]:
+        """The device's refresh in flight, or a new one started from `loaded`."""
+        with self._refresh_lock:
+            running = self._refreshing.get(device_name)
+            if running is not None:
+                return running
+            future = self._refresher.submit(self._refreshed, store, device_name, loaded)
+            self._refreshing[device_name] = future
+        return future
+
+    def _refreshed(self, store: Store, device_name: str, loaded: _LoadedDevice) -> _LoadedDevice:
+        try:
+            started = time.perf_counter()
+            with store.sessions() as session:
+                device = get_device(session, device_name)
+                predictor = loaded.predictor.updated(session, device)
+                runtime = predictor.runtime or device.runtime
+            fresh = _LoadedDevice(runtime=runtime, predictor=predictor)
+            self._devices.put(device_name, fresh)
+            logger.info("device %r: predictor brought up to date in %.2f s (%d table entries)", device_name,
+                        time.perf_counter() - started, predictor.measurement_count)
+            return fresh
+        finally:
+            with self._refresh_lock:
+                self._refreshing.pop(device_name, None)
+
     def _load_device(self, store: Store, device_name: str) -> _LoadedDevice:
+        started = time.perf_counter()
         with store.sessions() as session:
             device = get_device(session, device_name)
             predictor = DevicePredictor.load(session, device)
@@ -173,23 +196,17 @@ class PredictionCache:
                 f"device {device_name!r} has no measurements to predict from: profile it first "
                 f"(`latpred profile --device {device_name}` or POST /api/devices/{device_name}/measurements)"
             )
-        logger.info("loaded predictor of device %r (%d table entries)", device_name, predictor.measurement_count)
-        return _LoadedDevice(runtime=runtime, predictor=predictor, loaded_at=time.monotonic())
+        logger.info("loaded predictor of device %r (%d table entries) in %.2f s", device_name,
+                    predictor.measurement_count, time.perf_counter() - started)
+        return _LoadedDevice(runtime=runtime, predictor=predictor)
 
-    def mark_stale(self, device_name: str) -> None:
-        """The device's table grew: reload its predictor once it is `predictor_refresh_s` old."""
-        self._stale.add(device_name)
-
-    def invalidate_device(self, device_name: str) -> None:
-        """Forget the device's predictor; the next question reloads it from the store."""
-        with self._generations_lock:
-            self._generations[device_name] = self._generations.get(device_name, 0) + 1
-        self._devices.pop(device_name)
+    def close(self) -> None:
+        """Stop taking refreshes (one running finishes in its thread)."""
+        self._refresher.shutdown(wait=False, cancel_futures=True)
 
     def prepared_model(self, store: Store, model_id: str, runtime: RuntimeSpec,
                        input_shapes: Mapping[str, list[int]] | None = None) -> PreparedModel:
         """The uploaded model prepared for the runtime; raises ModelNotFoundError or InvalidModelError."""
-        self.model_path(model_id)
         key = (model_id, runtime, _shapes_key(input_shapes))
         return self._prepared.get_or_build(key, lambda: self._prepare(store, model_id, runtime, input_shapes))
 
@@ -197,14 +214,12 @@ class PredictionCache:
                  input_shapes: Mapping[str, list[int]] | None) -> PreparedModel:
         with store.sessions() as session:
             stored = get_stored_model(session, model_id)
-            stored_inputs = None if stored is None else stored.inputs
-        if stored is None:
-            raise ModelNotFoundError(f"unknown model id {model_id!r}; upload it with POST /api/models")
-        path = self.model_path(model_id)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise ModelNotFoundError(f"the file of model {model_id!r} is missing; upload it again") from exc
+            if stored is None:
+                raise ModelNotFoundError(f"unknown model id {model_id!r}; upload it with POST /api/models")
+            stored_inputs = stored.inputs
+            data = self.model_store.read(session, model_id)
+        if data is None:
+            raise ModelNotFoundError(f"the bytes of model {model_id!r} are missing; upload it again")
         shapes = dict(input_shapes) if input_shapes is not None else _fixed_inputs(stored_inputs)
         started = time.perf_counter()
         prepared = PreparedModel.create(load_model(data), runtime, shapes, model_id=model_id)

@@ -311,6 +311,9 @@ class MeasurementsPublic(BaseModel):
     count: int = Field(description="rows matching the filters, over all pages")
     limit: int
     offset: int
+    next_after: int | None = Field(default=None, description="pass as `after` for the next page (a keyset page, as "
+                                                             "fast at the end of a large table as at its start); null "
+                                                             "on the last page")
 
 
 class ModelPublic(BaseModel):
@@ -425,11 +428,15 @@ class RankingPublic(BaseModel):
 
 
 class JobPublic(BaseModel):
+    """A background job, as any service process reads it from the store; a `latpred worker` runs it."""
+
     job_id: str
     kind: str
     device: str
     status: Literal["queued", "running", "finished", "failed"]
     created_at: datetime
+    started_at: datetime | None = None
     finished_at: datetime | None = None
+    attempts: int = Field(default=0, description="times a worker started it (a job whose worker died runs again)")
     result: Any = None
     error: str | None = None

@@ -8,9 +8,10 @@ disconnects. A worker keeps the caches of service.api.predictions (prepared mode
 between questions; a killed one is replaced when the next question needs it. At most `predict_workers`
 questions run at once and `predict_queue` more may wait (no longer than the deadline); others get 503.
 
-Writes that make a device's predictor stale (new measurements, a finished run, retraining) are queued for
-every worker and delivered with its next question. Workers are forked from a forkserver that imported this
-module once, so a new one starts in milliseconds; each runs in an empty working directory of its own.
+A worker checks its cached predictor of a device against the store before each question (see
+service.api.predictions), so writes made by any process reach it without being told. Workers are forked from a
+forkserver that imported this module once, so a new one starts in milliseconds; each runs in an empty working
+directory of its own.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
@@ -38,6 +40,7 @@ from starlette.types import Receive
 from predictor.runtime import optimizer_limits
 from service.api.database import StoreConnector
 from service.api.errors import describe_error
+from service.api.model_store import open_model_store
 from service.api.predictions import PredictionCache, answer_question
 from service.settings import Settings
 
@@ -63,15 +66,17 @@ def worker_settings(settings: Settings) -> Settings:
     if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:" \
             and not os.path.isabs(url.database):
         url = url.set(database=os.path.abspath(url.database))
-    return settings.model_copy(update={"home": home, "database_url": url.render_as_string(hide_password=False)})
+    model_store = settings.model_store
+    if model_store != "database":
+        model_store = str(Path(model_store).expanduser().resolve())
+    return settings.model_copy(update={"home": home, "database_url": url.render_as_string(hide_password=False),
+                                       "model_store": model_store})
 
 
 @dataclass(eq=False)
 class _Worker:
     process: BaseProcess
     connection: Connection
-    # Devices whose cached predictors the worker must drop or reload before its next question.
-    pending: list[tuple[str, str]] = field(default_factory=list)
 
     def kill(self) -> None:
         """Kill the worker and every process it started (its process group), and wait for it."""
@@ -127,10 +132,8 @@ async def _client_gone(receive: Receive) -> None:
 class PredictionWorkers:
     """The worker processes answering predict and rank (see the module docstring)."""
 
-    def __init__(self, settings: Settings, predictor_ttl_s: float = 300.0, predictor_refresh_s: float = 5.0) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.predictor_ttl_s = predictor_ttl_s
-        self.predictor_refresh_s = predictor_refresh_s
         self._worker_settings = worker_settings(settings)
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
@@ -144,20 +147,6 @@ class PredictionWorkers:
     def timeout_s(self) -> float:
         return self.settings.predict_timeout_s
 
-    # ------------------------------------------------------------------------------------------ cache events
-    def _queue_event(self, event: str, device_name: str) -> None:
-        with self._lock:
-            for worker in self._started:
-                worker.pending.append((event, device_name))
-
-    def mark_stale(self, device_name: str) -> None:
-        """The device's table grew: workers reload its predictor once it is older than their refresh interval."""
-        self._queue_event("stale", device_name)
-
-    def invalidate_device(self, device_name: str) -> None:
-        """Workers forget the device's predictor; their next question about it reloads it from the store."""
-        self._queue_event("invalidate", device_name)
-
     # ------------------------------------------------------------------------------------------ questions
     async def answer(self, kind: str, body: Mapping[str, Any], receive: Receive) -> Any:
         """The answer to a question ("predict" or "rank"); HTTPException for errors, 503 busy, 504 too slow.
@@ -167,9 +156,7 @@ class PredictionWorkers:
         worker = await self._checkout()
         healthy = False
         try:
-            with self._lock:
-                events, worker.pending = worker.pending, []
-            await run_in_threadpool(worker.connection.send, (events, kind, dict(body)))
+            await run_in_threadpool(worker.connection.send, (kind, dict(body)))
             answer = asyncio.ensure_future(_await_answer(worker.connection, self.timeout_s))
             gone = asyncio.ensure_future(_client_gone(receive))
             try:
@@ -273,8 +260,7 @@ class PredictionWorkers:
         parent_end, child_end = context.Pipe()
         process = context.Process(
             target=_serve_questions, name="latpred-predict",
-            args=(child_end, self._worker_settings.model_dump(), self.predictor_ttl_s, self.predictor_refresh_s,
-                  os.getpid()))
+            args=(child_end, self._worker_settings.model_dump(), os.getpid()))
         process.start()
         child_end.close()
         worker = _Worker(process=process, connection=parent_end)
@@ -341,10 +327,9 @@ def _exit_when_orphaned(server_pid: int) -> None:
             os.killpg(0, signal.SIGKILL)
 
 
-def _serve_questions(connection: Connection, settings_fields: dict[str, Any], predictor_ttl_s: float,
-                     predictor_refresh_s: float, server_pid: int) -> None:
-    """The worker's loop: apply the cache events sent with each question, answer it as ("ok", JSON) or
-    (status, detail), until the server closes the pipe."""
+def _serve_questions(connection: Connection, settings_fields: dict[str, Any], server_pid: int) -> None:
+    """The worker's loop: answer each question as ("ok", JSON) or (status, detail), until the server closes the
+    pipe."""
     # Its own process group, so the server kills it and the optimizer workers it starts in one call.
     os.setpgrp()
     # An empty folder of its own as the working directory: nothing a model names by a relative path is there.
@@ -354,21 +339,16 @@ def _serve_questions(connection: Connection, settings_fields: dict[str, Any], pr
     threading.Thread(target=_exit_when_orphaned, args=(server_pid,), name="orphan-check", daemon=True).start()
     settings = Settings(**settings_fields)
     connector = StoreConnector(settings)
-    cache = PredictionCache(settings.models_dir, predictor_ttl_s=predictor_ttl_s,
-                            predictor_refresh_s=predictor_refresh_s)
+    cache = PredictionCache(open_model_store(settings), refresh_wait_s=settings.predictor_refresh_wait_s)
     connection.send("ready")
     with optimizer_limits(settings.optimizer_limits):
         while True:
             try:
-                events, kind, body = connection.recv()
+                kind, body = connection.recv()
             except EOFError:  # the server closed the pipe
+                cache.close()
                 connector.close()
                 return
-            for event, device_name in events:
-                if event == "stale":
-                    cache.mark_stale(device_name)
-                else:
-                    cache.invalidate_device(device_name)
             try:
                 answer: tuple[Any, Any] = ("ok", answer_question(kind, body, connector.get(), cache))
             except Exception as exc:

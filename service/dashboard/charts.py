@@ -1,22 +1,22 @@
-"""What the dashboard shows about a device, computed from its store rows: coverage, chart series, run flags.
+"""What the dashboard shows about a device, computed from its store's aggregates: coverage, chart series, run flags.
 
-Pure functions over ORM rows (or anything with the same attributes), so the numbers are testable
-without a browser. A key measured in several runs counts once, at the median of its medians (as the
-predictor's lookup table does).
+Nothing here reads a device's measurement rows or parses a key: coverage comes from SQL aggregates over the
+device's measured kernels (predictor.store.aggregates), the charts from a sample of them. A key measured in
+several runs counts once, at the median of its runs' medians (as the predictor's lookup table does). Pure
+functions over plain rows, so the numbers are testable without a browser.
 """
 from __future__ import annotations
 
 import logging
 import math
-import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from predictor.features import FEATURE_NAMES, kernel_features
-from predictor.kernels import KernelKey
+from predictor.store import KernelPointRow, Tally
+from predictor.store.summary import op_family
 
 __all__ = [
     "BIT_WIDTHS",
@@ -38,21 +38,7 @@ logger = logging.getLogger(__name__)
 BIT_WIDTHS = (32, 16, 8, 4)
 # The band drawn around predicted == measured, and the share of validations inside it.
 VALIDATION_BAND = 0.10
-_MACS_INDEX = FEATURE_NAMES.index("macs")
-# Runtime variants of one operation: NchwcConv, FusedConv, QLinearConv, ConvInteger are all "Conv".
-_FAMILY_PREFIX = re.compile(r"^(?:Nchwc|QLinear|Fused|Q(?=[A-Z]))")
-_FAMILY_SUFFIX = re.compile(r"(?:Integer|NBits)$")
-# Attributes that change the work of a kernel (the kernel size is in the weight shape), with their ONNX
-# defaults so that a runtime variant that spells a default out still matches; fused activations and
-# layout flags do not count.
-_SHAPE_ATTR_DEFAULTS: dict[str, Any] = {"group": 1, "strides": 1, "dilations": 1, "transA": 0, "transB": 0}
 _SPARSITY_DECIMALS = 2
-
-
-class MeasurementRow(Protocol):
-    key_hash: str
-    key: dict[str, Any]
-    median_ms: float
 
 
 class RegressorRow(Protocol):
@@ -73,32 +59,13 @@ class RunRow(Protocol):
     report: dict[str, Any] | None
 
 
-def op_family(op_type: str) -> str:
-    """The operation behind a runtime op type: "QLinearConv", "NchwcConv" and "ConvInteger" are "Conv"."""
-    family = op_type
-    while True:
-        stripped = _FAMILY_SUFFIX.sub("", _FAMILY_PREFIX.sub("", family))
-        if stripped == family or not stripped:
-            return family
-        family = stripped
-
-
-def _shape_attr(attrs: Mapping[str, Any], name: str) -> Any:
-    value = attrs.get(name)
-    if value is None:
-        return _SHAPE_ATTR_DEFAULTS[name]
-    if isinstance(value, tuple) and value and all(item == value[0] for item in value):
-        return value[0]
-    return value
-
-
-def _first_shape(shapes: Sequence[Any]) -> tuple[int, ...] | None:
-    return tuple(shapes[0]) if shapes and shapes[0] is not None else None
-
-
 @dataclass(frozen=True)
 class KernelPoint:
-    """One measured kernel (distinct key) of a device: what the charts plot."""
+    """One measured kernel (distinct key) of a device: what the charts plot.
+
+    `shape` names the kernel's shape (predictor.store.summary.shape_hash_of): equal for the fp32, int8 and sparse
+    kernels of one layer shape, which the speedup charts pair.
+    """
 
     op_type: str
     family: str
@@ -108,47 +75,22 @@ class KernelPoint:
     macs: float
     latency_ms: float
     runs: int
-    shape: tuple[Any, ...]
+    shape: str
 
     @classmethod
-    def from_key(cls, key: KernelKey, latency_ms: float, runs: int) -> KernelPoint:
-        attrs = dict(key.attrs)
-        family = op_family(key.op_type)
-        shape = (family, _first_shape(key.inputs), _first_shape(key.outputs), key.weight,
-                 tuple(_shape_attr(attrs, name) for name in _SHAPE_ATTR_DEFAULTS))
-        return cls(
-            op_type=key.op_type,
-            family=family,
-            bits=key.bits,
-            sparsity=round(key.sparsity, _SPARSITY_DECIMALS),
-            sparsity_pattern=key.sparsity_pattern,
-            macs=float(kernel_features(key)[_MACS_INDEX]),
-            latency_ms=latency_ms,
-            runs=runs,
-            shape=shape,
-        )
+    def from_row(cls, row: KernelPointRow) -> KernelPoint:
+        return cls(op_type=row.op_type, family=op_family(row.op_type), bits=row.bits,
+                   sparsity=round(row.sparsity, _SPARSITY_DECIMALS), sparsity_pattern=row.sparsity_pattern,
+                   macs=row.macs, latency_ms=row.latency_ms, runs=row.runs, shape=row.shape_hash)
 
     @property
     def is_dense(self) -> bool:
         return self.sparsity == 0.0 and self.sparsity_pattern != "2:4"
 
 
-def kernel_points(rows: Iterable[MeasurementRow]) -> list[KernelPoint]:
-    """One point per distinct key, at the median of its runs' medians; unreadable keys are skipped (logged)."""
-    medians: defaultdict[str, list[float]] = defaultdict(list)
-    keys: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        medians[row.key_hash].append(row.median_ms)
-        keys.setdefault(row.key_hash, row.key)
-    points = []
-    for key_hash, values in medians.items():
-        try:
-            key = KernelKey.from_dict(keys[key_hash])
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.warning("skipping measurement %s with an unreadable key: %s", key_hash, exc)
-            continue
-        points.append(KernelPoint.from_key(key, statistics.median(values), len(values)))
-    return points
+def kernel_points(rows: Iterable[KernelPointRow]) -> list[KernelPoint]:
+    """The charts' points of measured kernels the store read (predictor.store.sample_kernel_points)."""
+    return [KernelPoint.from_row(row) for row in rows]
 
 
 def regressor_accuracy(regressors: Mapping[str, RegressorRow]) -> dict[str, Any]:
@@ -177,35 +119,57 @@ def regressor_accuracy(regressors: Mapping[str, RegressorRow]) -> dict[str, Any]
     }
 
 
-def op_coverage(rows_per_op: Mapping[str, int], points: Sequence[KernelPoint],
-                regressors: Mapping[str, RegressorRow], flat_axes: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
-    """One row per op type: measurement rows, distinct kernels, bit-widths, sparsities, MACs range, regressor."""
-    by_op: defaultdict[str, list[KernelPoint]] = defaultdict(list)
-    for point in points:
-        by_op[point.op_type].append(point)
+def op_coverage(tallies: Sequence[Tally], groups: Sequence[tuple[str, int, float | None, int, float | None,
+                                                                 float | None]],
+                shapes: Mapping[str, int], regressors: Mapping[str, RegressorRow],
+                flat_axes: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+    """One row per op type: measurement rows, distinct kernels, shapes, bit-widths, sparsities, MACs range, regressor.
+
+    `tallies` are the device's (predictor.store.read_tallies), `groups` its measured kernels grouped by op type, bits
+    and sparsity (predictor.store.coverage_rows), `shapes` its distinct shapes per op type. Kernels the store has no
+    summary of (keys no predictor can use) count as measurement rows only.
+    """
+    rows_per_op: defaultdict[str, int] = defaultdict(int)
+    for tally in tallies:
+        rows_per_op[tally.op_type] += tally.measurements
+    kernels: defaultdict[str, int] = defaultdict(int)
+    bits: defaultdict[str, set[int]] = defaultdict(set)
+    sparsities: defaultdict[str, set[float]] = defaultdict(set)
+    macs_low: dict[str, float] = {}
+    macs_high: dict[str, float] = {}
+    for op_type, group_bits, sparsity, count, low, high in groups:
+        if sparsity is None:
+            continue
+        kernels[op_type] += count
+        bits[op_type].add(group_bits)
+        sparsities[op_type].add(round(sparsity, _SPARSITY_DECIMALS))
+        if low is not None and high is not None:
+            macs_low[op_type] = min(low, macs_low.get(op_type, low))
+            macs_high[op_type] = max(high, macs_high.get(op_type, high))
     coverage = []
-    for op_type in sorted(set(rows_per_op) | set(by_op) | set(regressors)):
-        mine = by_op.get(op_type, [])
+    for op_type in sorted(set(rows_per_op) | set(kernels) | set(regressors)):
         metrics = dict(regressors[op_type].metrics or {}) if op_type in regressors else None
-        macs = [point.macs for point in mine]
         coverage.append({
             "op_type": op_type,
             "family": op_family(op_type),
             "measurements": int(rows_per_op.get(op_type, 0)),
-            "kernels": len(mine),
-            "shapes": len({point.shape for point in mine}),
-            "bits": sorted({point.bits for point in mine}, reverse=True),
-            "sparsities": sorted({point.sparsity for point in mine}),
-            "macs_min": min(macs) if macs else None,
-            "macs_max": max(macs) if macs else None,
+            "kernels": kernels.get(op_type, 0),
+            "shapes": int(shapes.get(op_type, 0)),
+            "bits": sorted(bits.get(op_type, ()), reverse=True),
+            "sparsities": sorted(sparsities.get(op_type, ())),
+            "macs_min": macs_low.get(op_type),
+            "macs_max": macs_high.get(op_type),
             "regressor": metrics,
             "flat_axes": sorted(flat_axes.get(op_type, [])),
         })
     return coverage
 
 
-def latency_vs_macs(points: Sequence[KernelPoint], max_points: int) -> dict[str, Any]:
-    """Scatter series per op type, MACs > 0 only (log axes); evenly thinned to at most max_points in all."""
+def latency_vs_macs(points: Sequence[KernelPoint], max_points: int, total: int | None = None) -> dict[str, Any]:
+    """Scatter series per op type, MACs > 0 only (log axes); evenly thinned to at most max_points in all.
+
+    `total`: how many such kernels the device has, where `points` are a sample of its kernels.
+    """
     plotted = [point for point in points if point.macs > 0 and point.latency_ms > 0]
     step = max(1, math.ceil(len(plotted) / max_points)) if max_points > 0 else 1
     shown = plotted[::step]
@@ -214,7 +178,7 @@ def latency_vs_macs(points: Sequence[KernelPoint], max_points: int) -> dict[str,
         series[point.op_type].append({"macs": point.macs, "latency_ms": point.latency_ms, "bits": point.bits,
                                       "sparsity": point.sparsity})
     return {"series": [{"op_type": op_type, "points": series[op_type]} for op_type in sorted(series)],
-            "total": len(plotted), "shown": len(shown)}
+            "total": len(plotted) if total is None else total, "shown": len(shown)}
 
 
 def _median_speedups(pairs: Mapping[tuple[Any, ...], list[float]]) -> dict[tuple[Any, ...], tuple[float, int]]:

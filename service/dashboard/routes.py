@@ -14,13 +14,17 @@ from predictor.estimate import flat_axes_of
 from predictor.store import (
     Device,
     count_measurements_by_op,
+    coverage_rows,
     get_device,
     get_stored_model,
-    iter_measurements,
     list_devices,
+    list_regressor_metrics,
     list_runs,
     list_validations,
-    load_regressors,
+    read_tallies,
+    sample_kernel_points,
+    shape_counts,
+    summarize_runs,
 )
 from service.api.deps import ReadAccess, SessionDep, SettingsDep
 from service.dashboard.charts import (
@@ -49,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 # Beyond this many points a scatter is a blob and the page slows down; the series are thinned evenly.
 MAX_SCATTER_POINTS = 4000
+# Kernels the speedup charts are computed from: every kernel of a sample of the device's shapes (all of a small
+# table), read in SQL; a device of a million kernels is charted as fast as one of twenty thousand.
+MAX_CHART_KERNELS = 20_000
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 page_router = APIRouter(include_in_schema=False)
@@ -65,9 +72,10 @@ def _reads_closed(read_token_required: bool) -> HTMLResponse | None:
 
 
 def _overview(session: Session, device: Device) -> DeviceOverview:
+    """What the devices page shows of a device: counts from its tallies, its runs and regressors without their
+    reports and model texts."""
     counts = count_measurements_by_op(session, device)
-    runs = list_runs(session, device)
-    last = runs[-1] if runs else None
+    run_count, last = summarize_runs(session, device)
     return DeviceOverview(
         name=device.name,
         backend=device.backend,
@@ -78,9 +86,9 @@ def _overview(session: Session, device: Device) -> DeviceOverview:
         created_at=device.created_at,
         measurements=sum(counts.values()),
         op_types=sorted(counts),
-        accuracy=regressor_accuracy(load_regressors(session, device)),
+        accuracy=regressor_accuracy(list_regressor_metrics(session, device)),
         last_run=LastRun(last.run_id, last.status, last.started_at, last.finished_at) if last else None,
-        runs=len(runs),
+        runs=run_count,
         validations=validation_summary(list_validations(session, device)),
     )
 
@@ -106,12 +114,14 @@ def device_page(name: str, session: SessionDep, settings: SettingsDep) -> HTMLRe
     except UnknownDeviceError:
         return HTMLResponse(render_error("Unknown device", f"There is no device named {name!r}."), status_code=404)
     overview = _overview(session, device)
-    points = kernel_points(iter_measurements(session, device))
-    coverage = op_coverage(count_measurements_by_op(session, device), points, load_regressors(session, device),
+    # Aggregates in SQL over the device's measured kernels (one row per key, kept by uploads): no row is read.
+    coverage = op_coverage(read_tallies(session, device.id), coverage_rows(session, device.id),
+                           shape_counts(session, device.id), list_regressor_metrics(session, device),
                            flat_axes_of(session, device))
     runs = list_runs(session, device)
     run_times = {run.run_id: (run.started_at, run.finished_at) for run in runs}
-    return HTMLResponse(render_device(overview, coverage, run_flags(runs), run_times, kernels=len(points)))
+    kernels = sum(row["kernels"] for row in coverage)
+    return HTMLResponse(render_device(overview, coverage, run_flags(runs), run_times, kernels=kernels))
 
 
 @page_router.get("/models", response_class=HTMLResponse)
@@ -136,13 +146,19 @@ def models_page(session: SessionDep, settings: SettingsDep,
 
 @chart_router.get("/devices/{name:path}/charts", responses={404: {"description": "unknown device"}})
 def device_charts(name: str, session: SessionDep) -> dict[str, Any]:
-    """Chart data of a device: latency vs MACs, speedup by bit-width and by sparsity, validation points."""
+    """Chart data of a device: latency vs MACs, speedup by bit-width and by sparsity, validation points.
+
+    Large tables are charted from a sample of whole kernel shapes (`sample_share` says how much of them).
+    """
     device = get_device(session, name)
-    points = kernel_points(iter_measurements(session, device))
+    sample = sample_kernel_points(session, device.id, MAX_CHART_KERNELS)
+    points = kernel_points(sample.points)
     return {
         "device": device.name,
-        "kernels": len(points),
-        "latency_vs_macs": latency_vs_macs(points, MAX_SCATTER_POINTS),
+        "kernels": sample.kernels,
+        # Below 1: the speedups come from every kernel of this share of the device's kernel shapes.
+        "sample_share": sample.share,
+        "latency_vs_macs": latency_vs_macs(points, MAX_SCATTER_POINTS, total=sample.plottable),
         "bits": speedup_by_bits(points),
         "sparsity": speedup_by_sparsity(points),
         "validation": validation_summary(list_validations(session, device)),

@@ -119,7 +119,7 @@
       },
     });
     if (data.shown < data.total) {
-      noData("macs", "Showing " + data.shown + " of " + data.total + " kernels (evenly thinned).");
+      noData("macs", "Showing " + data.shown + " of " + data.total + " kernels (a sample).");
     }
   }
 
@@ -283,7 +283,11 @@
       drawBits(data.bits);
       drawSparsity(data.sparsity);
       drawValidation(data.validation);
-      setText("charts-status", data.kernels + " distinct kernels measured.", "");
+      const sampled = data.sample_share < 1
+        ? " Speedups are computed from a sample of " + Math.max(1, Math.round(data.sample_share * 100)) +
+          "% of the kernel shapes (every kernel of each)."
+        : "";
+      setText("charts-status", data.kernels + " distinct kernels measured." + sampled, "");
     } catch (error) {
       setText("charts-status", "Could not load chart data: " + error.message, "bad");
     } finally {

@@ -26,13 +26,14 @@ from sqlalchemy import func, make_url, select
 
 from predictor.kernels import KernelKey
 from predictor.store import Measurement, create_store_engine
+from service.api.model_store import open_model_store
 from service.api.predictions import PredictionCache, answer_question
 from service.app import create_app
 from service.context import open_store
 from service.settings import Settings
 from tests import factories
 from tests.proxy import TcpProxy
-from tests.service.conftest import AUTH, TOKEN, local_device_body
+from tests.service.conftest import AUTH, TOKEN, kept_models, local_device_body
 
 logger = logging.getLogger(__name__)
 
@@ -330,8 +331,7 @@ def test_hostile_paths_are_4xx_and_touch_nothing_outside_home(settings: Settings
     assert after == before, f"created outside the data directory: {sorted(after - before)}"
     assert not any(marker in str(path) for path in settings.home.rglob("*")), "a hostile name became a path"
     assert not list(Path("/tmp").glob(f"{marker}*")), "a hostile name reached /tmp"
-    models = sorted(path.name for path in settings.models_dir.iterdir())
-    assert models == [f"{model_id}.onnx"]
+    assert list(kept_models(settings)) == [model_id]
 
 
 def test_raw_request_helper_reaches_the_app(settings: Settings) -> None:
@@ -378,7 +378,7 @@ def test_predict_while_a_batch_commits_during_the_predictor_load(client: TestCli
     store = open_store(settings)
     try:
         answer = answer_question("predict", {"device": DEVICE, "model_id": uploaded.json()["id"]}, store,
-                                 PredictionCache(settings.models_dir))
+                                 PredictionCache(open_model_store(settings)))
     finally:
         store.close()
     assert raced["done"]

@@ -27,7 +27,7 @@ from predictor.runtime import local_runtime
 from service.app import create_app
 from service.settings import Settings
 from tests import factories
-from tests.service.conftest import AUTH, TOKEN
+from tests.service.conftest import AUTH, TOKEN, kept_models
 
 logger = logging.getLogger(__name__)
 
@@ -309,5 +309,4 @@ def test_mutants_through_the_rest_upload(upload_client: tuple[TestClient, Settin
         if model_id not in accepted and client.get(f"/api/models/{model_id}").status_code != 404:
             failures.append(f"{mutant.label}: rejected but readable")
     assert not failures, "\n".join(failures)
-    stored = sorted(path.name for path in settings.models_dir.iterdir()) if settings.models_dir.exists() else []
-    assert stored == sorted(f"{model_id}.onnx" for model_id in accepted), "partial or orphan files left behind"
+    assert sorted(kept_models(settings)) == sorted(accepted), "partial or orphan models left behind"

@@ -17,12 +17,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service.api.model_store import open_model_store
 from service.api.predictions import PredictionCache, answer_question
 from service.app import create_app
 from service.context import open_store
 from service.settings import Settings
 from tests import factories
-from tests.service.conftest import AUTH, TOKEN, fake_measurement, local_device_body
+from tests.service.conftest import AUTH, TOKEN, fake_measurement, kept_models, local_device_body
 
 DEVICE = "sec-cpu"
 
@@ -97,7 +98,7 @@ def ask(settings: Settings, kind: str, question: dict[str, Any]) -> dict[str, An
     store = open_store(settings)
     try:
         # No optimizer limits: the runtime's optimizer runs here too, not in a worker the guard cannot see.
-        return answer_question(kind, question, store, PredictionCache(settings.models_dir))
+        return answer_question(kind, question, store, PredictionCache(open_model_store(settings)))
     finally:
         store.close()
 
@@ -190,7 +191,7 @@ def test_streamed_upload_over_the_limit_is_read_no_further(tmp_path: Path, decla
     else:
         # The limit, the allowance for form overhead (64 KiB in service.api.uploads) and one chunk in flight.
         assert read <= limit_mb * 2**20 + 64 * 2**10 + 2 * chunk, f"read {read} bytes of {total}"
-    assert not settings.models_dir.exists() or not list(settings.models_dir.iterdir())
+    assert kept_models(settings) == {}
 
 
 def test_optimizer_time_limit_is_enforced(tmp_path: Path) -> None:
@@ -202,7 +203,7 @@ def test_optimizer_time_limit_is_enforced(tmp_path: Path) -> None:
         assert response.status_code == 422
         assert "time limit of 1e-06 s" in response.json()["detail"]
         assert client.get(f"/api/models/{hashlib.sha256(data).hexdigest()}").status_code == 404
-    assert not settings.models_dir.exists() or not list(settings.models_dir.iterdir())
+    assert kept_models(settings) == {}
 
 
 def test_optimizer_memory_limit_is_enforced(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ from typing import Any
 import onnx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from predictor.runtime import describe_host, local_runtime
+from predictor.store import ModelBlob, create_store_engine
 from service.app import create_app
 from service.settings import Settings
 from tests import factories
@@ -73,3 +75,18 @@ def fake_measurement(kernel: dict[str, Any], median_ms: float) -> dict[str, Any]
 def save_model(path: Path, model: onnx.ModelProto) -> Path:
     onnx.save(model, path)
     return path
+
+
+def kept_models(settings: Settings) -> dict[str, bytes]:
+    """The bytes of uploaded models the server keeps, by id: in the store, where every process reads them.
+
+    Nothing is kept on this replica's disk (LATPRED_HOME/models stays absent).
+    """
+    assert not settings.models_dir.exists(), "a model file was written to this replica's disk"
+    engine = create_store_engine(settings.resolved_database_url)
+    try:
+        with engine.connect() as connection:
+            return {model_id: bytes(data) for model_id, data in connection.execute(
+                select(ModelBlob.model_id, ModelBlob.data).order_by(ModelBlob.model_id))}
+    finally:
+        engine.dispose()

@@ -7,12 +7,16 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import delete
 
 from predictor.kernels import KernelKey
+from predictor.store import ModelBlob, create_store_engine, read_model_blob, save_stored_model, session_scope
+from service.api.model_store import open_model_store
 from service.app import create_app
+from service.context import open_store
 from service.settings import Settings
 from tests import factories
-from tests.service.conftest import AUTH, TOKEN
+from tests.service.conftest import AUTH, TOKEN, kept_models
 
 
 def upload(api: TestClient, data: bytes, filename: str = "block.onnx", **form: str) -> Any:
@@ -33,9 +37,7 @@ def test_upload_returns_id_inputs_and_kernels(api: TestClient, api_settings: Set
     fused = [kernel for kernel in kernels if kernel["nodes"] == ["conv_a", "relu_a"]]
     assert len(fused) == 1
     assert fused[0]["key"]["activation"] == "Relu"
-    stored = api_settings.models_dir / f"{uploaded['id']}.onnx"
-    assert stored.read_bytes() == residual_bytes
-    assert sorted(p.name for p in api_settings.models_dir.iterdir()) == [stored.name], "no temp files left"
+    assert kept_models(api_settings) == {uploaded["id"]: residual_bytes}
     assert api.get(f"/api/models/{uploaded['id']}").json() == uploaded
 
 
@@ -57,7 +59,7 @@ def test_file_name_is_a_label_never_a_path(api: TestClient, api_settings: Settin
     assert response.status_code == 201
     assert response.json()["name"] == "escape.onnx"
     assert not list(tmp_path.rglob("escape.onnx"))
-    assert [p.name for p in api_settings.models_dir.iterdir()] == [f"{response.json()['id']}.onnx"]
+    assert list(kept_models(api_settings)) == [response.json()["id"]]
 
 
 @pytest.mark.parametrize("garbage", [b"not an onnx model at all", b"", b"\x08\x07\x12\x04junk"])
@@ -65,7 +67,7 @@ def test_garbage_is_422_and_stores_nothing(api: TestClient, api_settings: Settin
     response = upload(api, garbage)
     assert response.status_code == 422
     assert "ONNX" in response.json()["detail"] or "empty" in response.json()["detail"]
-    assert not api_settings.models_dir.exists() or not list(api_settings.models_dir.iterdir())
+    assert kept_models(api_settings) == {}
 
 
 def test_symbolic_inputs_need_input_shapes(api: TestClient) -> None:
@@ -102,7 +104,7 @@ def test_upload_over_the_limit_is_413(store_url: str, tmp_path: Path, residual_b
         response = upload(client, residual_bytes)
         assert response.status_code == 413
         assert response.json() == {"detail": "upload exceeds 0.001 MB"}
-        assert not settings.models_dir.exists() or not list(settings.models_dir.iterdir())
+        assert kept_models(settings) == {}
         model_id = hashlib.sha256(residual_bytes).hexdigest()
         assert client.get(f"/api/models/{model_id}").status_code == 404
 
@@ -117,3 +119,52 @@ def test_upload_errors(api: TestClient, residual_bytes: bytes) -> None:
     assert not_multipart.status_code == 422
     assert api.get(f"/api/models/{'0' * 64}").status_code == 404
     assert api.get("/api/models/not-a-sha").status_code == 422
+
+
+def test_a_model_directory_every_replica_mounts(store_url: str, tmp_path: Path, residual_bytes: bytes) -> None:
+    """LATPRED_MODEL_STORE as a directory: a file per model there (written whole), none in the store."""
+    shared = tmp_path / "shared-models"
+    settings = Settings(database_url=store_url, home=tmp_path / "home", api_tokens=TOKEN, model_store=str(shared))
+    with TestClient(create_app(settings)) as client:
+        first = upload(client, residual_bytes)
+        assert first.status_code == 201
+        assert [path.name for path in shared.iterdir()] == [f"{first.json()['id']}.onnx"], "no temp files left"
+        assert (shared / f"{first.json()['id']}.onnx").read_bytes() == residual_bytes
+        (shared / f"{first.json()['id']}.onnx").unlink()
+        assert upload(client, residual_bytes).status_code == 200  # the same bytes again: the file is back
+        assert (shared / f"{first.json()['id']}.onnx").read_bytes() == residual_bytes
+    assert kept_models(settings) == {}
+
+
+def test_bytes_lost_from_the_store_come_back_with_the_same_upload(api: TestClient, api_settings: Settings,
+                                                                   uploaded: dict[str, Any],
+                                                                   residual_bytes: bytes) -> None:
+    engine = create_store_engine(api_settings.resolved_database_url)
+    with engine.begin() as connection:
+        connection.execute(delete(ModelBlob))
+    engine.dispose()
+    assert kept_models(api_settings) == {}
+    assert upload(api, residual_bytes).status_code == 200
+    assert kept_models(api_settings) == {uploaded["id"]: residual_bytes}
+
+
+def test_files_an_earlier_version_wrote_are_read_and_moved_into_the_store(store_url: str, tmp_path: Path,
+                                                                           residual_bytes: bytes) -> None:
+    """Before 0004 a model's bytes were a file under LATPRED_HOME/models: it is still read, then kept in the store."""
+    settings = Settings(database_url=store_url, home=tmp_path / "home", api_tokens=TOKEN)
+    model_id = hashlib.sha256(residual_bytes).hexdigest()
+    store = open_store(settings)
+    try:
+        with session_scope(store.sessions) as session:
+            save_stored_model(session, model_id=model_id, name="old.onnx", size_bytes=len(residual_bytes),
+                              inputs={"input": [1, 32, 28, 28]}, kernels=[])
+        settings.models_dir.mkdir(parents=True)
+        (settings.models_dir / f"{model_id}.onnx").write_bytes(residual_bytes)
+        models = open_model_store(settings)
+        with store.sessions() as session:
+            assert models.has(session, model_id)
+            assert models.read(session, model_id) == residual_bytes
+            assert read_model_blob(session, model_id) == residual_bytes
+            assert models.read(session, "0" * 64) is None
+    finally:
+        store.close()

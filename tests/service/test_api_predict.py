@@ -1,6 +1,7 @@
 """REST API: predict and rank end to end, their caches, error statuses, and background training."""
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -10,10 +11,12 @@ from fastapi.testclient import TestClient
 from predictor.estimate import DevicePredictor
 from predictor.kernels import KernelKey
 from predictor.prepared import PreparedModel
+from service.api.model_store import open_model_store
 from service.api.predictions import PredictionCache, answer_question
 from service.app import create_app
 from service.context import open_store
 from service.settings import Settings
+from service.worker import JobWorker
 from tests.service.conftest import AUTH, DEVICE, fake_measurement, local_device_body
 
 CONFIGS = {
@@ -65,9 +68,11 @@ def test_predict_sums_measured_kernels(api: TestClient, device: str, uploaded: d
 def test_repeated_questions_rebuild_nothing(api_settings: Settings, api: TestClient, device: str,
                                            uploaded: dict[str, Any], measured: dict[str, float],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """The caches a prediction worker keeps, driven in this process: a repeated question rebuilds nothing."""
-    calls = {"prepare": 0, "load": 0}
+    """The caches a prediction worker keeps, driven in this process: a repeated question rebuilds nothing, an
+    upload is taken in without loading the device's table again."""
+    calls = {"prepare": 0, "load": 0, "update": 0}
     create, load = PreparedModel.create.__func__, DevicePredictor.load.__func__  # type: ignore[attr-defined]
+    update = DevicePredictor.updated
 
     def counting_create(cls: type[PreparedModel], *args: Any, **kwargs: Any) -> PreparedModel:
         calls["prepare"] += 1
@@ -77,42 +82,82 @@ def test_repeated_questions_rebuild_nothing(api_settings: Settings, api: TestCli
         calls["load"] += 1
         return load(cls, *args, **kwargs)  # type: ignore[no-any-return]
 
+    def counting_update(self: DevicePredictor, *args: Any, **kwargs: Any) -> DevicePredictor:
+        calls["update"] += 1
+        return update(self, *args, **kwargs)
+
     monkeypatch.setattr(PreparedModel, "create", classmethod(counting_create))
     monkeypatch.setattr(DevicePredictor, "load", classmethod(counting_load))
+    monkeypatch.setattr(DevicePredictor, "updated", counting_update)
     store = open_store(api_settings)
-    cache = PredictionCache(api_settings.models_dir)
+    # Waits for the predictor's refresh as long as it takes (the default answers with the current one meanwhile).
+    cache = PredictionCache(open_model_store(api_settings), refresh_wait_s=60.0)
     question = {"device": device, "model_id": uploaded["id"]}
     try:
         first = answer_question("predict", question, store, cache)
-        assert calls == {"prepare": 1, "load": 1}
+        assert calls == {"prepare": 1, "load": 1, "update": 0}
         for _ in range(3):
             assert answer_question("predict", question, store, cache)["latency_ms"] == first["latency_ms"]
-        assert calls == {"prepare": 1, "load": 1}
+        assert calls == {"prepare": 1, "load": 1, "update": 0}, "an unchanged device is not even brought up to date"
 
-        # New measurements make the device's predictor stale (not the prepared model): within the refresh
-        # interval the cached one still answers; after it, the next answer sees them.
+        # Another process uploads: the next answer takes the new rows in (merged, not loaded again).
         kernel = uploaded["kernels"][0]
         api.post(f"/api/devices/{device}/measurements",
                  json={"run_id": "run-2", "measurements": [fake_measurement(kernel, 5.0)]}, headers=AUTH)
-        cache.mark_stale(device)
-        cache.predictor_refresh_s = 3600.0
-        assert answer_question("predict", question, store, cache)["latency_ms"] == first["latency_ms"]
-        assert calls == {"prepare": 1, "load": 1}
-        cache.predictor_refresh_s = 0.0
         after = answer_question("predict", question, store, cache)
-        assert calls == {"prepare": 1, "load": 2}
+        assert calls == {"prepare": 1, "load": 1, "update": 1}
         old = measured[kernel["key_hash"]]
         # A key measured in two runs counts with the median of its run medians.
         assert after["latency_ms"] == pytest.approx(first["latency_ms"] - old + (old + 5.0) / 2)
+        assert answer_question("predict", question, store, cache)["latency_ms"] == after["latency_ms"]
+        assert calls == {"prepare": 1, "load": 1, "update": 1}
     finally:
+        cache.close()
         store.close()
 
 
-@pytest.mark.parametrize("refresh_s", [0.0, 3600.0], ids=["refreshed", "within-refresh-interval"])
-def test_new_measurements_reach_the_prediction_workers(api_settings: Settings, residual_bytes: bytes,
-                                                       refresh_s: float) -> None:
-    """The server tells its workers of new measurements: past the refresh interval their next answer uses them."""
-    with TestClient(create_app(api_settings, predictor_refresh_s=refresh_s)) as client:
+def test_an_upload_never_makes_a_question_wait_for_a_reload(api_settings: Settings, api: TestClient, device: str,
+                                                           uploaded: dict[str, Any], measured: dict[str, float],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a device's predictor is being brought up to date, questions are answered by the current one."""
+    release = threading.Event()
+    refreshing = threading.Event()
+    update = DevicePredictor.updated
+
+    def slow_update(self: DevicePredictor, *args: Any, **kwargs: Any) -> DevicePredictor:
+        refreshing.set()
+        assert release.wait(60), "the test never released the refresh"
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(DevicePredictor, "updated", slow_update)
+    store = open_store(api_settings)
+    cache = PredictionCache(open_model_store(api_settings), refresh_wait_s=0.05)
+    question = {"device": device, "model_id": uploaded["id"]}
+    try:
+        first = answer_question("predict", question, store, cache)["latency_ms"]
+        kernel = uploaded["kernels"][0]
+        api.post(f"/api/devices/{device}/measurements",
+                 json={"run_id": "run-2", "measurements": [fake_measurement(kernel, 5.0)]}, headers=AUTH)
+        # The refresh is stuck (a table of millions being read, say): every question meanwhile gets an answer.
+        answers = [answer_question("predict", question, store, cache)["latency_ms"] for _ in range(3)]
+        assert refreshing.is_set() and not release.is_set()
+        assert answers == [first] * 3
+        release.set()
+        old = measured[kernel["key_hash"]]
+        expected = pytest.approx(first - old + (old + 5.0) / 2)
+        deadline = time.monotonic() + 60
+        while answer_question("predict", question, store, cache)["latency_ms"] != expected:
+            assert time.monotonic() < deadline, "the refreshed predictor never answered"
+            time.sleep(0.05)
+    finally:
+        release.set()
+        cache.close()
+        store.close()
+
+
+def test_new_measurements_reach_the_prediction_workers(api_settings: Settings, residual_bytes: bytes) -> None:
+    """The app's prediction worker processes check the store before each answer: the next answer uses an upload."""
+    with TestClient(create_app(api_settings)) as client:
         assert client.post("/api/devices", json=local_device_body(), headers=AUTH).status_code == 201
         model = client.post("/api/models", files={"file": ("block.onnx", residual_bytes)}, headers=AUTH).json()
         medians = medians_for(model["kernels"])
@@ -126,8 +171,7 @@ def test_new_measurements_reach_the_prediction_workers(api_settings: Settings, r
                            headers=AUTH).status_code == 200
         after = predict(client, device=DEVICE, model_id=model["id"]).json()["latency_ms"]
         old = medians[kernel["key_hash"]]
-        expected = first if refresh_s else first - old + (old + 5.0) / 2
-        assert after == pytest.approx(expected)
+        assert after == pytest.approx(first - old + (old + 5.0) / 2)
 
 
 def test_rank_sorts_candidates_with_speedups(api: TestClient, device: str, uploaded: dict[str, Any],
@@ -224,14 +268,26 @@ def wait_for_job(api: TestClient, job_id: str, timeout_s: float = 120.0) -> dict
     raise AssertionError(f"job {job_id} still not done after {timeout_s} s")
 
 
-def test_train_runs_in_background(api: TestClient, device: str) -> None:
+def test_train_is_queued_for_a_worker(api: TestClient, api_settings: Settings, device: str) -> None:
+    """The web process only queues the job; a worker runs it; its state is in the store for every process."""
     api.post(f"/api/devices/{device}/measurements", json={"run_id": "r", "measurements": gemm_rows(12)},
              headers=AUTH)
     started = api.post(f"/api/devices/{device}/train", headers=AUTH)
     assert started.status_code == 202
     assert started.json()["status"] == "queued"
-    job = wait_for_job(api, started.json()["job_id"])
+    job_id = started.json()["job_id"]
+    time.sleep(0.5)
+    assert api.get(f"/api/jobs/{job_id}").json()["status"] == "queued", "the web process runs no job"
+    worker = JobWorker(api_settings, name="test-worker")
+    try:
+        ran = worker.run_once()
+        assert worker.run_once() is None, "one job was queued"
+    finally:
+        worker.close()
+    assert ran is not None and ran.job_id == job_id and ran.worker == "test-worker"
+    job = wait_for_job(api, job_id)
     assert job["status"] == "finished", job["error"]
+    assert job["attempts"] == 1 and job["started_at"] is not None
     assert "skipped" not in job["result"]["Gemm"]
     regressors = api.get(f"/api/devices/{device}").json()["regressors"]
     assert list(regressors) == ["Gemm"]

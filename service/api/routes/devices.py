@@ -7,11 +7,11 @@ from predictor.store import (
     count_measurements_by_op,
     get_device,
     list_devices,
+    list_regressor_metrics,
     list_runs,
-    load_regressors,
     register_device,
 )
-from service.api.deps import PredictionsDep, ReadAccess, SessionDep, WriteAccess
+from service.api.deps import ReadAccess, SessionDep, WriteAccess
 from service.api.schemas import (
     DeviceCreate,
     DeviceDetail,
@@ -35,12 +35,11 @@ def read_devices(session: SessionDep) -> DevicesPublic:
 
 @router.post("", response_model=DevicePublic, status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess],
              responses={409: {"description": "the name is registered with another runtime or kernel profile"}})
-def create_device(body: DeviceCreate, session: SessionDep, predictions: PredictionsDep) -> DevicePublic:
+def create_device(body: DeviceCreate, session: SessionDep) -> DevicePublic:
     """Register a device; registering it again with the same runtime is a no-op, with another one a 409."""
     device = register_device(session, **body.model_dump())
     public = DevicePublic.model_validate(device)
     session.commit()
-    predictions.invalidate_device(body.name)
     return public
 
 
@@ -52,7 +51,7 @@ def read_device(name: str, session: SessionDep) -> DeviceDetail:
     regressors = {
         op_type: RegressorPublic(op_type=op_type, metrics=regressor.metrics or {},
                                  data_version=regressor.data_version, trained_at=regressor.trained_at)
-        for op_type, regressor in sorted(load_regressors(session, device).items())
+        for op_type, regressor in list_regressor_metrics(session, device).items()
     }
     runs = [RunPublic.model_validate(run) for run in list_runs(session, device)]
     return DeviceDetail(

@@ -1,17 +1,14 @@
-"""Background regressor training and the states of jobs (kept in this process only, see service.api.jobs)."""
+"""Background regressor training: queued in the store by any service process, run by a `latpred worker`."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Path, status
 
-from predictor.store import get_device, session_scope
-from service.api.deps import JobsDep, PredictionsDep, ReadAccess, SessionDep, StoreDep, WriteAccess
-from service.api.jobs import Job
+from predictor.store import get_device, get_job, submit_job
+from service.api.deps import ReadAccess, SessionDep, WriteAccess
+from service.api.jobs import job_public
 from service.api.schemas import JobPublic
-from service.api.workers import PredictionWorkers
-from service.context import Store
 
 __all__ = ["router"]
 
@@ -19,39 +16,26 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"], dependencies=[ReadAccess])
 
-
-def _public(job: Job) -> JobPublic:
-    return JobPublic(job_id=job.job_id, kind=job.kind, device=job.device, status=job.status,  # type: ignore[arg-type]
-                     created_at=job.created_at, finished_at=job.finished_at, result=job.result, error=job.error)
-
-
-def _train(store: Store, predictions: PredictionWorkers, device_name: str) -> Any:
-    # Imported when a job runs, not at app start: training pulls in LightGBM.
-    from predictor.training import train_device as fit_device
-
-    with session_scope(store.sessions) as session:
-        result, overhead = fit_device(session, get_device(session, device_name))
-    predictions.invalidate_device(device_name)
-    logger.info("retrained regressors and overhead of device %r: %s", device_name, overhead)
-    return result
+JobId = Path(max_length=64, description="the job_id the job was queued with")
 
 
 @router.post("/devices/{name}/train", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED,
              dependencies=[WriteAccess], responses={404: {"description": "unknown device"}})
-def train_device(name: str, session: SessionDep, store: StoreDep, predictions: PredictionsDep,
-                 jobs: JobsDep) -> JobPublic:
-    """Refit the device's overhead, retrain its per-op-type regressors in the background; poll /api/jobs/{job_id}."""
-    get_device(session, name)
-    job = jobs.submit("train", name, lambda: _train(store, predictions, name))
-    return JobPublic(job_id=job.job_id, kind=job.kind, device=job.device, status="queued",
-                     created_at=job.created_at)
+def train_device(name: str, session: SessionDep) -> JobPublic:
+    """Queue a refit of the device's overhead and a retraining of its per-op-type regressors; poll /api/jobs/{job_id}.
+
+    A `latpred worker` process runs it (`latpred serve` starts one unless told not to).
+    """
+    job = submit_job(session, "train", get_device(session, name))
+    session.commit()
+    logger.info("queued job %s: train %r", job.job_id, name)
+    return job_public(job)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses={404: {"description": "unknown job"}})
-def read_job(job_id: str, jobs: JobsDep) -> JobPublic:
+def read_job(session: SessionDep, job_id: str = JobId) -> JobPublic:
     """A job's state: queued, running, finished (with its result) or failed (with its error)."""
-    job = jobs.get(job_id)
+    job = get_job(session, job_id)
     if job is None:
-        raise HTTPException(status_code=status.HTTP_404_NOT_FOUND,
-                            detail=f"unknown job {job_id!r} (jobs live in the worker that started them)")
-    return _public(job)
+        raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"unknown job {job_id!r}")
+    return job_public(job)

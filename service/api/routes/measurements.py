@@ -11,22 +11,19 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from predictor.features import features_matrix
 from predictor.kernels import KernelKey
 from predictor.store import (
-    Device,
-    Measurement,
     MeasurementIn,
     add_measurements,
+    count_measurements,
     find_measurement_conflicts,
     get_device,
     get_run,
     iter_measurements,
 )
-from service.api.deps import PredictionsDep, ReadAccess, SessionDep, WriteAccess
+from service.api.deps import ReadAccess, SessionDep, WriteAccess
 from service.api.schemas import (
     KernelKeyCreate,
     MeasurementConflictPublic,
@@ -87,8 +84,7 @@ def _measurement_in(index: int, row: MeasurementCreate) -> MeasurementIn:
 @router.post("", response_model=MeasurementsInserted, dependencies=[WriteAccess],
              responses={404: {"description": "unknown device"}, 409: {"description": "the run is finished or killed"},
                         422: {"description": "a bad row; nothing written"}})
-def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep,
-                        predictions: PredictionsDep) -> MeasurementsInserted:
+def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep) -> MeasurementsInserted:
     """Append a batch of one run; idempotent per (run_id, key). Any bad row rejects the whole batch.
 
     A row repeating a stored (run, key) with another median is not stored: the answer counts such conflicts and
@@ -107,9 +103,9 @@ def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep
                             detail=f"run {body.run_id!r} is {run.status}: it takes no new measurements; "
                                    "upload them under a new run id")
     conflicts = find_measurement_conflicts(session, device, body.run_id, rows)
+    # The device's aggregates were updated with the rows (predictor.store.aggregates): every process's cached
+    # predictor takes them in before its next answer.
     session.commit()
-    if inserted:
-        predictions.mark_stale(name)
     if conflicts:
         first = conflicts[0]
         logger.warning("run %r on device %r: %d measurement(s) conflict with stored ones, first %s (%s): stored "
@@ -118,15 +114,6 @@ def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep
     return MeasurementsInserted(
         inserted=inserted, duplicates=len(rows) - inserted, conflicts=len(conflicts),
         first_conflict=MeasurementConflictPublic(**dataclasses.asdict(conflicts[0])) if conflicts else None)
-
-
-def _count(session: Session, device: Device, op_type: str | None, bits: int | None) -> int:
-    statement = select(func.count(Measurement.id)).where(Measurement.device_id == device.id)
-    if op_type is not None:
-        statement = statement.where(Measurement.op_type == op_type)
-    if bits is not None:
-        statement = statement.where(Measurement.bits == bits)
-    return int(session.scalar(statement) or 0)
 
 
 def _text_cell(text: str) -> str:
@@ -155,13 +142,25 @@ def read_measurements(
     bits: Annotated[int | None, Query(ge=1, le=_MAX_BITS)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=_MAX_OFFSET)] = 0,
+    after: Annotated[int | None, Query(ge=0, le=_MAX_OFFSET,
+                                       description="the previous page's next_after: rows after it (keyset page)")
+                     ] = None,
     format: Literal["json", "csv"] = "json",  # noqa: A002 - the query parameter's public name
 ) -> MeasurementsPublic | Response:
-    """One page of the device's table in insertion order, optionally filtered by op type and bits."""
+    """One page of the device's table in insertion order, optionally filtered by op type and bits.
+
+    Page with `after` (each answer's next_after; a CSV answer's X-Next-After header): every page costs the same
+    however deep into a large table it is. `offset` still works, but reads every row it skips.
+    """
     device = get_device(session, name)
-    rows = [MeasurementPublic.model_validate(m)
-            for m in iter_measurements(session, device, op_type=op_type, bits=bits, limit=limit, offset=offset)]
+    measurements = list(iter_measurements(session, device, op_type=op_type, bits=bits, limit=limit, offset=offset,
+                                          after_id=after))
+    next_after = measurements[-1].id if len(measurements) == limit else None
+    rows = [MeasurementPublic.model_validate(m) for m in measurements]
     if format == "csv":
-        return Response(_csv(rows), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{device.id}-measurements.csv"'})
-    return MeasurementsPublic(data=rows, count=_count(session, device, op_type, bits), limit=limit, offset=offset)
+        headers = {"Content-Disposition": f'attachment; filename="{device.id}-measurements.csv"'}
+        if next_after is not None:
+            headers["X-Next-After"] = str(next_after)
+        return Response(_csv(rows), media_type="text/csv", headers=headers)
+    return MeasurementsPublic(data=rows, count=count_measurements(session, device, op_type, bits), limit=limit,
+                              offset=offset, next_after=next_after)

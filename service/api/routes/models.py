@@ -13,8 +13,8 @@ from predictor.graph import load_model, model_inputs, set_input_shapes
 from predictor.kernels import Kernel, extract_kernels
 from predictor.runtime import local_runtime
 from predictor.store import get_stored_model, list_stored_models, save_stored_model
-from service.api.deps import ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
-from service.api.predictions import model_path
+from service.api.deps import ModelStoreDep, ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
+from service.api.model_store import ModelStore
 from service.api.schemas import ModelPublic, ModelsPublic, ModelSummaryPublic
 from service.api.uploads import (
     BadUploadError,
@@ -25,7 +25,6 @@ from service.api.uploads import (
     parse_input_shapes_field,
     read_model_upload,
     upload_id,
-    write_atomically,
 )
 from service.context import Store
 from service.settings import Settings
@@ -75,20 +74,21 @@ def _kernels_document(kernels: list[Kernel], max_mb: float) -> list[dict[str, An
 
 
 def _store_model(
-    store: Store, settings: Settings, upload: UploadedModel, shapes: dict[str, list[int]], model_id: str,
+    store: Store, settings: Settings, model_store: ModelStore, upload: UploadedModel, shapes: dict[str, list[int]],
+    model_id: str,
 ) -> tuple[ModelPublic, bool]:
-    """Parse, extract the base kernels, keep the file and the row; (model, created).
+    """Parse, extract the base kernels, keep the bytes and the row; (model, created).
 
-    Every check runs before anything is written; the row and the file are written together: a failed
-    upload leaves neither (a file written for a row whose commit failed is removed again).
+    Every check runs before anything is written; the row and the bytes are written together (in one
+    transaction where the bytes are kept in the store): a failed upload leaves neither.
     """
-    path = model_path(settings.models_dir, model_id)
     with store.sessions() as session:
         existing = get_stored_model(session, model_id)
         if existing is not None and existing.kernels is not None:
-            # Same bytes as before: nothing to parse. Restore the file if someone removed it.
-            if not path.is_file():
-                write_atomically(path, upload.data)
+            # Same bytes as before: nothing to parse. Keep them again if they went missing.
+            if not model_store.has(session, model_id):
+                model_store.write(session, model_id, upload.data)
+                session.commit()
             return ModelPublic.model_validate(existing), False
     model = load_model(upload.data)
     check_model_size(model, settings.max_model_nodes)
@@ -106,13 +106,13 @@ def _store_model(
             kernels=kernels,
         )
         public = ModelPublic.model_validate(stored)
-        had_file = path.is_file()
-        write_atomically(path, upload.data)
+        had_bytes = model_store.has(session, model_id)
+        model_store.write(session, model_id, upload.data)
         try:
             session.commit()
         except BaseException:
-            if not had_file:
-                path.unlink(missing_ok=True)
+            if not had_bytes:
+                model_store.discard(model_id)
             raise
     logger.info("stored model %s (%s, %d bytes, %d kernels)", model_id[:12], public.name, public.size_bytes,
                 len(public.kernels))
@@ -124,7 +124,8 @@ def _store_model(
              responses={200: {"description": "these bytes were uploaded before", "model": ModelPublic},
                         413: {"description": "larger than LATPRED_MAX_UPLOAD_MB"},
                         422: {"description": "not a loadable ONNX model, external data, or over the node limit"}})
-async def upload_model(request: Request, response: Response, settings: SettingsDep, store: StoreDep) -> ModelPublic:
+async def upload_model(request: Request, response: Response, settings: SettingsDep, store: StoreDep,
+                       model_store: ModelStoreDep) -> ModelPublic:
     """Upload an ONNX file (multipart field `file`); its id is the sha256 of the bytes (and of `input_shapes`)."""
     try:
         upload = await read_model_upload(request, settings.max_upload_mb)
@@ -133,7 +134,7 @@ async def upload_model(request: Request, response: Response, settings: SettingsD
     except BadUploadError as exc:
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
     shapes = parse_input_shapes_field(upload.input_shapes)
-    public, created = await run_in_threadpool(_store_model, store, settings, upload, shapes,
+    public, created = await run_in_threadpool(_store_model, store, settings, model_store, upload, shapes,
                                               upload_id(upload.data, shapes))
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 
 from predictor.store import RunClosedError, finish_run, get_device, list_runs, start_run
-from service.api.deps import PredictionsDep, ReadAccess, SessionDep, SettingsDep, WriteAccess
+from service.api.deps import ReadAccess, SessionDep, SettingsDep, WriteAccess
 from service.api.schemas import RunCreate, RunFinish, RunPublic
 
 __all__ = ["router"]
@@ -53,9 +53,8 @@ def _check_report_size(report: dict[str, Any] | None, max_kb: float) -> None:
             responses={404: {"description": "unknown device or run"},
                        409: {"description": "the run was finished or killed already, with another report"},
                        422: {"description": "the report is larger than LATPRED_MAX_RUN_REPORT_KB"}})
-def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep, settings: SettingsDep,
-               predictions: PredictionsDep) -> RunPublic:
-    """Finish or kill a run and attach its report (flat axes in it change predictions: cache dropped).
+def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep, settings: SettingsDep) -> RunPublic:
+    """Finish or kill a run and attach its report (flat axes in it change predictions: cached predictors re-read it).
 
     A finished or killed run is final: the same request again answers the run unchanged, another one is a 409.
     """
@@ -70,5 +69,4 @@ def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep, set
         raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     public = RunPublic.model_validate(run)
     session.commit()
-    predictions.invalidate_device(name)
     return public
