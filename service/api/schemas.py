@@ -438,5 +438,6 @@ class JobPublic(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     attempts: int = Field(default=0, description="times a worker started it (a job whose worker died runs again)")
+    worker: str | None = Field(default=None, description="the `latpred worker` (host:pid) that took it last")
     result: Any = None
     error: str | None = None

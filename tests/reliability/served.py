@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import select as sql_select
 
-from predictor.store import StoredModel, create_store_engine
+from predictor.store import ModelBlob, StoredModel, create_store_engine
 from service.server import server_process
 from tests.service.conftest import TOKEN
 
@@ -36,10 +36,15 @@ class Served:
     def client(self, token: bool = True, timeout_s: float = 120.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=AUTH if token else {}, timeout=timeout_s)
 
-    def model_files(self) -> set[str]:
-        """Ids of the model files in the data directory."""
-        folder = self.home / "models"
-        return {path.stem for path in folder.glob("*.onnx")} if folder.is_dir() else set()
+    def model_bytes(self) -> set[str]:
+        """Ids of the models whose bytes the server keeps (in the store; never a file on its own disk)."""
+        assert not (self.home / "models").exists(), "a model file was written to the server's disk"
+        engine = create_store_engine(self.store_url)
+        try:
+            with engine.connect() as connection:
+                return set(connection.execute(sql_select(ModelBlob.model_id)).scalars())
+        finally:
+            engine.dispose()
 
     def model_rows(self) -> set[str]:
         """Ids of the model rows in the store (complete or not), read from the database directly."""

@@ -359,27 +359,32 @@ def test_predict_while_a_batch_commits_during_the_predictor_load(client: TestCli
 
     import predictor.estimate as estimate_module
 
-    real_iter_measured_medians = estimate_module.iter_measured_medians
+    real_read = estimate_module.read_measured_rows
     raced = {"done": False}
 
-    def read_while_another_agent_commits(session: Any, device: Any, *args: Any, **kwargs: Any) -> Any:
-        for index, row in enumerate(real_iter_measured_medians(session, device, *args, **kwargs)):
-            if index == 0 and not raced["done"]:
-                raced["done"] = True
-                late = client.post(f"/api/devices/{DEVICE}/measurements", headers=AUTH,
-                                   json={"run_id": "late", "measurements": [measurement_row(gemm_key(999))]})
-                assert late.status_code == 200, late.text
-            yield row
+    def read_while_another_agent_commits(session: Any, device_id: int, *args: Any, **kwargs: Any) -> Any:
+        if not raced["done"]:
+            raced["done"] = True
+            late = client.post(f"/api/devices/{DEVICE}/measurements", headers=AUTH,
+                               json={"run_id": "late", "measurements": [measurement_row(gemm_key(999))]})
+            assert late.status_code == 200, late.text
+        return real_read(session, device_id, *args, **kwargs)
 
-    # The predictor reads its table once; a batch committed meanwhile is in the next load, not an error now.
-    # The load runs where a prediction worker runs it (service.api.predictions), here in this process so the
-    # race can be staged.
-    monkeypatch.setattr(estimate_module, "iter_measured_medians", read_while_another_agent_commits)
+    # The predictor reads its version, then its table; a batch committed between the two is in the table read or
+    # the next update, never an error. The load runs where a prediction worker runs it
+    # (service.api.predictions), here in this process so the race can be staged.
+    monkeypatch.setattr(estimate_module, "read_measured_rows", read_while_another_agent_commits)
     store = open_store(settings)
+    cache = PredictionCache(open_model_store(settings), refresh_wait_s=60.0)
+    question = {"device": DEVICE, "model_id": uploaded.json()["id"]}
     try:
-        answer = answer_question("predict", {"device": DEVICE, "model_id": uploaded.json()["id"]}, store,
-                                 PredictionCache(open_model_store(settings)))
+        answer = answer_question("predict", question, store, cache)
+        again = answer_question("predict", question, store, cache)
+        _, predictor = cache.device_predictor(store, DEVICE)
     finally:
+        cache.close()
         store.close()
+    assert predictor.measurement_count == len(rows) + 1, "the late batch is in the predictor"
+    assert again["latency_ms"] == answer["latency_ms"]
     assert raced["done"]
     assert answer["latency_ms"] > 0 and answer["table_hit_rate"] == 1.0

@@ -83,7 +83,7 @@ def upload(server: Served, data: bytes, name: str = "m.onnx") -> Any:
 
 
 def assert_files_match_rows(server: Served) -> None:
-    assert server.model_files() == server.model_rows(), "every model file has its row and every row its file"
+    assert server.model_bytes() == server.model_rows(), "every model's bytes have its row and every row its bytes"
 
 
 # --- 1. nothing is read through a model ------------------------------------------------------------------------
@@ -162,11 +162,11 @@ def _nul_named_model() -> bytes:
     b"\x08" * 100,
 ], ids=["truncated", "nul-in-a-name", "garbage"])
 def test_failed_uploads_leave_no_file_and_no_row(server: Served, data: bytes) -> None:
-    files, rows = server.model_files(), server.model_rows()
+    files, rows = server.model_bytes(), server.model_rows()
     response = upload(server, data)
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["detail"] and "\n" not in response.json()["detail"]
-    assert (server.model_files(), server.model_rows()) == (files, rows)
+    assert (server.model_bytes(), server.model_rows()) == (files, rows)
 
 
 # --- 4. no unauthenticated denial of service -----------------------------------------------------------------------

@@ -161,3 +161,33 @@ def test_pages_filters_and_csv(api: TestClient, device: str) -> None:
     assert [float(r["median_ms"]) for r in table] == [m["median_ms"] for m in json_page]
     assert [json.loads(r["key"]) for r in table] == [m["key"] for m in json_page]
     assert {"run_id", "key_hash", "op_type", "bits", "p10_ms", "p90_ms", "repeats"} <= set(table[0])
+
+
+def test_keyset_pages_walk_a_table_in_insertion_order(api: TestClient, device: str) -> None:
+    """`after` with each page's next_after walks the table as offset does, filtered or not; the count is the total."""
+    rows = [row(gemm_key(8 * (i + 1)), 0.01 * (i + 1)) for i in range(11)] + [row(conv_key(8 * (i + 1)))
+                                                                               for i in range(4)]
+    assert post(api, device, rows).json()["inserted"] == 15
+    url = f"/api/devices/{device}/measurements"
+    everything = [m["key_hash"] for m in api.get(url, params={"limit": 100}).json()["data"]]
+    walked: list[str] = []
+    params: dict[str, Any] = {"limit": 4}
+    while True:
+        page = api.get(url, params=params).json()
+        assert page["count"] == 15
+        walked += [m["key_hash"] for m in page["data"]]
+        if page["next_after"] is None:
+            break
+        params["after"] = page["next_after"]
+    assert walked == everything and len(walked) == 15
+    first = api.get(url, params={"op_type": "Gemm", "limit": 5}).json()
+    second = api.get(url, params={"op_type": "Gemm", "limit": 5, "after": first["next_after"]}).json()
+    last = api.get(url, params={"op_type": "Gemm", "limit": 5, "after": second["next_after"]}).json()
+    assert [len(p["data"]) for p in (first, second, last)] == [5, 5, 1] and last["next_after"] is None
+    by_offset = api.get(url, params={"op_type": "Gemm", "limit": 100}).json()["data"]
+    assert [m["key_hash"] for p in (first, second, last) for m in p["data"]] == [m["key_hash"] for m in by_offset]
+    assert sorted(m["median_ms"] for m in by_offset) == pytest.approx([0.01 * (i + 1) for i in range(11)])
+    assert first["count"] == 11
+    csv_page = api.get(url, params={"format": "csv", "limit": 3})
+    assert csv_page.headers["x-next-after"] == str(api.get(url, params={"limit": 3}).json()["next_after"])
+    assert api.get(url, params={"after": -1}).status_code == 422

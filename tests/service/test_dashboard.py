@@ -278,3 +278,32 @@ def test_chart_library_is_served_from_the_app(dash: TestClient) -> None:
 ])
 def test_op_family_groups_runtime_variants(op_type: str, family: str) -> None:
     assert op_family(op_type) == family
+
+
+def test_large_tables_are_charted_from_a_sample_of_whole_shapes(dash_settings: Settings, store_engine: Engine,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_CHART_KERNELS the charts read a sample of shapes, every kernel of each: pairs stay pairs, the
+    counts stay the device's."""
+    with session_scope(session_factory(store_engine)) as session:
+        device = register_device(session, name="big-cpu", backend="onnxruntime",
+                                 execution_provider="CPUExecutionProvider", runtime_version="1.20.1", threads=1,
+                                 host="test host")
+        rows = []
+        for cin in range(8, 208):  # 200 shapes, each in fp32 (2 ms) and int8 (1 ms)
+            rows += [row(conv_key(cin), 2.0), row(conv_key(cin, "QLinearConv", bits=8), 1.0)]
+        add_measurements(session, device, "run-big", rows)
+    monkeypatch.setattr("service.dashboard.routes.MAX_CHART_KERNELS", 100)
+    with TestClient(create_app(dash_settings)) as client:
+        data = client.get("/api/dashboard/devices/big-cpu/charts").json()
+        page = client.get("/devices/big-cpu").text
+    assert data["kernels"] == 400 and data["sample_share"] == pytest.approx(0.25)
+    assert data["latency_vs_macs"]["total"] == 400
+    shown = data["latency_vs_macs"]["shown"]
+    assert 40 <= shown <= 160, "about a quarter of the kernels"
+    bits = {(r["family"], r["bits"]): r for r in data["bits"]}
+    assert bits[("Conv", 8)]["speedup"] == pytest.approx(2.0)
+    assert bits[("Conv", 8)]["pairs"] == bits[("Conv", 8)]["kernels"] == shown // 2, "every int8 kernel paired"
+    assert "400 distinct kernels" in page  # the page's counts are the whole table's
+    coverage = page[page.index('id="coverage"'):page.index("</table>", page.index('id="coverage"'))]
+    qlinear = coverage[coverage.index("<code>QLinearConv</code>"):]
+    assert "<td>200</td>" in qlinear[:qlinear.index("</tr>")]
