@@ -49,7 +49,8 @@ KERNEL_PROFILE_VERSION = 1
 # The kinds of model a device's runtime may build differently, each with the probes that show it: a probe model and
 # the config that compresses it. A model (with its config) needs the kinds its layers are of (categories_of).
 _PROBES: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "fp32": [("cnn.onnx", {}), ("bert.onnx", {}), ("gpt2.onnx", {})],
+    "fp32": [("cnn.onnx", {})],
+    "fp32_transformer": [("bert.onnx", {}), ("gpt2.onnx", {})],
     "int8_static_u8": [("cnn.onnx", {"default": {"bits": 8}}), ("bert.onnx", {"default": {"bits": 8}})],
     "int8_static_s8": [("cnn.onnx", {"default": {"bits": 8, "activation_type": "int8", "per_channel": False}})],
     "int8_dynamic": [("bert.onnx", {"default": {"bits": 8, "quantization": "dynamic"}})],
@@ -59,9 +60,13 @@ _PROBES: dict[str, list[tuple[str, dict[str, Any]]]] = {
 CATEGORIES = tuple(_PROBES)
 # Graph transformers a device's runtime may not run: the NCHWc layout exists on x86 only (onnxruntime's MLAS).
 _OPTIONAL_TRANSFORMERS: tuple[tuple[str, ...], ...] = ((), ("NchwcTransformer",))
-# CPU features that change which kernels onnxruntime builds or how they run.
-_ISA_FLAGS = re.compile(r"^(avx2|avx512f|avx512bw|avx512vl|avx512_vnni|avx512vnni|avx_vnni|amx_int8|amx_bf16|fma|"
-                        r"f16c|asimd|asimddp|asimdhp|i8mm|sve|sve2|bf16)$")
+# CPU features that change which kernels onnxruntime builds or how they run, by architecture (qemu-user shows an
+# emulated aarch64 process the host's /proc/cpuinfo: flags of another architecture are not the process's).
+_ISA_FLAGS = {
+    "x86_64": re.compile(r"^(avx2|avx512f|avx512bw|avx512vl|avx512_vnni|avx512vnni|avx_vnni|amx_int8|amx_bf16|fma|"
+                         r"f16c)$"),
+    "aarch64": re.compile(r"^(asimd|asimddp|asimdhp|i8mm|sve|sve2|bf16)$"),
+}
 
 
 class UnreproducibleKernelsError(LatpredError):
@@ -78,8 +83,9 @@ class KernelProfile:
     machine: str  # platform.machine(): x86_64, aarch64, ...
     isa: tuple[str, ...]  # CPU features that change kernels (avx2, avx512_vnni, asimd, i8mm, ...)
     nchwc_block: int  # onnxruntime's NCHWc channel block on this CPU (8, 16), 0 where it runs none
-    # Kernel key hashes of each probe as the device's runtime builds it, by category and probe.
-    probes: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # Each probe's kernels as the device's runtime builds them ([op type, key hash] in execution order), by
+    # category and probe.
+    probes: dict[str, dict[str, list[list[str]]]] = field(default_factory=dict)
     version: int = KERNEL_PROFILE_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +100,8 @@ class KernelProfile:
             raise ValueError(f"kernel profile version {data.get('version')!r}, expected {KERNEL_PROFILE_VERSION}: "
                              "profile the device again with this latpred")
         try:
-            probes = {str(category): {str(name): [str(h) for h in hashes] for name, hashes in entries.items()}
+            probes = {str(category): {str(name): [[str(op), str(h)] for op, h in kernels]
+                                      for name, kernels in entries.items()}
                       for category, entries in dict(data.get("probes") or {}).items()}
             return cls(backend=str(data["backend"]), runtime_version=str(data["runtime_version"]),
                        execution_provider=str(data["execution_provider"]), machine=str(data["machine"]),
@@ -105,22 +112,27 @@ class KernelProfile:
 
     def describe(self) -> str:
         """One line: the runtime and the CPU that decide the kernels."""
-        isa = ", ".join(self.isa) or "no SIMD features read"
+        isa = ", ".join(self.isa) or "CPU features not read"
         block = f"NCHWc block {self.nchwc_block}" if self.nchwc_block else "no NCHWc layout"
         return f"{self.backend} {self.runtime_version} on {self.machine} ({isa}; {block})"
 
 
 def cpu_features() -> tuple[str, ...]:
-    """The CPU features of this host that change kernels (from /proc/cpuinfo's flags or Features)."""
+    """The CPU features of this host that change kernels (from /proc/cpuinfo's flags or Features), for the
+    architecture this process runs as."""
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    pattern = _ISA_FLAGS.get(machine)
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
+        return ()
+    if pattern is None:
         return ()
     found: set[str] = set()
     for line in text.splitlines():
         name, _, value = line.partition(":")
         if name.strip() in ("flags", "Features"):
-            found.update(flag for flag in value.split() if _ISA_FLAGS.match(flag))
+            found.update(flag for flag in value.split() if pattern.match(flag))
     return tuple(sorted(found))
 
 
@@ -143,15 +155,15 @@ def _probe_model_bytes(probes_dir: Path, file: str, config_json: str) -> bytes:
 
 
 def probe_hashes(runtime: Any, categories: Iterable[str] = CATEGORIES,
-                 probes_dir: Path = DEFAULT_PROBES_DIR) -> dict[str, dict[str, list[str]]]:
-    """The kernel key hashes `runtime` builds for each probe of the categories, in execution order."""
+                 probes_dir: Path = DEFAULT_PROBES_DIR) -> dict[str, dict[str, list[list[str]]]]:
+    """The kernels `runtime` builds for each probe of the categories ([op type, key hash], in execution order)."""
     import json
 
     from predictor.kernels import extract_kernels
 
-    found: dict[str, dict[str, list[str]]] = {}
+    found: dict[str, dict[str, list[list[str]]]] = {}
     for category in categories:
-        entries: dict[str, list[str]] = {}
+        entries: dict[str, list[list[str]]] = {}
         for file, raw in _PROBES[category]:
             data = _probe_model_bytes(probes_dir, file, json.dumps(raw, sort_keys=True))
             try:
@@ -160,7 +172,7 @@ def probe_hashes(runtime: Any, categories: Iterable[str] = CATEGORIES,
                 logger.warning("probe %s/%s does not build on %s: %s", category, file, runtime, exc)
                 entries[file] = []
                 continue
-            entries[file] = [kernel.key.key_hash for kernel in kernels]
+            entries[file] = [[kernel.op_type, kernel.key.key_hash] for kernel in kernels]
         found[category] = entries
     return found
 
@@ -182,30 +194,42 @@ class DeviceKernels:
 
     device: str
     runtime: Any  # RuntimeSpec for extraction on this host
-    reproduced: frozenset[str]
-    differs: dict[str, str]
+    reproduced: frozenset[str]  # kinds whose probes come out the same, or differ only in `ops`
+    differs: dict[str, str]  # why a kind is not (or not wholly) reproduced
     profile: KernelProfile | None = None
     host: str = ""
+    # Per kind that is reproduced but for some kernels: the op types of the kernels its probes build otherwise
+    # there (a runtime version that fuses transposes into matmuls and one that does not): a model of that kind is
+    # built as the device builds it only without kernels of those op types.
+    ops: dict[str, frozenset[str]] = field(default_factory=dict)
 
-    def check(self, categories: Iterable[str]) -> None:
-        """Raise UnreproducibleKernelsError if a model needs a kind of kernel this host does not build as the
-        device does."""
+    def check(self, categories: Iterable[str], op_types: Iterable[str] = ()) -> None:
+        """Raise UnreproducibleKernelsError if a model (of these kinds, with kernels of these op types as this host
+        builds them) has kernels this host does not build as the device does."""
+        categories = list(categories)
         missing = [category for category in categories if category not in self.reproduced]
-        if not missing:
-            return
-        first = missing[0]
         device_runtime = self.profile.describe() if self.profile else "its runtime"
-        raise UnreproducibleKernelsError(
-            f"this model has {', '.join(_LABELS.get(c, c) for c in missing)} layers, which device {self.device} "
-            f"({device_runtime}) builds differently from this host ({self.host}): {self.differs.get(first, '')}. "
-            "predict it on a host whose runtime and CPU are the device's kind")
+        if missing:
+            first = missing[0]
+            raise UnreproducibleKernelsError(
+                f"this model has {', '.join(_LABELS.get(c, c) for c in missing)} layers, which device {self.device} "
+                f"({device_runtime}) builds differently from this host ({self.host}): {self.differs.get(first, '')};"
+                " predict it on a host whose runtime and CPU are the device's kind")
+        used = set(op_types)
+        for category in categories:
+            unlike = sorted(used & self.ops.get(category, frozenset()))
+            if unlike:
+                raise UnreproducibleKernelsError(
+                    f"this model's {', '.join(unlike)} kernels are built differently by device {self.device} "
+                    f"({device_runtime}) than by this host ({self.host}): {self.differs.get(category, '')}; predict "
+                    "it on a host whose runtime and CPU are the device's kind")
 
     def to_dict(self) -> dict[str, Any]:
         return {"runtime": self.runtime.to_dict(), "reproduced": sorted(self.reproduced), "differs": self.differs,
-                "host": self.host}
+                "ops": {category: sorted(ops) for category, ops in self.ops.items()}, "host": self.host}
 
 
-_LABELS = {"fp32": "float", "int8_static_u8": "static int8 (uint8 activations)",
+_LABELS = {"fp32": "float", "fp32_transformer": "float attention", "int8_static_u8": "static int8 (uint8 activations)",
            "int8_static_s8": "static int8 (int8 activations)", "int8_dynamic": "dynamic int8",
            "int4": "int4 weight-only", "fp16": "fp16"}
 
@@ -223,29 +247,43 @@ def reproduce_kernels(device: str, profile: KernelProfile, server_runtime: Any,
                   f"{server_runtime.backend} with {server_runtime.execution_provider}")
         return DeviceKernels(device, server_runtime, frozenset(), dict.fromkeys(CATEGORIES, reason), profile, host)
     best: DeviceKernels | None = None
+    best_score: tuple[bool, int, int] = (False, 0, 0)
     for disabled in _OPTIONAL_TRANSFORMERS:
         runtime = replace(server_runtime, disabled_optimizers=disabled)
         ours = probe_hashes(runtime, probes_dir=probes_dir)
-        reproduced, differs = set(), {}
+        reproduced, differs, unlike_ops = set(), {}, {}
         for category in CATEGORIES:
             theirs = profile.probes.get(category)
             if theirs is None:
                 differs[category] = "the device's agent reported no probe of this kind"
                 continue
-            mismatch = next((file for file in _PROBES[category] if Counter(ours[category].get(file[0], []))
-                             != Counter(theirs.get(file[0], []))), None)
-            if mismatch is None:
+            ops: set[str] = set()
+            reasons = []
+            for file, _ in _PROBES[category]:
+                there, here = theirs.get(file, []), ours[category].get(file, [])
+                if not there or not here:
+                    reasons.append(f"probe {file} does not build {'there' if not there else 'here'}")
+                    continue
+                only_there = Counter(h for _, h in there) - Counter(h for _, h in here)
+                only_here = Counter(h for _, h in here) - Counter(h for _, h in there)
+                if only_there or only_here:
+                    ops.update(op for op, h in there if h in only_there)
+                    ops.update(op for op, h in here if h in only_here)
+                    reasons.append(f"probe {file} ({_LABELS.get(category, category)}) runs as {len(there)} kernels "
+                                   f"there and {len(here)} here, {sum(only_there.values())} of them unlike any "
+                                   f"here ({', '.join(sorted(ops))})")
+            if not reasons:
                 reproduced.add(category)
+            elif ops and all("does not build" not in r for r in reasons):
+                reproduced.add(category)  # but for kernels of the op types that differ
+                unlike_ops[category] = frozenset(ops)
+                differs[category] = "; ".join(reasons)
             else:
-                file = mismatch[0]
-                differs[category] = (f"probe {file} ({_LABELS.get(category, category)}) runs as "
-                                     f"{len(theirs.get(file, []))} kernels there and {len(ours[category][file])} here, "
-                                     f"{len(set(theirs.get(file, [])) - set(ours[category][file]))} of them unlike "
-                                     f"any here")
-        candidate = DeviceKernels(device, runtime, frozenset(reproduced), differs, profile, host)
-        if best is None or (("fp32" in candidate.reproduced, len(candidate.reproduced))
-                            > ("fp32" in best.reproduced, len(best.reproduced))):
-            best = candidate
+                differs[category] = "; ".join(reasons)
+        candidate = DeviceKernels(device, runtime, frozenset(reproduced), differs, profile, host, unlike_ops)
+        score = ("fp32" in candidate.reproduced, len(candidate.reproduced), -sum(map(len, unlike_ops.values())))
+        if best is None or score > best_score:
+            best, best_score = candidate, score
     assert best is not None
     logger.info("device %s: kernels reproduced here for %s", device, ", ".join(sorted(best.reproduced)) or "none")
     return best
@@ -254,11 +292,17 @@ def reproduce_kernels(device: str, profile: KernelProfile, server_runtime: Any,
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
 
 
+_ATTENTION_OPS = {"Softmax", "LayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization"}
+
+
 def categories_of(model: onnx.ModelProto, config: CompressionConfig | None = None) -> set[str]:
-    """The kinds of kernel a model (compressed by `config`) needs: its own quantized layers and the config's."""
+    """The kinds of kernel a model (compressed by `config`) needs: float layers (and attention blocks), its own
+    quantized layers and the config's."""
     found = {"fp32"}
     initializers = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:
+        if node.op_type in _ATTENTION_OPS:
+            found.add("fp32_transformer")
         if node.op_type in _QDQ:
             zero_point = initializers.get(node.input[2]) if len(node.input) > 2 else None
             signed = zero_point is not None and zero_point.data_type == onnx.TensorProto.INT8

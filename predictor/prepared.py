@@ -166,6 +166,8 @@ def predict_config(predictor: DevicePredictor, prepared: PreparedModel,
     if predictor.device_kernels is not None:
         predictor.device_kernels.check(categories_of(prepared.model, config))
     kernels = prepared.kernels(config)
+    if predictor.device_kernels is not None:
+        predictor.device_kernels.check(categories_of(prepared.model, config), {k.op_type for k in kernels})
     estimate = predictor.estimate(kernels)
     warnings = prepared.config_warnings(config, kernels)
     return replace(estimate, warnings=[*warnings, *estimate.warnings]) if warnings else estimate
@@ -189,6 +191,9 @@ def rank_candidates(
             predictor.device_kernels.check(categories_of(prepared.model, config))
     # Ranking needs each candidate's totals only: keys go in, no per-kernel breakdown comes out.
     key_lists = [prepared.fast_keys(c) if fast else [k.key for k in prepared.kernels(c)] for c in configs]
+    if predictor.device_kernels is not None:
+        for config, keys in zip(configs, key_lists, strict=True):
+            predictor.device_kernels.check(categories_of(prepared.model, config), {key.op_type for key in keys})
     config_warnings = [prepared.config_warnings(c) for c in configs]
     baseline_keys = [k.key for k in prepared.kernels()]
     baseline, *estimates = predictor.summarize_many([baseline_keys, *key_lists])

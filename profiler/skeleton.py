@@ -18,6 +18,8 @@ __all__ = ["load_skeleton", "materialize_skeleton", "model_to_skeleton"]
 
 # Initializers this small (shape vectors, scalars, axes) keep their exact values.
 _EXACT_VALUES_MAX = 64
+# Float initializers with at most this many distinct values (masks, constants) keep them, and their shares.
+_FEW_VALUES = 8
 
 
 def model_to_skeleton(model: onnx.ModelProto, name: str) -> dict[str, Any]:
@@ -29,11 +31,15 @@ def model_to_skeleton(model: onnx.ModelProto, name: str) -> dict[str, Any]:
         if array.size <= _EXACT_VALUES_MAX or not np.issubdtype(array.dtype, np.floating):
             entry["values"] = array.reshape(-1).tolist()
         else:
-            # Masks hold the float minimum or infinities: their statistics are of their finite values.
-            finite = array[np.isfinite(array)].astype(np.float64)
-            entry["mean"] = float(finite.mean()) if finite.size else 0.0
-            entry["std"] = float(finite.std()) if finite.size else 0.0
-            entry["positive"] = bool(finite.size and finite.min() > 0)
+            distinct, counts = np.unique(array, return_counts=True)
+            if distinct.size <= _FEW_VALUES:
+                # A mask or a constant (0 and the float minimum, say): its values as they are, in their shares.
+                entry["choices"] = [float(v) for v in distinct]
+                entry["shares"] = [float(c) / array.size for c in counts]
+            else:
+                entry["mean"] = float(array.astype(np.float64).mean())
+                entry["std"] = float(array.astype(np.float64).std())
+                entry["positive"] = bool(array.min() > 0)
         initializers[init.name] = entry
 
     def value_info(values: Any) -> list[dict[str, Any]]:
@@ -91,6 +97,8 @@ def materialize_skeleton(skeleton: dict[str, Any], seed: int = 0,
         shape = entry["shape"]
         if "values" in entry:
             array = np.array(entry["values"], dtype=entry["dtype"]).reshape(shape)
+        elif "choices" in entry:
+            array = rng.choice(np.array(entry["choices"], dtype=entry["dtype"]), size=shape, p=entry["shares"])
         else:
             array = rng.standard_normal(shape, dtype=np.float32)
             array *= entry["std"]

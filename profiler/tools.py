@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +60,26 @@ def quantize_static_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxruntime's `quantize_static` with its defaults, on the model as it stands (no pre-processing)."""
     from onnxruntime.quantization import quantize_static
 
-    with tempfile.TemporaryDirectory(prefix="latpred-tool-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="latpred-tool-") as tmp, _quantizer_advice_off():
         source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, source)
         quantize_static(str(source), str(target), _RandomInputs(model))
         quantized = onnx.load(str(target))
     quantized.ir_version = model.ir_version
     return quantized
+
+
+@contextmanager
+def _quantizer_advice_off() -> Iterator[None]:
+    """The quantizer logs advice for its user on the root logger (pre-process first, biases it cannot quantize):
+    the profiler applies it as that user did, so the advice is not news to anyone reading the profile."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 TOOLS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {

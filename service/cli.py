@@ -247,7 +247,6 @@ def profile(
     from profiler.calibration import calibrate_by_default
     from profiler.plan import default_plan, model_plan
     from profiler.progress import progress_reporter
-    from profiler.refine import AdaptiveRefinement
     from profiler.runner import ProfileRunner
     from profiler.sinks import HttpSink, StoreSink
 
@@ -263,6 +262,8 @@ def profile(
         items: Any = model_plan(model, for_model.stem, candidates)
         observer = None
     elif refinement:
+        from profiler.refine import AdaptiveRefinement  # LightGBM: only where refinement fits regressors
+
         observer = AdaptiveRefinement()
         items = default_plan(then=observer.items())
     else:
@@ -393,6 +394,8 @@ def kernels(
         where = f"device {device}" + (f", built here without {', '.join(runtime.disabled_optimizers)}"
                                       if runtime.disabled_optimizers else "")
     found = PreparedModel.create(onnx_model, runtime).kernels(compression)
+    if device is not None:
+        built.check(categories_of(onnx_model, compression), {k.op_type for k in found})
     if as_json:
         emit_json({"model": str(model), "device": device, "runtime": runtime.to_dict(),
                    "config": compression.model_dump(exclude_none=True),
