@@ -70,10 +70,13 @@ class _DriftingBackend(OnnxRuntimeBackend):
         return replace(timing, reference_ms=2.0) if (self.paired if paired is None else paired) else timing
 
 
-@pytest.mark.parametrize(("threads", "paired", "expected_factor"),
-                         [(1, False, 1.0), (2, False, 0.5), (1, True, 0.5), (2, True, 0.5)])
+@pytest.mark.parametrize(("threads", "paired", "expected_factor", "expected_baseline"),
+                         [(1, False, 1.0, None), (2, False, 0.5, 1.0), (1, True, 1.0, 2.0), (2, True, 1.0, 2.0)])
 def test_drift_is_reported_and_paired_or_wall_time_runs_are_scaled(
-        store_engine: Engine, threads: int, paired: bool, expected_factor: float) -> None:
+        store_engine: Engine, threads: int, paired: bool, expected_factor: float,
+        expected_baseline: float | None) -> None:
+    """Unpaired wall-time runs are scaled to the reference timed at the start; a device's first paired run takes its
+    baseline as its items see the reference (here 2 ms, where it read 1 ms on its own at the start)."""
     runtime = OnnxRuntimeBackend(threads=threads).runtime()
     with session_scope(session_factory(store_engine)) as session:
         register_device(session, name="drift", backend=runtime.backend, execution_provider=runtime.execution_provider,
@@ -89,7 +92,45 @@ def test_drift_is_reported_and_paired_or_wall_time_runs_are_scaled(
     with session_factory(store_engine)() as session:
         predictor = DevicePredictor.load(session, get_device(session, "drift"))
     # Validation scales measurements only against a table that was scaled, to the table's baseline.
-    assert predictor.reference_ms == (None if expected_factor == 1.0 else pytest.approx(1.0))
+    assert predictor.reference_ms == (None if expected_baseline is None else pytest.approx(expected_baseline))
+
+
+class _SteppingBackend(OnnxRuntimeBackend):
+    """The real backend, except that items' paired reference runs read 2, 2, 3 ms, then 4 ms (it read 1 ms alone)."""
+
+    def __init__(self) -> None:
+        super().__init__(threads=1, paired=True)
+        self.items = 0
+
+    def measure_model(self, model: onnx.ModelProto, protocol: MeasureProtocol, paired: bool | None = None,
+                      reference: str | None = None) -> Timing:
+        if model.graph.name == reference_model().graph.name:
+            return Timing(median_ms=1.0, p10_ms=1.0, p90_ms=1.0, repeats=10)
+        timing = super().measure_model(model, protocol, paired=False)
+        if paired is False:
+            return timing
+        self.items += 1
+        return replace(timing, reference_ms=[2.0, 2.0, 3.0, 4.0][min(self.items, 4) - 1])
+
+
+def test_a_first_run_takes_its_baseline_from_its_first_items(store_engine: Engine) -> None:
+    runtime = OnnxRuntimeBackend(threads=1).runtime()
+    with session_scope(session_factory(store_engine)) as session:
+        register_device(session, name="steps", backend=runtime.backend,
+                        execution_provider=runtime.execution_provider, runtime_version=runtime.runtime_version,
+                        threads=1, host=describe_host())
+    items = [replace(item, label=f"{item.label}-{i}") for i, item in
+             enumerate(model_plan(factories.conv_bn_relu_model(), "block", []) * 4)]
+    sink = StoreSink(session_factory(store_engine), "steps")
+    report = ProfileRunner("steps", _SteppingBackend(), sink, _FIVE_RUNS).run(items, budget_minutes=5)
+    # Baseline: the median of the first three items' references (2, 2, 3 ms); the fourth (4 ms) is scaled to it.
+    assert report.baseline_references["fp32"] == pytest.approx(2.0)
+    expected = [pytest.approx(factor, abs=1e-4) for factor in (1.0, 1.0, 2 / 3, 0.5)]
+    assert [e["compensation"] for e in report.end_to_end] == expected
+    with session_factory(store_engine)() as session:
+        predictor = DevicePredictor.load(session, get_device(session, "steps"))
+    assert predictor.reference_ms == pytest.approx(2.0)
+    assert predictor.measurement_count > 0  # the items that waited for the baseline were written
 
 
 class _SlowingHost:
