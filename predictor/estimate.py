@@ -47,6 +47,8 @@ _FALLBACK_INTERVAL = 0.5
 _UNRELIABLE_FALLBACK_SHARE = 0.1
 # Memoized keys per loaded predictor: bounded memory (predictor.memo).
 _MEMO_ENTRIES = 50_000
+# Measured kernels the bandwidth fallback is fitted on at most (an even sample of larger tables).
+_FALLBACK_FIT_ROWS = 200_000
 # A kernel's latency, interval (low, high) and source, as its KernelEstimate states them.
 _Value = tuple[float, float, float, str]
 
@@ -277,7 +279,12 @@ class DevicePredictor:
         if state.context is not None:
             target = medians / _measured_context_factors(state.context, rows, bytes_moved, macs, described,
                                                          state.reports)
-        fallback = _fit_bandwidth(np.column_stack([bytes_moved[described], macs[described]]), target[described])
+        fitted = np.flatnonzero(described)
+        if len(fitted) > _FALLBACK_FIT_ROWS:
+            # Evenly spread over the rows' digest order (random with respect to the kernels): three coefficients
+            # are fitted as well from this many rows as from millions, and a refresh of a big table stays cheap.
+            fitted = fitted[np.linspace(0, len(fitted) - 1, _FALLBACK_FIT_ROWS).astype(np.int64)]
+        fallback = _fit_bandwidth(np.column_stack([bytes_moved[fitted], macs[fitted]]), target[fitted])
         predictor = cls(
             device=name,
             table=MeasuredTable.from_rows(rows, target),

@@ -22,12 +22,14 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import Table, and_, bindparam, case, func, select, text, update
+from sqlalchemy import String, Table, and_, any_, bindparam, case, func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from predictor.store.models import Device, MeasuredKernel, Measurement, MeasurementTally
-from predictor.store.summary import summarize_keys
-from predictor.store.upsert import dialect_insert
+from predictor.store.summary import KernelSummary, summarize_keys
+from predictor.store.upsert import dialect_insert, insert_new_rows
 from predictor.table import DIGEST_DTYPE, MeasuredRows, digest_of
 
 __all__ = [
@@ -50,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 # Key hashes per IN (...) list: well below SQLite's bound-parameter limit.
 _IN_CHUNK = 500
-_INSERT_CHUNK_ROWS = 500
 # Rows per fetch when reading measured kernels row by row (SQLite).
 _FETCH_ROWS = 50_000
 # Above this many kernels, PostgreSQL sends a device's table in 16 parts (by the key hash's first digit).
@@ -64,6 +65,7 @@ class _NewRow(Protocol):
     op_type: str
     bits: int
     median_ms: float
+    summary: KernelSummary | None
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def _table(model: type[Any]) -> Table:
 _VERSION_COLUMNS = (Device.id, Device.created_at, Device.table_seq, Device.state_version)
 
 
-def read_table_version(session: Session, device_name: str) -> TableVersion | None:
+def read_table_version(session: Session | Connection, device_name: str) -> TableVersion | None:
     """The device's identity, table sequence and state version; None when no device has that name."""
     row = session.execute(select(*_VERSION_COLUMNS).where(Device.name == device_name)).one_or_none()
     return None if row is None else TableVersion(int(row[0]), row[1], int(row[2]), int(row[3]))
@@ -119,6 +121,21 @@ def bump_state_version(session: Session, device_id: int) -> None:
                     .values(state_version=_table(Device).c.state_version + 1))
 
 
+def _run_medians(session: Session, device_id: int, hashes: Sequence[str]) -> dict[str, list[float]]:
+    """Every run's median of each key (rows of the device's measurements)."""
+    medians: dict[str, list[float]] = {}
+    postgres = session.get_bind().dialect.name == "postgresql"
+    # PostgreSQL: one array parameter (a statement text psycopg has seen before), not a list of 500 placeholders.
+    chunks = [hashes] if postgres else list(_chunks(hashes))
+    for chunk in chunks:
+        matching = (Measurement.key_hash == any_(literal(list(chunk), ARRAY(String))) if postgres
+                    else Measurement.key_hash.in_(chunk))
+        for key_hash, median_ms in session.execute(select(Measurement.key_hash, Measurement.median_ms).where(
+                Measurement.device_id == device_id, matching)):
+            medians.setdefault(key_hash, []).append(float(median_ms))
+    return medians
+
+
 def record_measurements(session: Session, device_id: int, rows: Sequence[_NewRow]) -> None:
     """Fold newly inserted measurement rows (at most one per key) into the device's aggregates.
 
@@ -127,31 +144,16 @@ def record_measurements(session: Session, device_id: int, rows: Sequence[_NewRow
     """
     if not rows:
         return
+    rows = sorted(rows, key=lambda row: row.key_hash)
+    # The work per key before the device's row lock: concurrent uploads to the device wait only for SQL.
+    missing = [row for row in rows if row.summary is None]
+    computed = dict(zip((row.key_hash for row in missing), summarize_keys([row.key for row in missing]), strict=True))
+    summaries = [row.summary if row.summary is not None else computed[row.key_hash] for row in rows]
     devices = _table(Device)
     seq = int(session.execute(
         update(devices).where(devices.c.id == device_id).values(table_seq=devices.c.table_seq + 1)
         .returning(devices.c.table_seq)).scalar_one())
     kernels = _table(MeasuredKernel)
-    hashes = sorted({row.key_hash for row in rows})
-    existing: set[str] = set()
-    for chunk in _chunks(hashes):
-        existing.update(session.scalars(
-            select(kernels.c.key_hash).where(kernels.c.device_id == device_id, kernels.c.key_hash.in_(chunk))))
-    remeasured = [key_hash for key_hash in hashes if key_hash in existing]
-    run_medians: dict[str, list[float]] = {}
-    for chunk in _chunks(remeasured):
-        result = session.execute(select(Measurement.key_hash, Measurement.median_ms).where(
-            Measurement.device_id == device_id, Measurement.key_hash.in_(chunk)))
-        for key_hash, median_ms in result:
-            run_medians.setdefault(key_hash, []).append(float(median_ms))
-    if remeasured:
-        session.execute(
-            update(kernels).where(kernels.c.device_id == device_id, kernels.c.key_hash == bindparam("target_hash"))
-            .values(median_ms=bindparam("new_median"), runs=bindparam("new_runs"), seq=seq),
-            [{"target_hash": key_hash, "new_median": statistics.median(run_medians[key_hash]),
-              "new_runs": len(run_medians[key_hash])} for key_hash in remeasured])
-    new_rows = sorted((row for row in rows if row.key_hash not in existing), key=lambda row: row.key_hash)
-    summaries = summarize_keys([row.key for row in new_rows])
     values = [{
         "device_id": device_id, "key_hash": row.key_hash, "op_type": row.op_type, "bits": row.bits,
         "median_ms": float(row.median_ms), "runs": 1, "seq": seq,
@@ -160,10 +162,18 @@ def record_measurements(session: Session, device_id: int, rows: Sequence[_NewRow
         "sparsity": None if summary is None else summary.sparsity,
         "sparsity_pattern": None if summary is None else summary.sparsity_pattern,
         "shape_hash": None if summary is None else summary.shape_hash,
-    } for row, summary in zip(new_rows, summaries, strict=True)]
-    for start in range(0, len(values), _INSERT_CHUNK_ROWS):
-        session.execute(kernels.insert().values(values[start:start + _INSERT_CHUNK_ROWS]))
-    _add_to_tallies(session, device_id, rows, new_rows)
+    } for row, summary in zip(rows, summaries, strict=True)]
+    # New keys go in; a key already there (a conflict) was measured in another run: its median is recomputed.
+    new = set(insert_new_rows(session, kernels, values, ("device_id", "key_hash"), "key_hash"))
+    remeasured = [row.key_hash for row in rows if row.key_hash not in new]
+    if remeasured:
+        run_medians = _run_medians(session, device_id, remeasured)
+        session.execute(
+            update(kernels).where(kernels.c.device_id == device_id, kernels.c.key_hash == bindparam("target_hash"))
+            .values(median_ms=bindparam("new_median"), runs=bindparam("new_runs"), seq=seq),
+            [{"target_hash": key_hash, "new_median": statistics.median(run_medians[key_hash]),
+              "new_runs": len(run_medians[key_hash])} for key_hash in remeasured])
+    _add_to_tallies(session, device_id, rows, [row for row in rows if row.key_hash in new])
 
 
 def _add_to_tallies(session: Session, device_id: int, rows: Sequence[_NewRow], new_rows: Sequence[_NewRow]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -31,7 +32,8 @@ from predictor.store.models import (
     Validation,
     utc_now,
 )
-from predictor.store.upsert import dialect_insert
+from predictor.store.summary import KernelSummary
+from predictor.store.upsert import dialect_insert, insert_new_rows
 
 __all__ = [
     "RUN_STATUSES",
@@ -100,7 +102,11 @@ class MeasurementConflict:
 
 @dataclass(frozen=True)
 class MeasurementIn:
-    """One kernel measurement to upload: canonical key, its hash, and latency percentiles in ms."""
+    """One kernel measurement to upload: canonical key, its hash, and latency percentiles in ms.
+
+    `summary`: the key's summary (predictor.store.summary) where the caller computed it already (the REST API
+    does, checking the key); the store computes it otherwise.
+    """
 
     key: dict[str, Any]
     key_hash: str
@@ -110,6 +116,7 @@ class MeasurementIn:
     p10_ms: float
     p90_ms: float
     repeats: int
+    summary: KernelSummary | None = dataclasses.field(default=None, compare=False)
 
 
 def _check_identifier(what: str, value: object, max_length: int) -> None:
@@ -301,15 +308,7 @@ def add_measurements(session: Session, device: Device, run_id: str, rows: Sequen
     session.flush()
     table = Measurement.__table__
     assert isinstance(table, Table)
-    insert = (
-        dialect_insert(session, table)
-        .on_conflict_do_nothing(index_elements=[table.c.device_id, table.c.key_hash, table.c.run_id])
-        .returning(table.c.key_hash)
-    )
-    inserted: list[str] = []
-    for start in range(0, len(values), _INSERT_CHUNK_ROWS):
-        chunk = values[start : start + _INSERT_CHUNK_ROWS]
-        inserted.extend(session.execute(insert.values(chunk)).scalars())
+    inserted = insert_new_rows(session, table, values, ("device_id", "key_hash", "run_id"), "key_hash")
     record_measurements(session, device.id, [first_by_hash[key_hash] for key_hash in inserted])
     logger.debug("run %r on device %r: %d of %d measurements new", run_id, device.name, len(inserted), len(values))
     return len(inserted)

@@ -23,7 +23,7 @@ import numpy as np
 from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import KernelKey
 
-__all__ = ["KernelSummary", "op_family", "shape_hash_of", "summarize_keys"]
+__all__ = ["KernelSummary", "op_family", "shape_hash_of", "summarize_kernel_keys", "summarize_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,11 @@ def summarize_keys(keys: Sequence[Mapping[str, Any]]) -> list[KernelSummary | No
     The REST API refuses such keys before they reach the store; the store keeps them (their rows are
     measurements too) but no predictor or chart can use them.
     """
-    parsed = [_parse(key) for key in keys]
+    return summarize_kernel_keys([_parse(key) for key in keys])
+
+
+def summarize_kernel_keys(parsed: Sequence[KernelKey | None]) -> list[KernelSummary | None]:
+    """`summarize_keys` of keys parsed already (None: not readable)."""
     readable = [key for key in parsed if key is not None]
     numbers = iter(_bytes_and_macs(readable) if readable else [])
     summaries: list[KernelSummary | None] = []

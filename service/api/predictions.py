@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from predictor.config import parse_config
-from predictor.errors import NoMeasurementsError
+from predictor.errors import NoMeasurementsError, UnknownDeviceError
 from predictor.estimate import DevicePredictor
 from predictor.graph import load_model
 from predictor.prepared import PreparedModel, predict_config, rank_candidates
 from predictor.runtime import RuntimeSpec
-from predictor.store import get_device, get_stored_model, table_version
+from predictor.store import get_device, get_stored_model, read_table_version
 from service.api.model_store import ModelNotFoundError, ModelStore
 from service.api.schemas import PredictRequest, RankRequest
 from service.context import Store
@@ -136,8 +136,13 @@ class PredictionCache:
     def device_predictor(self, store: Store, device_name: str) -> tuple[RuntimeSpec, DevicePredictor]:
         """The device's runtime and predictor, current with the store; raises UnknownDeviceError or
         NoMeasurementsError."""
-        with store.sessions() as session:
-            version = table_version(session, device_name)
+        # A connection, not an ORM session: this runs before every answer.
+        with store.engine.connect() as connection:
+            version = read_table_version(connection, device_name)
+        if version is None:
+            with store.sessions() as session:
+                get_device(session, device_name)  # raises UnknownDeviceError naming the known devices
+            raise UnknownDeviceError(f"unknown device {device_name!r}")
         loaded = self._devices.get(device_name)
         known = None if loaded is None else loaded.predictor.version
         if known is None or (known.device_id, known.registered_at) != (version.device_id, version.registered_at):

@@ -23,9 +23,9 @@ from predictor.store import (
     get_run,
     iter_measurements,
 )
+from predictor.store.summary import summarize_kernel_keys
 from service.api.deps import ReadAccess, SessionDep, WriteAccess
 from service.api.schemas import (
-    KernelKeyCreate,
     MeasurementConflictPublic,
     MeasurementCreate,
     MeasurementPublic,
@@ -53,32 +53,31 @@ def _unprocessable(detail: str) -> HTTPException:
     return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
 
 
-def _parse_key(index: int, data: KernelKeyCreate) -> KernelKey:
-    """The canonical key of one validated row; 422 naming the row when the feature pipeline cannot use it."""
-    key = KernelKey.from_dict(data.model_dump())
-    # A stored key must be usable by training, prediction and the dashboard: derive its features now (not
-    # cached: every uploaded key would sit in the process-wide feature cache until 65,536 others pushed it out).
+def _measurements_in(rows: list[MeasurementCreate]) -> list[MeasurementIn]:
+    """The store's rows of validated rows; 422 naming the first row whose key the feature pipeline cannot use.
+
+    A stored key must be usable by training, prediction and the dashboard: its summary (features included) is
+    derived now, for all rows at once, and handed to the store, which keeps it beside the key.
+    """
+    keys = [KernelKey.from_dict(row.key.model_dump()) for row in rows]
+    summaries = summarize_kernel_keys(keys)
+    for index, (key, summary) in enumerate(zip(keys, summaries, strict=True)):
+        if summary is None:
+            raise _unprocessable(f"measurements[{index}].key: not a usable kernel key ({_why_unusable(key)})")
+    return [MeasurementIn(key=key.to_dict(), key_hash=key.key_hash, op_type=key.op_type, bits=key.bits,
+                          median_ms=row.median_ms, p10_ms=row.p10_ms, p90_ms=row.p90_ms, repeats=row.repeats,
+                          summary=summary)
+            for key, row, summary in zip(keys, rows, summaries, strict=True)]
+
+
+def _why_unusable(key: KernelKey) -> str:
+    """What the feature pipeline says of a key it cannot describe."""
     try:
         with np.errstate(all="ignore"):
-            features_matrix([key], cached=False)
-    except Exception as exc:  # any failure here would otherwise surface later, as a 500 elsewhere
-        raise _unprocessable(f"measurements[{index}].key: not a usable kernel key "
-                             f"({type(exc).__name__}: {exc})") from exc
-    return key
-
-
-def _measurement_in(index: int, row: MeasurementCreate) -> MeasurementIn:
-    key = _parse_key(index, row.key)
-    return MeasurementIn(
-        key=key.to_dict(),
-        key_hash=key.key_hash,
-        op_type=key.op_type,
-        bits=key.bits,
-        median_ms=row.median_ms,
-        p10_ms=row.p10_ms,
-        p90_ms=row.p90_ms,
-        repeats=row.repeats,
-    )
+            work = features_matrix([key], cached=False)
+    except Exception as exc:  # the pipeline's own words, whatever they are
+        return f"{type(exc).__name__}: {exc}"
+    return "its work (bytes moved, MACs) is not finite" if not np.isfinite(work).all() else "no features"
 
 
 @router.post("", response_model=MeasurementsInserted, dependencies=[WriteAccess],
@@ -91,7 +90,7 @@ def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep
     shows the first. A finished or killed run takes no new rows (409); repeating rows it has is still a 200.
     """
     device = get_device(session, name)
-    rows = [_measurement_in(index, row) for index, row in enumerate(body.measurements)]
+    rows = _measurements_in(body.measurements)
     try:
         inserted = add_measurements(session, device, body.run_id, rows)
     except ValueError as exc:
