@@ -11,7 +11,7 @@ from predictor.config import parse_config
 from predictor.estimate import DevicePredictor
 from predictor.prepared import PreparedModel, rank_candidates
 from predictor.runtime import describe_host
-from predictor.store import add_validation, get_device, register_device, session_scope
+from predictor.store import add_validation, get_device, open_store, register_device, session_scope
 from predictor.training import train_device
 from predictor.validation import measure_against_table, summarize_validation
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
@@ -21,7 +21,6 @@ from profiler.progress import progress_reporter
 from profiler.runner import ProfileRunner, measure_reference_ms
 from profiler.sinks import StoreSink
 from profiler.skeleton import load_skeleton, materialize_skeleton
-from service.context import open_store
 from service.settings import Settings
 
 __all__ = ["DEMO_CANDIDATES", "DEMO_DEVICE", "run_demo"]
@@ -39,8 +38,8 @@ DEMO_CANDIDATES: list[tuple[str, dict[str, Any]]] = [
     ("int8+prune30", {"default": {"bits": 8, "prune_ratio": 0.3}}),
     ("sparse90", {"default": {"sparsity": 0.9}}),
     ("mixed", {"default": {"bits": 8},
-               "layers": {"features.0.*": {"bits": 32}, "classifier": {"bits": 32},
-                          "features.1[4-7].*": {"prune_ratio": 0.5, "round_to": 8}}}),
+               "layers": {"/features/features.0/*": {"bits": 32}, "/classifier/*": {"bits": 32},
+                          "/features/features.1[4-7]/*": {"prune_ratio": 0.5, "round_to": 8}}}),
 ]
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import uvicorn
 
+from predictor.store import open_store
 from service.app import create_app
-from service.context import open_store
 from service.settings import Settings, get_settings
 
 __all__ = ["ServerProcess", "ServerStartError", "free_port", "run_server", "server_process"]

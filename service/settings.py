@@ -1,24 +1,23 @@
-"""Service settings: the only place that reads LATPRED_* environment variables."""
+"""Service settings: the LATPRED_* variables of the CLI and the REST service (the store's location in
+predictor.settings.StoreSettings, which these extend)."""
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from predictor.runtime import OptimizerLimits
+from predictor.settings import StoreSettings
 
 __all__ = ["Settings", "get_settings"]
 
 
-class Settings(BaseSettings):
-    """Configuration of the CLI and the REST service."""
+class Settings(StoreSettings):
+    """Configuration of the CLI and the REST service: the store's location (StoreSettings) and the service's own."""
 
     model_config = SettingsConfigDict(env_prefix="LATPRED_", extra="ignore")
 
-    home: Path = Field(default=Path("./var"), description="data directory (SQLite file, uploaded models)")
-    database_url: str = Field(default="", description="SQLAlchemy URL; default: a SQLite file under home")
     api_tokens: str = Field(default="", description="comma-separated bearer tokens that may write")
     read_token_required: bool = Field(default=False, description="require a token for reads too")
     max_upload_mb: float = Field(default=200.0, gt=0,
@@ -63,18 +62,8 @@ class Settings(BaseSettings):
         return OptimizerLimits(timeout_s=self.optimize_timeout_s, memory_mb=self.optimize_memory_mb)
 
     @property
-    def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        return f"sqlite:///{(self.home / 'latpred.db').resolve()}"
-
-    @property
     def tokens(self) -> list[str]:
         return [token.strip() for token in self.api_tokens.split(",") if token.strip()]
-
-    @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
 
 
 @lru_cache(maxsize=1)

@@ -19,17 +19,18 @@ from predictor.errors import LatpredError
 from predictor.store import (
     Device,
     JobRecord,
+    Store,
     claim_job,
     fail_job,
     finish_job,
     get_device,
     get_job,
     heartbeat_job,
+    open_store,
     requeue_stale_jobs,
     session_scope,
 )
 from service.api.jobs import to_jsonable
-from service.context import Store, open_store
 from service.settings import Settings
 
 __all__ = ["JOB_KINDS", "JobWorker"]

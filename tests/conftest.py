@@ -19,6 +19,18 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """LATPRED_HOME in a temporary folder for the whole session, so nothing a test runs (in this process or a
+    child) opens the user's own store under ~/.local/share/latpred; LATPRED_DATABASE_URL unset for the same
+    reason. Tests that need a store of their own still name it."""
+    home = tmp_path_factory.mktemp("latpred-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LATPRED_HOME", str(home))
+        patch.delenv("LATPRED_DATABASE_URL", raising=False)
+        yield home
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """Create a uniquely named PostgreSQL database for the test session; drop it afterwards."""

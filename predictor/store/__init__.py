@@ -83,6 +83,7 @@ from predictor.store.models import (
     StoredModel,
     Validation,
 )
+from predictor.store.open import Store, open_store
 
 __all__ = [
     "JOB_STATUSES",
@@ -104,6 +105,7 @@ __all__ = [
     "RegressorMetrics",
     "RunClosedError",
     "RunSummary",
+    "Store",
     "StoredModel",
     "StoredModelSummary",
     "TableVersion",
@@ -137,6 +139,7 @@ __all__ = [
     "load_regressors",
     "lookup_table",
     "measured_key_hashes",
+    "open_store",
     "read_device_version",
     "read_measured_rows",
     "read_model_blob",

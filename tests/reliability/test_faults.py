@@ -25,11 +25,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, make_url, select
 
 from predictor.kernels import KernelKey
-from predictor.store import Measurement, create_store_engine
+from predictor.store import Measurement, create_store_engine, open_store
 from service.api.model_store import open_model_store
 from service.api.predictions import PredictionCache, answer_question
 from service.app import create_app
-from service.context import open_store
 from service.settings import Settings
 from tests import factories
 from tests.proxy import TcpProxy

@@ -17,10 +17,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from predictor.store import open_store
 from service.api.model_store import open_model_store
 from service.api.predictions import PredictionCache, answer_question
 from service.app import create_app
-from service.context import open_store
 from service.settings import Settings
 from tests import factories
 from tests.service.conftest import AUTH, TOKEN, fake_measurement, kept_models, local_device_body

@@ -10,10 +10,16 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
 from predictor.kernels import KernelKey
-from predictor.store import ModelBlob, create_store_engine, read_model_blob, save_stored_model, session_scope
+from predictor.store import (
+    ModelBlob,
+    create_store_engine,
+    open_store,
+    read_model_blob,
+    save_stored_model,
+    session_scope,
+)
 from service.api.model_store import open_model_store
 from service.app import create_app
-from service.context import open_store
 from service.settings import Settings
 from tests import factories
 from tests.service.conftest import AUTH, TOKEN, kept_models

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from predictor.estimate import DevicePredictor
 from predictor.kernels import KernelKey
 from predictor.prepared import PreparedModel
+from predictor.store import open_store
 from service.api.model_store import open_model_store
 from service.api.predictions import PredictionCache, answer_question
 from service.app import create_app
-from service.context import open_store
 from service.settings import Settings
 from service.worker import JobWorker
 from tests.service.conftest import AUTH, DEVICE, fake_measurement, local_device_body
