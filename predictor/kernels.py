@@ -27,6 +27,7 @@ from predictor.runtime import RuntimeSpec, nchwc_block_size, optimize_model
 from predictor.shapes import RuntimeShapes, infer_runtime_shapes
 
 __all__ = [
+    "ELEM_TYPE_NAMES",
     "Kernel",
     "KernelKey",
     "extract_kernels",
@@ -56,7 +57,9 @@ _PRIMARY_ORDER = [
     "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize", "Concat", "ReduceMean",
     "BatchNormalization", "Add", "Mul", "Sub", "Div",
 ]
-_ELEM_TYPE_NAMES = {
+# The names keys give ONNX element types (TensorProto.DataType numbers); a type without a name is keyed by its
+# number. Public: the REST API's key schema lists them as the known dtypes.
+ELEM_TYPE_NAMES = {
     1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
     11: "float64", 16: "bfloat16", 21: "uint4", 22: "int4",
 }
@@ -653,7 +656,7 @@ def _build_kernel(
         weight=weight_shape,
         activation=str(activation) if activation is not None else None,
         attrs=tuple(sorted(attrs.items())),
-        dtype=_ELEM_TYPE_NAMES.get(first_type, str(first_type)),
+        dtype=ELEM_TYPE_NAMES.get(first_type, str(first_type)),
         bits=bits,
         sparsity=sparsity,
         sparsity_pattern=pattern,

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import onnx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
-from predictor.kernels import _ELEM_TYPE_NAMES
+from predictor.kernels import ELEM_TYPE_NAMES
 
 __all__ = [
     "DeviceCreate",
@@ -188,7 +188,7 @@ _INT64_MAX = 2**63 - 1
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
 # Element types as predictor.kernels names them, the numbers it writes for types it has no name for, and the
 # names of TensorRT keys (profiler.backends.tensorrt) that ONNX element types lack.
-KNOWN_DTYPES = frozenset(_ELEM_TYPE_NAMES.values()) | frozenset(
+KNOWN_DTYPES = frozenset(ELEM_TYPE_NAMES.values()) | frozenset(
     str(number) for number in onnx.TensorProto.DataType.values()) | frozenset({"float8", "float4"})
 
 
@@ -245,7 +245,7 @@ class KernelKeyCreate(BaseModel):
     @classmethod
     def _known_dtype(cls, dtype: str) -> str:
         if dtype not in KNOWN_DTYPES:
-            raise ValueError(f"unknown dtype {dtype[:32]!r}; known: {', '.join(sorted(_ELEM_TYPE_NAMES.values()))}, "
+            raise ValueError(f"unknown dtype {dtype[:32]!r}; known: {', '.join(sorted(ELEM_TYPE_NAMES.values()))}, "
                              "float8, float4, or an ONNX element type number")
         return dtype
 

@@ -15,7 +15,7 @@ import pytest
 
 from predictor.config import parse_config
 from predictor.graph import load_model, set_input_shapes
-from predictor.kernels import _ELEM_TYPE_NAMES, KernelKey, extract_kernels
+from predictor.kernels import ELEM_TYPE_NAMES, KernelKey, extract_kernels
 from predictor.prepared import PreparedModel
 from predictor.runtime import local_runtime
 from profiler.backends.tensorrt import _DATATYPE_WORDS, kernels_from_engine_info
@@ -91,7 +91,7 @@ def test_tensorrt_engine_keys_validate(name: str, precision: str) -> None:
 
 
 def test_known_dtypes_cover_every_name_the_key_builders_write() -> None:
-    assert set(_ELEM_TYPE_NAMES.values()) <= KNOWN_DTYPES
+    assert set(ELEM_TYPE_NAMES.values()) <= KNOWN_DTYPES
     assert {dtype for dtype, _ in _DATATYPE_WORDS.values()} <= KNOWN_DTYPES
     # An element type predictor.kernels has no name for is written as its number.
     assert str(onnx.TensorProto.FLOAT8E4M3FN) in KNOWN_DTYPES
