@@ -32,3 +32,14 @@ class NoMeasurementsError(LatpredError):
 
 class DeviceConflictError(LatpredError):
     """A device registered again with another runtime, thread count or kernel profile than it has."""
+
+
+class InvalidRecordError(LatpredError, ValueError):
+    """A value given to the store is malformed or implausible; nothing was written.
+
+    Also a ValueError: callers that catch ValueError around store writes keep working.
+    """
+
+
+class UnknownRunError(LatpredError, ValueError):
+    """No profiling run of that id in the store (a ValueError as the store's other refusals are)."""

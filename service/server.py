@@ -14,6 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
+from predictor.errors import LatpredError
 from predictor.store import open_store
 from service.app import create_app
 from service.settings import Settings, get_settings
@@ -74,7 +75,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(LatpredError, RuntimeError):
     """The child server exited or did not answer /api/health in time (the message has its log, if kept)."""
 
 

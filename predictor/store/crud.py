@@ -14,7 +14,13 @@ from typing import Any
 from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
-from predictor.errors import DeviceConflictError, LatpredError, UnknownDeviceError
+from predictor.errors import (
+    DeviceConflictError,
+    InvalidRecordError,
+    LatpredError,
+    UnknownDeviceError,
+    UnknownRunError,
+)
 from predictor.store.aggregates import (
     TableVersion,
     bump_state_version,
@@ -120,9 +126,9 @@ class MeasurementIn:
 
 
 def _check_identifier(what: str, value: object, max_length: int) -> None:
-    """Raise ValueError unless value is a non-empty string of at most max_length characters."""
+    """Raise InvalidRecordError unless value is a non-empty string of at most max_length characters."""
     if not isinstance(value, str) or not value or len(value) > max_length:
-        raise ValueError(
+        raise InvalidRecordError(
             f"{what} must be a non-empty string of at most {max_length} characters, got {value!r}"
         )
 
@@ -145,15 +151,15 @@ def _not_above(lower: float, upper: float) -> bool:
 
 
 def _check_measurement(row: MeasurementIn) -> None:
-    """Raise ValueError naming the key hash and the field if the measurement is not plausible."""
+    """Raise InvalidRecordError naming the key hash and the field if the measurement is not plausible."""
     key_hash = row.key_hash
     if not isinstance(key_hash, str) or not key_hash or len(key_hash) > 64:
-        raise ValueError(
+        raise InvalidRecordError(
             f"measurement key_hash must be a non-empty string of at most 64 chars, got {key_hash!r}"
         )
 
-    def fail(field: str, problem: str, value: object) -> ValueError:
-        return ValueError(f"measurement {key_hash!r}: {field} {problem}, got {value!r}")
+    def fail(field: str, problem: str, value: object) -> InvalidRecordError:
+        return InvalidRecordError(f"measurement {key_hash!r}: {field} {problem}, got {value!r}")
 
     if not isinstance(row.key, Mapping):
         raise fail("key", "must be a dict", row.key)
@@ -216,11 +222,11 @@ def register_device(
     _check_identifier("execution_provider", execution_provider, 128)
     _check_identifier("runtime_version", runtime_version, 64)
     if not _is_int(threads) or threads < 0:
-        raise ValueError(f"threads must be an int >= 0 (0: runtime default), got {threads!r}")
+        raise InvalidRecordError(f"threads must be an int >= 0 (0: runtime default), got {threads!r}")
     if not isinstance(host, str):
-        raise ValueError(f"host must be a string, got {host!r}")
+        raise InvalidRecordError(f"host must be a string, got {host!r}")
     if kernel_profile is not None and not isinstance(kernel_profile, dict):
-        raise ValueError("kernel_profile must be a JSON object")
+        raise InvalidRecordError("kernel_profile must be a JSON object")
     fields = {"backend": backend, "execution_provider": execution_provider, "runtime_version": runtime_version,
               "threads": threads}
     session.flush()
@@ -275,7 +281,7 @@ def add_measurements(session: Session, device: Device, run_id: str, rows: Sequen
 
     Idempotent and safe under concurrent uploads: rows whose (device, key_hash, run_id) exist are
     skipped (INSERT ... ON CONFLICT DO NOTHING), duplicates within the batch collapse to the first.
-    Every row is validated before anything is written: ValueError names the key hash and field.
+    Every row is validated before anything is written: InvalidRecordError names the key hash and field.
     The rows that were new are folded into the device's aggregates in the same transaction
     (predictor.store.aggregates): its measured kernels, tallies and table sequence.
     """
@@ -424,11 +430,11 @@ def start_run(
     """Record a running profiling run; idempotent: an existing run id is returned unchanged.
 
     `runtime` and `host`: what the run measures with (RuntimeSpec.to_dict, predictor.runtime.describe_host),
-    kept with the run that every measurement names. Raises ValueError if the run id belongs to another device.
+    kept with the run that every measurement names. Raises InvalidRecordError if the run id belongs to another device.
     """
     _check_identifier("run_id", run_id, 64)
     if budget_minutes is not None and (not _is_finite_number(budget_minutes) or budget_minutes <= 0):
-        raise ValueError(f"budget_minutes must be a finite number > 0 or None, got {budget_minutes!r}")
+        raise InvalidRecordError(f"budget_minutes must be a finite number > 0 or None, got {budget_minutes!r}")
     session.flush()
     table = ProfilingRun.__table__
     assert isinstance(table, Table)
@@ -447,7 +453,7 @@ def start_run(
     )
     run = session.scalars(select(ProfilingRun).where(ProfilingRun.run_id == run_id)).one()
     if run.device_id != device.id:
-        raise ValueError(f"run {run_id!r} belongs to device id {run.device_id}, not {device.name!r}")
+        raise InvalidRecordError(f"run {run_id!r} belongs to device id {run.device_id}, not {device.name!r}")
     return run
 
 
@@ -466,15 +472,15 @@ def finish_run(
 ) -> ProfilingRun:
     """Mark a run finished or killed, stamp finished_at and attach its report.
 
-    Raises ValueError for an unknown run id or a status other than "finished" / "killed", and RunClosedError
-    when the run was closed already with another status or report (the same request again is a retry: the
-    run is returned unchanged).
+    Raises UnknownRunError for an unknown run id, InvalidRecordError for a status other than "finished" /
+    "killed", and RunClosedError when the run was closed already with another status or report (the same
+    request again is a retry: the run is returned unchanged).
     """
     if status not in _CLOSED_STATUSES:
-        raise ValueError(f"status must be 'finished' or 'killed', got {status!r}")
+        raise InvalidRecordError(f"status must be 'finished' or 'killed', got {status!r}")
     run = get_run(session, run_id)
     if run is None:
-        raise ValueError(f"unknown run {run_id!r}")
+        raise UnknownRunError(f"unknown run {run_id!r}")
     new_report = None if report is None else dict(report)
     if run.status in _CLOSED_STATUSES:
         if run.status == status and run.report == new_report:
@@ -491,11 +497,11 @@ def finish_run(
 def update_run_report(session: Session, run_id: str, report: Mapping[str, Any]) -> ProfilingRun:
     """Replace a running run's report (progress so far: a killed run keeps what it had).
 
-    Raises ValueError for an unknown run id, RunClosedError when the run is finished or killed.
+    Raises UnknownRunError for an unknown run id, RunClosedError when the run is finished or killed.
     """
     run = get_run(session, run_id)
     if run is None:
-        raise ValueError(f"unknown run {run_id!r}")
+        raise UnknownRunError(f"unknown run {run_id!r}")
     if run.status in _CLOSED_STATUSES:
         raise _closed_error(run, "a closed run's report cannot change")
     run.report = dict(report)
@@ -527,7 +533,7 @@ def save_regressor(
     _check_identifier("op_type", op_type, 64)
     _check_identifier("data_version", data_version, 64)
     if not isinstance(model_text, str) or not model_text:
-        raise ValueError("model_text must be a non-empty LightGBM text model")
+        raise InvalidRecordError("model_text must be a non-empty LightGBM text model")
     fields = {
         "model_text": model_text,
         "metrics": dict(metrics),
@@ -599,10 +605,10 @@ def summarize_runs(session: Session, device: Device) -> tuple[int, RunSummary | 
 def set_overhead(session: Session, device: Device, overhead: Mapping[str, Any]) -> Device:
     """Store the learned per-device overhead, e.g. {"per_run_ms": 0.02, "per_kernel_ms": 0.001}."""
     if not isinstance(overhead, Mapping) or not all(isinstance(name, str) for name in overhead):
-        raise ValueError(f"overhead must be a dict with string keys, got {overhead!r}")
+        raise InvalidRecordError(f"overhead must be a dict with string keys, got {overhead!r}")
     for name, value in overhead.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"overhead {name!r} must be finite, got {value!r}")
+            raise InvalidRecordError(f"overhead {name!r} must be finite, got {value!r}")
     own = _refetch_device(session, device)
     own.overhead = dict(overhead)
     session.flush()
@@ -627,9 +633,9 @@ def add_validation(
     _check_identifier("config_name", config_name, 256)
     for field, value in (("predicted_ms", predicted_ms), ("measured_ms", measured_ms)):
         if not _is_finite_number(value) or value < 0:
-            raise ValueError(f"{field} must be a finite number >= 0, got {value!r}")
+            raise InvalidRecordError(f"{field} must be a finite number >= 0, got {value!r}")
     if scaled_ms is not None and (not _is_finite_number(scaled_ms) or scaled_ms < 0):
-        raise ValueError(f"scaled_ms must be a finite number >= 0 or None, got {scaled_ms!r}")
+        raise InvalidRecordError(f"scaled_ms must be a finite number >= 0 or None, got {scaled_ms!r}")
     validation = Validation(
         device_id=device.id,
         model_name=model_name,
@@ -697,10 +703,10 @@ def save_stored_model(
     Kernels given for an existing row that has none are filled in.
     """
     if not isinstance(model_id, str) or not _SHA256_HEX.fullmatch(model_id):
-        raise ValueError(f"model_id must be a lowercase sha256 hex digest, got {model_id!r}")
+        raise InvalidRecordError(f"model_id must be a lowercase sha256 hex digest, got {model_id!r}")
     _check_identifier("model name", name, 256)
     if not _is_int(size_bytes) or size_bytes < 0:
-        raise ValueError(f"size_bytes must be an int >= 0, got {size_bytes!r}")
+        raise InvalidRecordError(f"size_bytes must be an int >= 0, got {size_bytes!r}")
     session.flush()
     table = StoredModel.__table__
     assert isinstance(table, Table)

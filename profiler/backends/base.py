@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import onnx
 
+from predictor.errors import LatpredError
 from predictor.kernels import Kernel
 from predictor.runtime import RuntimeSpec
 
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(LatpredError, RuntimeError):
     """The backend cannot run on this host (no GPU, library missing); the message says why."""
 
 

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 # Most specific first: the first class the error is an instance of decides the status.
 _STATUS_BY_ERROR: tuple[tuple[type[LatpredError], int], ...] = (
     (UnknownDeviceError, 404),
+    (ModelNotFoundError, 404),
     (NoMeasurementsError, 409),
     (DeviceConflictError, 409),
     (UnreproducibleKernelsError, 422),

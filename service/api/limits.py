@@ -26,6 +26,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from predictor.errors import LatpredError
 from service.api.tokens import TokenVerdict, stored_verdict, token_error
 from service.settings import Settings
 
@@ -48,12 +49,12 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _MAX_TRACKED_CLIENTS = 10_000
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(LatpredError):
+    """The body passed its limit while it was read (answered 413 by the middleware)."""
 
 
-class _ClientGone(Exception):
-    pass
+class _ClientGone(LatpredError):
+    """The client disconnected while its body was read (nothing to answer)."""
 
 
 class RequestRateLimiter:

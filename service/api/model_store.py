@@ -18,6 +18,7 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
+from predictor.errors import LatpredError
 from predictor.store import has_model_blob, read_model_blob, save_model_blob
 from service.api.uploads import write_atomically
 from service.settings import Settings
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(LatpredError, LookupError):
     """No uploaded model with that id (or its bytes are gone)."""
 
 

@@ -16,7 +16,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from predictor.errors import InvalidModelError
+from predictor.errors import InvalidModelError, LatpredError
 from predictor.graph import parse_input_shapes
 from predictor.prepared import model_id_of
 
@@ -41,7 +41,7 @@ _MAX_NAME_CHARS = 256
 _SHAPE_SPEC_SEPARATOR = re.compile(r"[;\s]+|,(?=\s*[^,=\s]+\s*=)")
 
 
-class UploadTooLargeError(Exception):
+class UploadTooLargeError(LatpredError):
     """The upload is larger than the configured limit."""
 
     def __init__(self, limit_mb: float) -> None:
@@ -49,7 +49,7 @@ class UploadTooLargeError(Exception):
         self.limit_mb = limit_mb
 
 
-class BadUploadError(ValueError):
+class BadUploadError(LatpredError, ValueError):
     """The request is not a multipart form with a model file in the field `file`."""
 
 

@@ -12,7 +12,13 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from predictor.errors import DeviceConflictError, LatpredError, UnknownDeviceError
+from predictor.errors import (
+    DeviceConflictError,
+    InvalidRecordError,
+    LatpredError,
+    UnknownDeviceError,
+    UnknownRunError,
+)
 from predictor.store import (
     Device,
     Measurement,
@@ -144,7 +150,7 @@ def test_invalid_row_rejects_the_whole_batch(
     bad = dataclasses.replace(_measurement(99), **changes)  # type: ignore[arg-type]
     batch = [_measurement(1), _measurement(2), bad, _measurement(3)]
     with session_scope(factory) as session:
-        with pytest.raises(ValueError, match=rf"{bad.key_hash}.*{field}"):
+        with pytest.raises(InvalidRecordError, match=rf"{bad.key_hash}.*{field}"):
             add_measurements(session, device, "run-1", batch)
         assert _count(session, Measurement) == 0
 
@@ -159,7 +165,7 @@ def test_percentile_order_tolerates_float_rounding(factory: sessionmaker[Session
 @pytest.mark.parametrize("run_id", ["", "x" * 65])
 def test_bad_run_id_is_rejected(factory: sessionmaker[Session], device: Device, run_id: str) -> None:
     with session_scope(factory) as session:
-        with pytest.raises(ValueError, match="run_id"):
+        with pytest.raises(InvalidRecordError, match="run_id"):
             add_measurements(session, device, run_id, [_measurement(1)])
 
 
@@ -274,12 +280,12 @@ def test_runs_start_idempotently_and_finish(factory: sessionmaker[Session], devi
             ("run-1", "finished", {"kernels": 120}),
             ("run-2", "running", None),
         ]
-        with pytest.raises(ValueError, match="status"):
+        with pytest.raises(InvalidRecordError, match="status"):
             finish_run(session, "run-2", "paused", None)
-        with pytest.raises(ValueError, match="unknown run 'nope'"):
+        with pytest.raises(UnknownRunError, match="unknown run 'nope'"):
             finish_run(session, "nope", "killed", None)
         other = _new_device(session, "other")
-        with pytest.raises(ValueError, match="belongs to"):
+        with pytest.raises(InvalidRecordError, match="belongs to"):
             start_run(session, other, "run-1", None)
 
 
@@ -348,9 +354,9 @@ def test_overhead_and_validations(factory: sessionmaker[Session], device: Device
         add_validation(
             session, device, model_name="resnet18", config_name="fp32", predicted_ms=20.0, measured_ms=19.0
         )
-        with pytest.raises(ValueError, match="overhead 'per_run_ms'"):
+        with pytest.raises(InvalidRecordError, match="overhead 'per_run_ms'"):
             set_overhead(session, device, {"per_run_ms": math.nan})
-        with pytest.raises(ValueError, match="measured_ms"):
+        with pytest.raises(InvalidRecordError, match="measured_ms"):
             add_validation(
                 session, device, model_name="m", config_name="c", predicted_ms=1.0, measured_ms=math.inf
             )
@@ -376,7 +382,7 @@ def test_stored_models_are_idempotent_by_content_id(factory: sessionmaker[Sessio
             46_000_000,
             [{"op": "Conv"}],
         )
-        with pytest.raises(ValueError, match="sha256"):
+        with pytest.raises(InvalidRecordError, match="sha256"):
             save_stored_model(session, model_id="not-a-hash", name="m", size_bytes=1, inputs=[])
     with session_scope(factory) as session:
         stored = get_stored_model(session, model_id)
