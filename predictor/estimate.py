@@ -22,6 +22,7 @@ from predictor.errors import UnknownDeviceError
 from predictor.features import FEATURE_NAMES, features_matrix
 from predictor.kernels import Kernel, KernelKey
 from predictor.memo import BoundedMemo
+from predictor.results import Estimate, KernelEstimate
 from predictor.runtime import RuntimeSpec, local_runtime
 from predictor.store import Device, ProfilingRun, TableVersion, list_runs, read_device_version, read_measured_rows
 from predictor.table import MeasuredRows, MeasuredTable
@@ -51,73 +52,6 @@ _MEMO_ENTRIES = 50_000
 _FALLBACK_FIT_ROWS = 200_000
 # A kernel's latency, interval (low, high) and source, as its KernelEstimate states them.
 _Value = tuple[float, float, float, str]
-
-
-@dataclass(frozen=True)
-class KernelEstimate:
-    """One kernel's predicted latency and where the number came from (table, regressor, fallback)."""
-
-    name: str
-    op_type: str
-    latency_ms: float
-    interval_ms: tuple[float, float]
-    source: str
-    key: KernelKey
-    nodes: tuple[str, ...] = ()
-
-    @property
-    def key_hash(self) -> str:
-        return self.key.key_hash
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "op_type": self.op_type,
-            "latency_ms": self.latency_ms,
-            "interval_ms": list(self.interval_ms),
-            "source": self.source,
-            "key_hash": self.key_hash,
-            "nodes": list(self.nodes),
-        }
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A model's predicted latency on a device, with the per-kernel breakdown."""
-
-    device: str
-    latency_ms: float
-    interval_ms: tuple[float, float]
-    table_hit_rate: float
-    overhead_ms: float
-    kernels: list[KernelEstimate]
-    warnings: list[str] = field(default_factory=list)
-    # False when the figure rests on guesses: kernels of unknown shape, or fallbacks carrying much of the time.
-    reliable: bool = True
-    # The state the figure is in: the device's reference kernels' times (ms) when its table was profiled; a
-    # measurement scaled to them is what the prediction is held against (empty: raw times).
-    baseline_reference_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def sources(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for kernel in self.kernels:
-            counts[kernel.source] = counts.get(kernel.source, 0) + 1
-        return counts
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "latency_ms": self.latency_ms,
-            "interval_ms": list(self.interval_ms),
-            "table_hit_rate": self.table_hit_rate,
-            "overhead_ms": self.overhead_ms,
-            "sources": self.sources,
-            "reliable": self.reliable,
-            "baseline_reference_ms": dict(self.baseline_reference_ms),
-            "warnings": list(self.warnings),
-            "kernels": [k.to_dict() for k in self.kernels],
-        }
 
 
 @dataclass(frozen=True)
@@ -328,7 +262,8 @@ class DevicePredictor:
         for kernels, (values, totals) in zip(kernel_lists, rows, strict=True):
             kernel_estimates = [
                 KernelEstimate(name=kernel.name, op_type=kernel.op_type, latency_ms=value[0],
-                               interval_ms=(value[1], value[2]), source=value[3], key=kernel.key, nodes=kernel.nodes)
+                               interval_ms=(value[1], value[2]), source=value[3], key_hash=kernel.key.key_hash,
+                               nodes=kernel.nodes, key=kernel.key)
                 for kernel, value in zip(kernels, values, strict=True)
             ]
             estimates.append(Estimate(device=self.device, latency_ms=totals.latency_ms, interval_ms=totals.interval_ms,
@@ -414,16 +349,18 @@ class DevicePredictor:
             # A prediction that rests on guesses says so: unknown shapes, or fallbacks carrying a tenth of the time.
             reliable = not unknown_shapes and fallback_ms <= _UNRELIABLE_FALLBACK_SHARE * totals.latency_ms
             results.append((row, replace(totals, reliable=reliable)))
+        # The warnings go back with the estimates, and their caller shows them (the CLI prints them, REST answers
+        # them): logged as warnings too, the CLI printed each twice.
         if len(results) == 1:
             for warning in results[0][1].warnings:
-                logger.warning(warning)
+                logger.debug(warning)
         else:
             # One log line per op type for the whole call, not one per kernel list (a rank of 100 candidates
             # would write a thousand); each estimate still carries its own warnings.
             for op_type, counts in sorted(fallback_lists.items()):
-                logger.warning("no measurements or regressor for %s on %s: %d kernel(s) in %d of %d kernel lists "
-                               "predicted by the bandwidth fallback", op_type, self.device, sum(counts), len(counts),
-                               len(results))
+                logger.debug("no measurements or regressor for %s on %s: %d kernel(s) in %d of %d kernel lists "
+                             "predicted by the bandwidth fallback", op_type, self.device, sum(counts), len(counts),
+                             len(results))
         return results
 
     def _in_context(self, context: ContextModel, key_lists: Sequence[Sequence[KernelKey]],
