@@ -43,3 +43,30 @@ class InvalidRecordError(LatpredError, ValueError):
 
 class UnknownRunError(LatpredError, ValueError):
     """No profiling run of that id in the store (a ValueError as the store's other refusals are)."""
+
+
+class ServiceError(LatpredError):
+    """A latpred service did not answer a request as asked (predictor.client)."""
+
+
+class ServiceUnreachable(ServiceError):
+    """No connection to the service (refused, no route, no connection within the timeout): nothing was sent."""
+
+
+class ServiceTimeout(ServiceError):
+    """The service was reached but its answer did not come within the timeout: it may have done the work."""
+
+    def __init__(self, message: str, timeout_s: float | None = None) -> None:
+        super().__init__(message)
+        self.timeout_s = timeout_s
+
+
+class ServiceHTTPError(ServiceError):
+    """The service answered with an error status: `status_code`, its message (`detail`) and, in a problem+json
+    answer, its machine-readable `code`."""
+
+    def __init__(self, status_code: int, detail: str, code: str | None = None) -> None:
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+        self.code = code

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
+from predictor.client import LatpredClient
+from predictor.errors import LatpredError, ServiceError, ServiceHTTPError
 from predictor.estimate import reported_reference_ms
 from predictor.store import (
     MeasurementIn,
@@ -24,6 +27,9 @@ __all__ = ["HttpSink", "StoreSink", "UploadError", "reference_times"]
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+_TABLE_PAGE_ROWS = 1000
+
 
 def reference_times(reports: list[dict[str, Any]], kind: str = "fp32") -> list[float]:
     """Times of the `kind` reference kernel that earlier runs' reports recorded (their baselines and starts).
@@ -35,7 +41,7 @@ def reference_times(reports: list[dict[str, Any]], kind: str = "fp32") -> list[f
             if value is not None]
 
 
-class UploadError(RuntimeError):
+class UploadError(LatpredError):
     """The service refused or could not take an upload after retries."""
 
 
@@ -78,78 +84,73 @@ class StoreSink:
 
 
 class HttpSink:
-    """Posts measurements to a latpred service in batches (idempotent per run and key), with retries."""
+    """Posts a run to a latpred service through predictor.client.LatpredClient: measurements in batches
+    (idempotent per run and key), each request retried `retries` times on connection failures and 5xx answers."""
 
-    def __init__(self, base_url: str, token: str | None, device_name: str, retries: int = 5,
-                 timeout_s: float = 30.0, backoff_s: float = 0.5, client: Any = None) -> None:
-        import httpx
-
+    def __init__(self, base_url: str, token: str | None, device_name: str, retries: int = 4,
+                 timeout_s: float = 30.0, backoff_s: float = 0.5, client: httpx.Client | None = None) -> None:
+        """`client`: an httpx client to send through (FastAPI's TestClient in tests) instead of one of its own."""
         self.device_name = device_name
         self.retries = retries
-        self.backoff_s = backoff_s
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
-        self.client.headers.update(headers)
+        self.service = LatpredClient(base_url, token=token, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
+                                     http_client=client)
+
+    def close(self) -> None:
+        self.service.close()
+
+    def _call(self, what: str, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`operation(*args, **kwargs)` of the client; what the service refused or could not take is an UploadError
+        saying so."""
+        try:
+            return operation(*args, **kwargs)
+        except ServiceHTTPError as exc:
+            if exc.status_code == 409:
+                message = f"{what}: the service refused it as a conflict with what it holds: {exc.detail}"
+                logger.error("%s", message)
+                raise UploadError(f"{message} (HTTP 409)") from exc
+            raise UploadError(f"{what}: HTTP {exc.status_code}: {exc.detail}") from exc
+        except ServiceError as exc:
+            raise UploadError(f"{what}: {exc} (after {self.retries} retries)") from exc
 
     def register_device(self, fields: dict[str, Any]) -> None:
-        """Register the device on the service (a 409 if it is registered with another runtime)."""
-        self._request("POST", "/api/devices", json=fields)
-
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
-
-        last_error = ""
-        for attempt in range(self.retries):
-            try:
-                response = self.client.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code < 500:
-                    if response.status_code >= 400:
-                        raise UploadError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-                    return response.json() if response.content else None
-                last_error = f"{response.status_code} {response.text[:200]}"
-            delay = self.backoff_s * (2 ** attempt)
-            logger.warning("upload %s %s failed (%s); retrying in %.1fs", method, path, last_error, delay)
-            time.sleep(delay)
-        raise UploadError(f"{method} {path} failed after {self.retries} attempts: {last_error}")
+        """Register the device on the service (refused if it is registered with another runtime or kernel profile)."""
+        self._call(f"registering device {self.device_name}", self.service.register_device, **fields)
 
     def known_table(self) -> dict[str, float]:
         table: dict[str, float] = {}
         offset = 0
         while True:
-            page = self._request("GET", f"/api/devices/{self.device_name}/measurements",
-                                 params={"limit": 1000, "offset": offset})
-            rows = page.get("data", []) if isinstance(page, dict) else []
+            page = self._call(f"reading the table of {self.device_name}", self.service.measurements,
+                              self.device_name, limit=_TABLE_PAGE_ROWS, offset=offset)
+            rows = page.get("data", [])
             for row in rows:
                 table[row["key_hash"]] = row["median_ms"]
-            if len(rows) < 1000:
+            if len(rows) < _TABLE_PAGE_ROWS:
                 return table
             offset += len(rows)
 
+    def _runs(self) -> list[dict[str, Any]]:
+        device = self._call(f"reading device {self.device_name}", self.service.device, self.device_name)
+        return list(device.get("runs", []))
+
     def done_items(self) -> set[str]:
-        device = self._request("GET", f"/api/devices/{self.device_name}")
-        return {item for run in device.get("runs", []) for item in (run.get("report") or {}).get("items_done", [])}
+        return {item for run in self._runs() for item in (run.get("report") or {}).get("items_done", [])}
 
     def previous_references(self, kind: str = "fp32") -> list[float]:
-        device = self._request("GET", f"/api/devices/{self.device_name}")
-        return reference_times([run.get("report") or {} for run in device.get("runs", [])], kind)
+        return reference_times([run.get("report") or {} for run in self._runs()], kind)
 
     def start(self, run_id: str, budget_minutes: float | None, runtime: dict[str, Any] | None = None,
               host: str | None = None) -> None:
-        self._request("POST", f"/api/devices/{self.device_name}/runs",
-                      json={"run_id": run_id, "budget_minutes": budget_minutes, "runtime": runtime, "host": host})
+        self._call(f"starting run {run_id}", self.service.start_run, self.device_name, run_id, budget_minutes,
+                   runtime=runtime, host=host, retries=self.retries)
 
     def write(self, run_id: str, rows: list[MeasurementIn], report: dict[str, Any]) -> int:
         if not rows:
             return 0
-        payload = {"run_id": run_id, "measurements": [
-            {"key": row.key, "median_ms": row.median_ms, "p10_ms": row.p10_ms, "p90_ms": row.p90_ms,
-             "repeats": row.repeats} for row in rows]}
-        result = self._request("POST", f"/api/devices/{self.device_name}/measurements", json=payload)
-        return int(result.get("inserted", 0)) if isinstance(result, dict) else 0
+        counts = self._call(f"uploading measurements of run {run_id}", self.service.post_measurements,
+                            self.device_name, run_id, rows, retries=self.retries)
+        return counts["inserted"]
 
     def finish(self, run_id: str, status: str, report: dict[str, Any]) -> None:
-        self._request("PUT", f"/api/devices/{self.device_name}/runs/{run_id}",
-                      json={"status": status, "report": report})
+        self._call(f"finishing run {run_id}", self.service.finish_run, self.device_name, run_id, status, report,
+                   retries=self.retries)

@@ -1,6 +1,8 @@
 """A device agent posting to the REST service: same results as writing to the store, idempotent on retry."""
 from __future__ import annotations
 
+import logging
+import socket
 from pathlib import Path
 
 import httpx
@@ -75,3 +77,25 @@ def test_agent_without_token_is_refused(client: TestClient) -> None:
     sink = HttpSink("", None, "agent-cpu", client=client)
     with pytest.raises(UploadError, match="401"):
         sink.register_device(device_fields("agent-cpu"))
+
+
+def test_a_conflicting_registration_is_refused_and_logged(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    sink = HttpSink("", TOKEN, "agent-cpu", client=client)
+    sink.register_device(device_fields("agent-cpu"))
+    sink.register_device(device_fields("agent-cpu"))  # the same device again: taken as it is
+    with caplog.at_level(logging.ERROR, logger="profiler.sinks"), pytest.raises(UploadError) as raised:
+        sink.register_device(device_fields("agent-cpu") | {"threads": 4})
+    message = str(raised.value)
+    assert message.startswith("registering device agent-cpu: the service refused it as a conflict")
+    assert "threads" in message and "(HTTP 409)" in message
+    assert [record.getMessage() for record in caplog.records] == [message.removesuffix(" (HTTP 409)")]
+
+
+def test_an_unreachable_service_is_an_upload_error_after_retries(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    sink = HttpSink(url, TOKEN, "agent-cpu", retries=2, backoff_s=0.01)
+    with pytest.raises(UploadError, match=rf"registering device agent-cpu: cannot reach {url}.*\(after 2 retries\)"):
+        sink.register_device(device_fields("agent-cpu"))
+    sink.close()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.client import LatpredClient, LatpredClientError
+from predictor.client import LatpredClient
+from predictor.errors import ServiceHTTPError
 from service.server import ServerStartError, server_process
 from tests import factories
 from tests.service.conftest import TOKEN, fake_measurement, local_device_body
@@ -24,7 +25,7 @@ def server_url(store_url: str, tmp_path: Path) -> Iterator[str]:
 def test_served_api_end_to_end(server_url: str, tmp_path: Path) -> None:
     model_path = tmp_path / "block.onnx"
     model_path.write_bytes(factories.residual_model().SerializeToString())
-    with LatpredClient(server_url, token=TOKEN, timeout=120) as client:
+    with LatpredClient(server_url, token=TOKEN, timeout_s=120) as client:
         assert client.health() == {"status": "ok", "database": "ok"}
         device = local_device_body("served-cpu")
         client.register_device(**device)
@@ -50,7 +51,7 @@ def test_served_api_end_to_end(server_url: str, tmp_path: Path) -> None:
         assert detail["measurement_count"] == len(rows)
         assert [run["status"] for run in detail["runs"]] == ["finished"]
 
-    with pytest.raises(LatpredClientError) as denied:
+    with pytest.raises(ServiceHTTPError) as denied:
         LatpredClient(server_url, token="wrong").register_device(**device)
     assert denied.value.status_code == 401
 
