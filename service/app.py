@@ -1,4 +1,4 @@
-"""The FastAPI application: REST API under /api, OpenAPI docs at /docs; one store per app."""
+"""The FastAPI application: REST API under /api/v1 (and /api), OpenAPI docs at /docs; one store per app."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +15,8 @@ from service.api.database import StoreConnector
 from service.api.errors import install_error_handlers
 from service.api.limits import RequestLimitsMiddleware
 from service.api.model_store import open_model_store
+from service.api.openapi import OPENAPI_PATH, install_openapi
+from service.api.versions import include_versioned
 from service.api.workers import PredictionWorkers
 from service.dashboard import install_dashboard
 from service.settings import Settings, get_settings
@@ -76,12 +78,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=OPENAPI_PATH,
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(OptimizerLimitsMiddleware, limits=settings.optimizer_limits)
     # Added last, so it runs first: rate, token and body-size limits before any route reads a body.
     app.add_middleware(RequestLimitsMiddleware, settings=settings)
-    app.include_router(api_router, prefix="/api")
+    include_versioned(app, api_router)
     install_dashboard(app)
     return app

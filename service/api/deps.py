@@ -4,12 +4,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.api.database import StoreConnector
 from service.api.model_store import ModelStore
+from service.api.problems import HTTPProblem, ProblemCode
 from service.api.tokens import stored_verdict, token_error
 from service.api.workers import PredictionWorkers
 from service.context import Store
@@ -80,8 +81,8 @@ def _check_token(request: Request, settings: Settings, action: str) -> None:
     verdict = stored_verdict(state, settings, request.headers.get("authorization"))
     detail = token_error(verdict, action)
     if detail is not None:
-        raise HTTPException(status_code=status.HTTP_401_UNAUTHORIZED, detail=detail,
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPProblem(status.HTTP_401_UNAUTHORIZED, ProblemCode.UNAUTHORIZED, detail,
+                          headers={"WWW-Authenticate": "Bearer"})
 
 
 def require_write_token(request: Request, settings: SettingsDep, credentials: CredentialsDep) -> None:

@@ -4,8 +4,9 @@ operations that need one, and the size of JSON bodies.
 FastAPI reads and parses a JSON body before it runs a route's dependencies, so a token check there comes after
 the whole body was received (a write without a token used to read 50 MB before its 401), and a body without a
 limit is parsed whatever its size. This middleware answers first:
-- 401 when the operation needs a token, before a byte of its body is read: every write under /api (any method
-  but GET, HEAD and OPTIONS, except the questions POST /api/predict and /api/rank, which are reads), and with
+- 401 when the operation needs a token, before a byte of its body is read: every write under /api and /api/v1
+  (any method but GET, HEAD and OPTIONS, except the questions POST /api/predict and /api/rank, which are reads; the
+  rules below name paths as the unversioned alias spells them, service.api.versions), and with
   LATPRED_READ_TOKEN_REQUIRED every other /api operation but the health check and the OpenAPI document. The
   routes check the same with their dependencies; here an operation not listed as a read is a write (fail closed);
 - 429 when a client address sent more than `anonymous_requests_per_minute` requests without a valid token
@@ -13,6 +14,7 @@ limit is parsed whatever its size. This middleware answers first:
 - 413 when a request body (POST, PUT, PATCH) is larger than `max_body_mb`: at once from its Content-Length, or
   as soon as a streamed body passes the limit (nothing more is read). The body is then handed to the route from
   memory. The model upload streams its own multipart body under LATPRED_MAX_UPLOAD_MB instead.
+Each answer is problem+json (service.api.problems) with the code unauthorized, rate_limited or body_too_large.
 """
 from __future__ import annotations
 
@@ -23,11 +25,12 @@ from collections import OrderedDict
 from collections.abc import MutableMapping
 from typing import Any
 
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from predictor.errors import LatpredError
+from service.api.problems import Problem, ProblemCode, ProblemResponse
 from service.api.tokens import TokenVerdict, stored_verdict, token_error
+from service.api.versions import unversioned_path
 from service.settings import Settings
 
 __all__ = ["OPEN_QUESTIONS", "RequestLimitsMiddleware", "RequestRateLimiter"]
@@ -80,9 +83,9 @@ class RequestRateLimiter:
         return 0.0 if allowed else (1.0 - tokens) / rate_per_s
 
 
-async def _answer(scope: Scope, receive: Receive, send: Send, status_code: int, detail: str,
+async def _answer(scope: Scope, receive: Receive, send: Send, problem: Problem,
                   headers: dict[str, str] | None = None) -> None:
-    await JSONResponse({"detail": detail}, status_code=status_code, headers=headers)(scope, receive, send)
+    await ProblemResponse.of(problem, scope["path"], headers)(scope, receive, send)
 
 
 async def _read_body(receive: Receive, limit_bytes: int) -> bytes:
@@ -142,35 +145,37 @@ class RequestLimitsMiddleware:
         state: MutableMapping[str, Any] = scope.setdefault("state", {})
         verdict = stored_verdict(state, self.settings, headers.get("authorization"))
         method: str = scope["method"]
-        path: str = scope["path"]
+        path = unversioned_path(scope["path"])
         action = _token_action(method, path, self.settings.read_token_required)
         if action is not None:
             detail = token_error(verdict, action)
             if detail is not None:
-                await _answer(scope, receive, send, 401, detail, {"WWW-Authenticate": "Bearer"})
+                await _answer(scope, receive, send, Problem(401, ProblemCode.UNAUTHORIZED, detail),
+                              {"WWW-Authenticate": "Bearer"})
                 return
         if self.rates is not None and verdict is not TokenVerdict.VALID and not path.startswith(_UNCOUNTED_PREFIXES):
             client = scope.get("client")
             wait_s = self.rates.retry_after_s(client[0] if client else "unknown")
             if wait_s > 0:
-                await _answer(scope, receive, send, 429,
-                              f"too many requests without a token from this address: at most "
-                              f"{self.settings.anonymous_requests_per_minute} a minute "
-                              "(LATPRED_ANONYMOUS_REQUESTS_PER_MINUTE); send a token or retry later",
+                detail = (f"too many requests without a token from this address: at most "
+                          f"{self.settings.anonymous_requests_per_minute} a minute "
+                          "(LATPRED_ANONYMOUS_REQUESTS_PER_MINUTE); send a token or retry later")
+                await _answer(scope, receive, send, Problem(429, ProblemCode.RATE_LIMITED, detail),
                               {"Retry-After": str(math.ceil(wait_s))})
                 return
         if method in _BODY_METHODS and (method, path) not in _STREAMED_UPLOADS:
             limit_bytes = int(self.settings.max_body_mb * 2**20)
-            too_large = (f"request body exceeds {self.settings.max_body_mb:g} MB (LATPRED_MAX_BODY_MB); "
-                         "send smaller batches")
+            too_large = Problem(413, ProblemCode.BODY_TOO_LARGE,
+                                f"request body exceeds {self.settings.max_body_mb:g} MB (LATPRED_MAX_BODY_MB); "
+                                "send smaller batches")
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit_bytes:
-                await _answer(scope, receive, send, 413, too_large)
+                await _answer(scope, receive, send, too_large)
                 return
             try:
                 body = await _read_body(receive, limit_bytes)
             except _BodyTooLarge:
-                await _answer(scope, receive, send, 413, too_large)
+                await _answer(scope, receive, send, too_large)
                 return
             except _ClientGone:
                 return

@@ -22,7 +22,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from predictor.config import parse_config
+from predictor.config import CompressionConfig
 from predictor.errors import NoMeasurementsError, UnknownDeviceError
 from predictor.estimate import DevicePredictor
 from predictor.graph import load_model
@@ -234,7 +234,7 @@ class PredictionCache:
 
 
 def _predict(body: PredictRequest, store: Store, cache: PredictionCache) -> dict[str, Any]:
-    config = parse_config(body.config)
+    config = body.config or CompressionConfig()  # checked by the request's schema (parse_config)
     runtime, predictor = cache.device_predictor(store, body.device)
     prepared = cache.prepared_model(store, body.model_id, runtime, body.input_shapes)
     estimate = predict_config(predictor, prepared, config)
@@ -242,7 +242,7 @@ def _predict(body: PredictRequest, store: Store, cache: PredictionCache) -> dict
 
 
 def _rank(body: RankRequest, store: Store, cache: PredictionCache) -> dict[str, Any]:
-    candidates = [(candidate.name, parse_config(candidate.config)) for candidate in body.candidates]
+    candidates = [(candidate.name, candidate.config) for candidate in body.candidates]
     runtime, predictor = cache.device_predictor(store, body.device)
     prepared = cache.prepared_model(store, body.model_id, runtime, body.input_shapes)
     # Fresh configs are answered at the kernel level: no quantizer run or runtime session per candidate.

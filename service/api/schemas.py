@@ -7,21 +7,34 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import onnx
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from predictor.config import CompressionConfig, parse_config
+from predictor.errors import ConfigError
 from predictor.kernels import ELEM_TYPE_NAMES
+from service.api.problems import ProblemCode
 
 __all__ = [
     "DeviceCreate",
     "DeviceDetail",
     "DevicePublic",
     "DevicesPublic",
-    "ErrorPublic",
     "EstimatePublic",
+    "FieldErrorPublic",
     "HealthPublic",
     "JobPublic",
     "KernelEstimatePublic",
-    "KernelKeyCreate",
+    "KernelKey",
     "MeasurementConflictPublic",
     "MeasurementCreate",
     "MeasurementPublic",
@@ -33,6 +46,7 @@ __all__ = [
     "ModelsPublic",
     "PredictRequest",
     "PredictionPublic",
+    "ProblemPublic",
     "RankCandidate",
     "RankRequest",
     "RankedCandidatePublic",
@@ -41,7 +55,7 @@ __all__ = [
     "RunCreate",
     "RunFinish",
     "RunPublic",
-    "ValidationErrorPublic",
+    "ValidationProblemPublic",
 ]
 
 # Above this a "kernel latency" is a unit mix-up (seconds, microseconds) or garbage: 1e6 ms is 16 minutes.
@@ -78,16 +92,46 @@ def _bounded_depth(value: Any) -> Any:
 JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded_depth)]
 
 
-class ErrorPublic(BaseModel):
-    """The body of every error answer: one readable line (see service.api.errors)."""
+def _compression_config(value: Any) -> Any:
+    """The config checked as the library checks it (parse_config), so a request says what `latpred predict` says."""
+    if isinstance(value, CompressionConfig):
+        return value
+    try:
+        return parse_config(value)
+    except ConfigError as exc:
+        # Without pydantic's "Value error, " prefix; the type lets the 422 carry the code invalid_config.
+        raise PydanticCustomError(ProblemCode.INVALID_CONFIG.value, "{message}", {"message": str(exc)}) from exc
 
-    detail: str
+
+# A compression config in a request: documented as the CompressionConfig schema, validated by parse_config.
+CompressionConfigIn = Annotated[CompressionConfig, BeforeValidator(_compression_config)]
 
 
-class ValidationErrorPublic(ErrorPublic):
-    """A 422: what is wrong and where, plus pydantic's structured list when the request failed validation."""
+class ProblemPublic(BaseModel):
+    """The body of every error answer: RFC 9457 problem details, sent as application/problem+json
+    (service.api.problems)."""
 
-    errors: list[dict[str, Any]] | None = Field(default=None, description="loc, msg and type of each error")
+    type: str = Field(description="the problem type as a URI (a tag URI naming the code; not meant to be fetched)")
+    title: str = Field(description="a short summary of the problem type, the same for every answer of this code")
+    status: int = Field(description="the HTTP status of the answer")
+    detail: str = Field(description="what went wrong this time, as one readable line")
+    code: ProblemCode = Field(description="the machine-readable code: branch on it, not on `detail`")
+    instance: str | None = Field(default=None, description="the request's path")
+
+
+class FieldErrorPublic(BaseModel):
+    """One reason a request failed validation."""
+
+    loc: list[int | str] = Field(description="where: \"body\", \"query\" or \"path\", then fields and indexes")
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. missing, int_parsing, invalid_config")
+
+
+class ValidationProblemPublic(ProblemPublic):
+    """A 422: what is wrong and where, plus the structured list when the request failed validation."""
+
+    errors: list[FieldErrorPublic] | None = Field(
+        default=None, description="each field error (at most 50); absent when the library refused the content")
 
 
 class HealthPublic(BaseModel):
@@ -222,8 +266,12 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
-class KernelKeyCreate(BaseModel):
-    """A kernel key as profilers send it (predictor.kernels.KernelKey.to_dict()), every field bounded."""
+class KernelKey(BaseModel):
+    """A kernel key as profilers send it (predictor.kernels.KernelKey.to_dict()), every field bounded.
+
+    A value object, the same in requests and answers, hence no Create/Public pair; the API validates it where
+    keys enter (measurement uploads).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -255,7 +303,7 @@ class MeasurementCreate(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    key: KernelKeyCreate = Field(description="canonical kernel key (KernelKey.to_dict())")
+    key: KernelKey = Field(description="canonical kernel key (predictor.kernels.KernelKey.to_dict())")
     median_ms: LatencyMs
     p10_ms: LatencyMs
     p90_ms: LatencyMs
@@ -277,6 +325,10 @@ class MeasurementsCreate(BaseModel):
     measurements: list[MeasurementCreate] = Field(max_length=100_000)
 
 
+# Conflicting rows an upload's answer lists; the count covers them all.
+MAX_LISTED_CONFLICTS = 20
+
+
 class MeasurementConflictPublic(BaseModel):
     key_hash: str
     op_type: str
@@ -289,6 +341,11 @@ class MeasurementsInserted(BaseModel):
     duplicates: int = Field(description="rows already stored for this run (or repeated in the batch)")
     conflicts: int = Field(default=0, description="duplicates whose median differs from the one kept: not stored")
     first_conflict: MeasurementConflictPublic | None = None
+    conflicting: list[MeasurementConflictPublic] = Field(
+        default_factory=list, description="the conflicting rows in the batch's order, at most "
+                                          f"{MAX_LISTED_CONFLICTS} (`conflicts` counts them all)")
+    message: str | None = Field(default=None, description="one line naming the conflicting keys (null without "
+                                                          "conflicts): what an agent logs")
 
 
 class MeasurementPublic(BaseModel):
@@ -351,7 +408,7 @@ class PredictRequest(BaseModel):
 
     device: str
     model_id: str
-    config: JsonObject | None = Field(default=None, description="compression config; see /api/config-schema")
+    config: CompressionConfigIn | None = Field(default=None, description="compression config; null: none")
     input_shapes: dict[str, list[int]] | None = Field(
         default=None, description="override the input shapes given at upload, e.g. {\"input\": [1, 3, 224, 224]}"
     )
@@ -386,14 +443,14 @@ class EstimatePublic(BaseModel):
 
 class PredictionPublic(EstimatePublic):
     model_id: str
-    config: dict[str, Any]
+    config: CompressionConfig = Field(description="the config the figure is for, with the fields it sets")
 
 
 class RankCandidate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=256)
-    config: JsonObject = Field(default_factory=dict)
+    config: CompressionConfigIn = Field(default_factory=CompressionConfig)
 
 
 class RankRequest(BaseModel):

@@ -32,7 +32,6 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException
 from sqlalchemy import make_url
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
@@ -42,6 +41,7 @@ from service.api.database import StoreConnector
 from service.api.errors import describe_error
 from service.api.model_store import open_model_store
 from service.api.predictions import PredictionCache, answer_question
+from service.api.problems import HTTPProblem, Problem, ProblemCode
 from service.settings import Settings
 
 __all__ = ["PredictionWorkers", "worker_settings"]
@@ -149,7 +149,7 @@ class PredictionWorkers:
 
     # ------------------------------------------------------------------------------------------ questions
     async def answer(self, kind: str, body: Mapping[str, Any], receive: Receive) -> Any:
-        """The answer to a question ("predict" or "rank"); HTTPException for errors, 503 busy, 504 too slow.
+        """The answer to a question ("predict" or "rank"); HTTPProblem for errors, 503 busy, 504 too slow.
 
         `receive` is the request's: a disconnect message from it stops the question.
         """
@@ -169,25 +169,25 @@ class PredictionWorkers:
             outcome = await answer
             if gone.done() and not gone.cancelled() and outcome == _DIED:
                 logger.info("%s: the client went away; its question was stopped", kind)
-                raise HTTPException(status_code=499, detail="the client closed the connection")
+                raise HTTPProblem(499, ProblemCode.CLIENT_CLOSED_REQUEST, "the client closed the connection")
             if outcome == _TIMED_OUT:
                 logger.warning("%s: stopped a question at the time limit of %g s", kind, self.timeout_s)
-                raise HTTPException(
-                    status_code=504,
-                    detail=f"the question took longer than the limit of {self.timeout_s:g} s of this server "
-                           "(LATPRED_PREDICT_TIMEOUT_S) and was stopped; ask with fewer candidates or a smaller "
-                           "model, or raise the limit")
+                raise HTTPProblem(
+                    504, ProblemCode.DEADLINE_EXCEEDED,
+                    f"the question took longer than the limit of {self.timeout_s:g} s of this server "
+                    "(LATPRED_PREDICT_TIMEOUT_S) and was stopped; ask with fewer candidates or a smaller "
+                    "model, or raise the limit")
             if outcome == _DIED:
                 worker.process.join(timeout=_KILL_JOIN_TIMEOUT_S)
                 logger.error("%s: the prediction worker died (exit code %s)", kind, worker.process.exitcode)
-                raise HTTPException(status_code=500, detail="the prediction worker died answering this question "
-                                    f"(exit code {worker.process.exitcode}); see the service log")
+                raise HTTPProblem(500, ProblemCode.WORKER_DIED, "the prediction worker died answering this question "
+                                  f"(exit code {worker.process.exitcode}); see the service log")
             healthy = True
-            status, payload = outcome
-            if status != "ok":
-                if status >= 500:
-                    logger.warning("%s: %s", kind, payload)
-                raise HTTPException(status_code=status, detail=payload)
+            if isinstance(outcome, Problem):
+                if outcome.status >= 500:
+                    logger.warning("%s: %s", kind, outcome.detail)
+                raise HTTPProblem(outcome.status, outcome.code, outcome.detail)
+            _ok, payload = outcome
             return payload
         finally:
             await run_in_threadpool(self._checkin, worker, healthy)
@@ -219,7 +219,7 @@ class PredictionWorkers:
             while True:
                 with self._lock:
                     if self._closed:
-                        raise HTTPException(status_code=503, detail="the service is shutting down")
+                        raise HTTPProblem(503, ProblemCode.SHUTTING_DOWN, "the service is shutting down")
                     worker = self._take_idle()
                     if worker is not None:
                         return worker
@@ -251,9 +251,9 @@ class PredictionWorkers:
             self._started.append(worker)
         return worker
 
-    def _busy(self, why: str) -> HTTPException:
-        return HTTPException(status_code=503, detail=f"too busy to answer now: {why}; retry later",
-                             headers={"Retry-After": str(max(1, round(self.timeout_s / 4)))})
+    def _busy(self, why: str) -> HTTPProblem:
+        return HTTPProblem(503, ProblemCode.BUSY, f"too busy to answer now: {why}; retry later",
+                           headers={"Retry-After": str(max(1, round(self.timeout_s / 4)))})
 
     def _start_worker(self) -> _Worker:
         context = _worker_context()
@@ -328,8 +328,7 @@ def _exit_when_orphaned(server_pid: int) -> None:
 
 
 def _serve_questions(connection: Connection, settings_fields: dict[str, Any], server_pid: int) -> None:
-    """The worker's loop: answer each question as ("ok", JSON) or (status, detail), until the server closes the
-    pipe."""
+    """The worker's loop: answer each question as ("ok", JSON) or a Problem, until the server closes the pipe."""
     # Its own process group, so the server kills it and the optimizer workers it starts in one call.
     os.setpgrp()
     # An empty folder of its own as the working directory: nothing a model names by a relative path is there.
@@ -349,12 +348,13 @@ def _serve_questions(connection: Connection, settings_fields: dict[str, Any], se
                 cache.close()
                 connector.close()
                 return
+            answer: tuple[str, Any] | Problem
             try:
-                answer: tuple[Any, Any] = ("ok", answer_question(kind, body, connector.get(), cache))
+                answer = ("ok", answer_question(kind, body, connector.get(), cache))
             except Exception as exc:
                 known = describe_error(exc)
                 if known is None:
                     logger.exception("%s failed", kind)
-                    known = (500, "internal server error; see the service log")
+                    known = Problem(500, ProblemCode.INTERNAL_ERROR, "internal server error; see the service log")
                 answer = known
             connection.send(answer)

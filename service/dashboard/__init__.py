@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from service.api.versions import include_versioned
 from service.dashboard.routes import chart_router, page_router
 
 __all__ = ["STATIC_DIR", "install_dashboard"]
@@ -17,7 +18,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def install_dashboard(app: FastAPI) -> None:
-    """Mount the pages at /, their chart data under /api/dashboard and the static files at /static."""
-    app.include_router(chart_router, prefix="/api")
+    """Mount the pages at /, their chart data under /api/v1/dashboard (and /api/dashboard) and the static files at
+    /static."""
+    include_versioned(app, chart_router)
     app.include_router(page_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

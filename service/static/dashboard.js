@@ -278,7 +278,7 @@
   async function devicePage() {
     const name = document.body.dataset.device;
     try {
-      const data = await api("/api/dashboard/devices/" + encodeURIComponent(name) + "/charts");
+      const data = await api("/api/v1/dashboard/devices/" + encodeURIComponent(name) + "/charts");
       drawMacs(data.latency_vs_macs);
       drawBits(data.bits);
       drawSparsity(data.sparsity);
@@ -374,7 +374,7 @@
     document.body.dataset.breakdownReady = "false";
     setText("breakdown-status", "predicting kernels…", "");
     try {
-      const estimate = await postJson("/api/predict", { device: device, model_id: modelId, config: state.configs[name] || {} });
+      const estimate = await postJson("/api/v1/predict", { device: device, model_id: modelId, config: state.configs[name] || {} });
       const kernels = estimate.kernels.slice().sort(function (a, b) { return b.latency_ms - a.latency_ms; });
       const top = kernels.slice(0, TOP_KERNELS);
       const rest = kernels.slice(TOP_KERNELS).reduce(function (sum, k) { return sum + k.latency_ms; }, 0);
@@ -448,7 +448,7 @@
       const target = parseFloat(document.getElementById("target-speedup").value);
       if (target > 0) body.target_speedup = target;
       setText("rank-status", "ranking " + candidates.length + " candidates…", "");
-      const ranking = await postJson("/api/rank", body);
+      const ranking = await postJson("/api/v1/rank", body);
       state.lastRanking = ranking;
       renderRanking(ranking);
       setText("rank-status", "Ranked " + ranking.ranked.length + " candidates on " + ranking.device + ".", "good");
@@ -471,7 +471,7 @@
       const shapes = document.getElementById("input-shapes").value.trim();
       if (shapes) form.append("input_shapes", shapes);
       setText("upload-status", "uploading " + file.name + " and extracting its kernels…", "");
-      const model = await api("/api/models", { method: "POST", body: form });
+      const model = await api("/api/v1/models", { method: "POST", body: form });
       const select = document.getElementById("model-select");
       let option = Array.from(select.options).find(function (o) { return o.value === model.id; });
       if (!option) {
@@ -489,11 +489,11 @@
     }
   }
 
-  // Uploaded models are listed to token holders only (an id is all a question needs): GET /api/models.
+  // Uploaded models are listed to token holders only (an id is all a question needs): GET /api/v1/models.
   async function listModels() {
     try {
       if (!token()) throw new Error("type the API token first: listing uploaded models needs it");
-      const page = await api("/api/models?limit=200");
+      const page = await api("/api/v1/models?limit=200");
       const select = document.getElementById("model-select");
       page.data.forEach(function (model) {
         if (Array.from(select.options).some(function (o) { return o.value === model.id; })) return;

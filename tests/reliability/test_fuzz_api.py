@@ -38,7 +38,7 @@ EXAMPLES_PER_OPERATION = 25
 # Per example; generous because the suite shares two cores, yet a hang fails fast.
 DEADLINE = timedelta(seconds=10)
 # Left out of the schema-driven fuzzing (see the module docstring).
-EXCLUDED = (("POST", "/api/models"), ("POST", "/api/devices/{name}/train"))
+EXCLUDED = (("POST", "/api/v1/models"), ("POST", "/api/v1/devices/{name}/train"))
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def _json_operations() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def api_schema(seeded: dict[str, Any]) -> Iterator[Any]:
-    yield schemathesis.openapi.from_asgi("/api/openapi.json", seeded["app"])
+    yield schemathesis.openapi.from_asgi("/api/v1/openapi.json", seeded["app"])
     # Schemathesis keeps the app's lifespan running until exit; end it here (store closed, job pool stopped).
     shutdown = getattr(schemathesis_asgi, "shutdown_lifespans", None)
     if shutdown is not None:
@@ -126,7 +126,7 @@ def test_no_server_error_and_documented_responses(api_schema: Any, seeded: dict[
         statuses.append(response.status_code)
 
     check()
-    if path != "/api/jobs/{job_id}":  # no job was queued for the examples to find
+    if path != "/api/v1/jobs/{job_id}":  # no job was queued for the examples to find
         assert any(200 <= status < 300 for status in statuses), f"no example got past the 4xx: {statuses}"
 
 
@@ -148,7 +148,7 @@ def limited_app(fuzz_settings: Settings, seeded: dict[str, Any]) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def limited_schema(limited_app: FastAPI) -> Any:
-    return schemathesis.openapi.from_asgi("/api/openapi.json", limited_app)
+    return schemathesis.openapi.from_asgi("/api/v1/openapi.json", limited_app)
 
 
 @pytest.fixture(scope="module")

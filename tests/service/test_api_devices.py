@@ -20,9 +20,12 @@ def test_health_reports_database_ok(api: TestClient) -> None:
 
 
 def test_openapi_docs_are_served(api: TestClient) -> None:
+    """The document lists the versioned paths only (the /api aliases answer, undocumented), at both its paths."""
     assert api.get("/docs").status_code == 200
-    paths = api.get("/api/openapi.json").json()["paths"]
-    assert {"/api/health", "/api/devices", "/api/models", "/api/predict", "/api/rank"} <= set(paths)
+    paths = api.get("/api/v1/openapi.json").json()["paths"]
+    assert {"/api/v1/health", "/api/v1/devices", "/api/v1/models", "/api/v1/predict", "/api/v1/rank"} <= set(paths)
+    assert not [path for path in paths if not path.startswith("/api/v1/")]
+    assert api.get("/api/openapi.json").json() == api.get("/api/v1/openapi.json").json()
 
 
 def test_health_is_503_while_database_unreachable(tmp_path: Path) -> None:
@@ -67,7 +70,7 @@ def test_writes_need_a_valid_token(api: TestClient) -> None:
     assert missing.headers["www-authenticate"] == "Bearer"
     wrong = api.post("/api/devices", json=body, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    assert wrong.json() == {"detail": "invalid token"}
+    assert (wrong.json()["detail"], wrong.json()["code"]) == ("invalid token", "unauthorized")
     not_bearer = api.post("/api/devices", json=body, headers={"Authorization": f"Basic {TOKEN}"})
     assert not_bearer.status_code == 401
     assert api.get("/api/devices").json()["count"] == 0
@@ -136,7 +139,8 @@ def test_register_rejects_bad_fields(api: TestClient, change: dict[str, object])
 def test_unknown_device_is_404_naming_known_ones(api: TestClient, device: str) -> None:
     response = api.get("/api/devices/nope")
     assert response.status_code == 404
-    assert response.json() == {"detail": f"unknown device 'nope'; known: '{device}'"}
+    assert response.json()["detail"] == f"unknown device 'nope'; known: '{device}'"
+    assert response.json()["code"] == "unknown_device"
 
 
 def test_runs_start_finish_and_show_on_device(api: TestClient, device: str) -> None:

@@ -47,7 +47,8 @@ def test_same_batch_twice_is_inserted_then_duplicates(api: TestClient, device: s
     rows = [row(conv_key(32)), row(conv_key(64)), row(gemm_key(128))]
     first = post(api, device, rows)
     assert first.status_code == 200, first.text
-    assert first.json() == {"inserted": 3, "duplicates": 0, "conflicts": 0, "first_conflict": None}
+    assert first.json() == {"inserted": 3, "duplicates": 0, "conflicts": 0, "first_conflict": None,
+                            "conflicting": [], "message": None}
     assert counts(post(api, device, rows)) == (0, 3, 0)
     assert stored_count(api, device) == 3
     assert counts(post(api, device, rows, run_id="run-2")) == (3, 0, 0)
@@ -61,11 +62,15 @@ def test_repeated_key_within_a_batch_counts_as_duplicate(api: TestClient, device
 
 
 def test_conflicting_duplicates_are_reported_and_the_first_median_kept(api: TestClient, device: str) -> None:
-    """Same run and key with another median: not stored, counted, and the first conflict shown (never silent)."""
+    """Same run and key with another median: not stored, counted, listed and named in a message (never silent)."""
     key_hash = KernelKey.from_dict(conv_key(32)).key_hash
     in_batch = post(api, device, [row(conv_key(32), 0.5), row(conv_key(64)), row(conv_key(32), 0.7)]).json()
-    assert in_batch == {"inserted": 2, "duplicates": 1, "conflicts": 1, "first_conflict": {
-        "key_hash": key_hash, "op_type": "Conv", "stored_median_ms": 0.5, "sent_median_ms": 0.7}}
+    conflict = {"key_hash": key_hash, "op_type": "Conv", "stored_median_ms": 0.5, "sent_median_ms": 0.7}
+    assert in_batch == {"inserted": 2, "duplicates": 1, "conflicts": 1, "first_conflict": conflict,
+                        "conflicting": [conflict], "message": (
+                            "1 measurement(s) of run 'run-1' repeat a stored (run, key) with another median and "
+                            f"were not stored (the stored median is kept): Conv key {key_hash}: stored 0.5 ms, "
+                            "sent 0.7 ms")}
     later = post(api, device, [row(conv_key(64)), row(conv_key(32), 0.9), row(conv_key(32), 0.5)]).json()
     assert (later["inserted"], later["duplicates"], later["conflicts"]) == (0, 3, 1)
     assert later["first_conflict"]["sent_median_ms"] == 0.9

@@ -109,7 +109,7 @@ def test_upload_over_the_limit_is_413(store_url: str, tmp_path: Path, residual_b
     with TestClient(create_app(settings)) as client:
         response = upload(client, residual_bytes)
         assert response.status_code == 413
-        assert response.json() == {"detail": "upload exceeds 0.001 MB"}
+        assert (response.json()["detail"], response.json()["code"]) == ("upload exceeds 0.001 MB", "body_too_large")
         assert kept_models(settings) == {}
         model_id = hashlib.sha256(residual_bytes).hexdigest()
         assert client.get(f"/api/models/{model_id}").status_code == 404

@@ -38,7 +38,8 @@ def measured(api: TestClient, device: str, uploaded: dict[str, Any]) -> dict[str
     rows = [fake_measurement(kernel, medians[kernel["key_hash"]]) for kernel in uploaded["kernels"]]
     response = api.post(f"/api/devices/{device}/measurements", json={"run_id": "run-1", "measurements": rows},
                         headers=AUTH)
-    assert response.json() == {"inserted": len(rows), "duplicates": 0, "conflicts": 0, "first_conflict": None}
+    assert response.json() == {"inserted": len(rows), "duplicates": 0, "conflicts": 0, "first_conflict": None,
+                               "conflicting": [], "message": None}
     return medians
 
 

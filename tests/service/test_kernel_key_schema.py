@@ -1,4 +1,4 @@
-"""The measurement key schema (service.api.schemas.KernelKeyCreate) accepts every key the profilers really produce.
+"""The measurement key schema (service.api.schemas.KernelKey) accepts every key the profilers really produce.
 
 Keys come from the committed real exports (tests/data/real: both torch exporters, Hugging Face BERT and GPT-2,
 onnxruntime's quantizers, torch-pruning), from those models compressed as profiling plans compress them, from the
@@ -21,7 +21,8 @@ from predictor.runtime import local_runtime
 from profiler.backends.tensorrt import _DATATYPE_WORDS, kernels_from_engine_info
 from profiler.plan import DEFAULT_PRIORS_DIR
 from profiler.skeleton import load_skeleton, materialize_skeleton
-from service.api.schemas import KNOWN_DTYPES, KernelKeyCreate
+from service.api.schemas import KNOWN_DTYPES
+from service.api.schemas import KernelKey as KernelKeySchema
 
 REAL = Path(__file__).resolve().parents[1] / "data" / "real"
 TRT_DATA = Path(__file__).resolve().parents[1] / "profiler" / "data"
@@ -43,7 +44,7 @@ def real_model(record: dict) -> onnx.ModelProto:
 
 def assert_validates(key: KernelKey) -> None:
     document = json.loads(json.dumps(key.to_dict()))  # as it crosses the wire
-    validated = KernelKeyCreate.model_validate(document)
+    validated = KernelKeySchema.model_validate(document)
     again = KernelKey.from_dict(validated.model_dump())
     assert again == key and again.key_hash == key.key_hash, document
 
@@ -132,4 +133,4 @@ def test_impossible_keys_are_refused(change: dict, fragment: str) -> None:
     key = KernelKey(op_type="Conv", inputs=((1, 16, 28, 28),), outputs=((1, 32, 28, 28),), weight=(32, 16, 3, 3),
                     attrs=(("kernel_shape", (3, 3)),)).to_dict()
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace("[", r"\[")):
-        KernelKeyCreate.model_validate({**key, **change})
+        KernelKeySchema.model_validate({**key, **change})

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, Path, status
 
 from predictor.store import get_device, get_job, submit_job
 from service.api.deps import ReadAccess, SessionDep, WriteAccess
 from service.api.jobs import job_public
+from service.api.problems import HTTPProblem, ProblemCode
 from service.api.schemas import JobPublic
 
 __all__ = ["router"]
@@ -37,5 +38,5 @@ def read_job(session: SessionDep, job_id: str = JobId) -> JobPublic:
     """A job's state: queued, running, finished (with its result) or failed (with its error)."""
     job = get_job(session, job_id)
     if job is None:
-        raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"unknown job {job_id!r}")
+        raise HTTPProblem(status.HTTP_404_NOT_FOUND, ProblemCode.UNKNOWN_JOB, f"unknown job {job_id!r}")
     return job_public(job)

@@ -9,12 +9,13 @@ import logging
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import Response
 
 from predictor.features import features_matrix
 from predictor.kernels import KernelKey
 from predictor.store import (
+    MeasurementConflict,
     MeasurementIn,
     add_measurements,
     count_measurements,
@@ -25,7 +26,9 @@ from predictor.store import (
 )
 from predictor.store.summary import summarize_kernel_keys
 from service.api.deps import ReadAccess, SessionDep, WriteAccess
+from service.api.problems import HTTPProblem, ProblemCode
 from service.api.schemas import (
+    MAX_LISTED_CONFLICTS,
     MeasurementConflictPublic,
     MeasurementCreate,
     MeasurementPublic,
@@ -49,8 +52,12 @@ _CSV_COLUMNS = ("run_id", "key_hash", "op_type", "bits", "median_ms", "p10_ms", 
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _unprocessable(detail: str) -> HTTPException:
-    return HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+# Conflicting keys named in an answer's message (its `conflicting` list holds more).
+_CONFLICTS_IN_MESSAGE = 5
+
+
+def _unprocessable(detail: str) -> HTTPProblem:
+    return HTTPProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, ProblemCode.INVALID_MEASUREMENT, detail)
 
 
 def _measurements_in(rows: list[MeasurementCreate]) -> list[MeasurementIn]:
@@ -86,8 +93,9 @@ def _why_unusable(key: KernelKey) -> str:
 def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep) -> MeasurementsInserted:
     """Append a batch of one run; idempotent per (run_id, key). Any bad row rejects the whole batch.
 
-    A row repeating a stored (run, key) with another median is not stored: the answer counts such conflicts and
-    shows the first. A finished or killed run takes no new rows (409); repeating rows it has is still a 200.
+    A row repeating a stored (run, key) with another median is not stored: the answer counts such conflicts, lists
+    the first ones and names their keys in `message`. A finished or killed run takes no new rows (409); repeating
+    rows it has is still a 200.
     """
     device = get_device(session, name)
     rows = _measurements_in(body.measurements)
@@ -98,21 +106,30 @@ def create_measurements(name: str, body: MeasurementsCreate, session: SessionDep
     run = get_run(session, body.run_id)
     if inserted and run is not None and run.device_id == device.id and run.status != "running":
         session.rollback()
-        raise HTTPException(status_code=status.HTTP_409_CONFLICT,
-                            detail=f"run {body.run_id!r} is {run.status}: it takes no new measurements; "
-                                   "upload them under a new run id")
+        raise HTTPProblem(status.HTTP_409_CONFLICT, ProblemCode.RUN_CLOSED,
+                          f"run {body.run_id!r} is {run.status}: it takes no new measurements; "
+                          "upload them under a new run id")
     conflicts = find_measurement_conflicts(session, device, body.run_id, rows)
     # The device's aggregates were updated with the rows (predictor.store.aggregates): every process's cached
     # predictor takes them in before its next answer.
     session.commit()
-    if conflicts:
-        first = conflicts[0]
-        logger.warning("run %r on device %r: %d measurement(s) conflict with stored ones, first %s (%s): stored "
-                       "%.6g ms, sent %.6g ms", body.run_id, name, len(conflicts), first.key_hash, first.op_type,
-                       first.stored_median_ms, first.sent_median_ms)
+    message = _conflicts_message(body.run_id, conflicts) if conflicts else None
+    if message:
+        logger.warning("device %r: %s", name, message)
+    listed = [MeasurementConflictPublic(**dataclasses.asdict(conflict))
+              for conflict in conflicts[:MAX_LISTED_CONFLICTS]]
     return MeasurementsInserted(
         inserted=inserted, duplicates=len(rows) - inserted, conflicts=len(conflicts),
-        first_conflict=MeasurementConflictPublic(**dataclasses.asdict(conflicts[0])) if conflicts else None)
+        first_conflict=listed[0] if listed else None, conflicting=listed, message=message)
+
+
+def _conflicts_message(run_id: str, conflicts: list[MeasurementConflict]) -> str:
+    """One line naming the conflicting keys (the first few) with both medians."""
+    named = "; ".join(f"{conflict.op_type} key {conflict.key_hash}: stored {conflict.stored_median_ms:.6g} ms, sent "
+                      f"{conflict.sent_median_ms:.6g} ms" for conflict in conflicts[:_CONFLICTS_IN_MESSAGE])
+    more = f"; and {len(conflicts) - _CONFLICTS_IN_MESSAGE} more" if len(conflicts) > _CONFLICTS_IN_MESSAGE else ""
+    return (f"{len(conflicts)} measurement(s) of run {run_id!r} repeat a stored (run, key) with another median and "
+            f"were not stored (the stored median is kept): {named}{more}")
 
 
 def _text_cell(text: str) -> str:

@@ -5,7 +5,7 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from predictor.errors import InvalidModelError
@@ -15,11 +15,10 @@ from predictor.runtime import local_runtime
 from predictor.store import get_stored_model, list_stored_models, save_stored_model
 from service.api.deps import ModelStoreDep, ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
 from service.api.model_store import ModelStore
+from service.api.problems import HTTPProblem, ProblemCode
 from service.api.schemas import ModelPublic, ModelsPublic, ModelSummaryPublic
 from service.api.uploads import (
-    BadUploadError,
     UploadedModel,
-    UploadTooLargeError,
     check_model_size,
     display_name,
     parse_input_shapes_field,
@@ -127,12 +126,8 @@ def _store_model(
 async def upload_model(request: Request, response: Response, settings: SettingsDep, store: StoreDep,
                        model_store: ModelStoreDep) -> ModelPublic:
     """Upload an ONNX file (multipart field `file`); its id is the sha256 of the bytes (and of `input_shapes`)."""
-    try:
-        upload = await read_model_upload(request, settings.max_upload_mb)
-    except UploadTooLargeError as exc:
-        raise HTTPException(status_code=status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc)) from exc
-    except BadUploadError as exc:
-        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from exc
+    # UploadTooLargeError (413) and BadUploadError (422) are answered by class (service.api.errors).
+    upload = await read_model_upload(request, settings.max_upload_mb)
     shapes = parse_input_shapes_field(upload.input_shapes)
     public, created = await run_in_threadpool(_store_model, store, settings, model_store, upload, shapes,
                                               upload_id(upload.data, shapes))
@@ -159,5 +154,5 @@ def read_model(model_id: ModelId, session: SessionDep) -> ModelPublic:
     """An uploaded model's inputs and base kernels."""
     stored = get_stored_model(session, model_id)
     if stored is None or stored.kernels is None:
-        raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"unknown model id {model_id!r}")
+        raise HTTPProblem(status.HTTP_404_NOT_FOUND, ProblemCode.UNKNOWN_MODEL, f"unknown model id {model_id!r}")
     return ModelPublic.model_validate(stored)

@@ -24,7 +24,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 # Reads, though POST: the question has a body. The work runs in a worker process (service.api.workers), under
 # the deadline, and stops when the client goes away.
-@router.post("/predict", response_model=PredictionPublic, responses=_ERRORS)
+# exclude_none: the answer's config shows the fields it sets, as the library's CompressionConfig.canonical_json does
+# (nothing else in PredictionPublic is ever null).
+@router.post("/predict", response_model=PredictionPublic, response_model_exclude_none=True, responses=_ERRORS)
 async def predict(body: PredictRequest, request: Request, predictions: PredictionsDep) -> Any:
     """The model's predicted latency on the device under the config, per kernel and in total."""
     return await predictions.answer("predict", body.model_dump(mode="json"), request.receive)

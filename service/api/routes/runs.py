@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 
 from predictor.store import RunClosedError, finish_run, get_device, list_runs, start_run
 from service.api.deps import ReadAccess, SessionDep, SettingsDep, WriteAccess
+from service.api.problems import HTTPProblem, ProblemCode
 from service.api.schemas import RunCreate, RunFinish, RunPublic
 
 __all__ = ["router"]
@@ -28,7 +29,7 @@ def create_run(name: str, body: RunCreate, session: SessionDep) -> RunPublic:
     try:
         run = start_run(session, device, body.run_id, body.budget_minutes, runtime=body.runtime, host=body.host)
     except ValueError as exc:
-        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+        raise HTTPProblem(status.HTTP_409_CONFLICT, ProblemCode.RUN_CONFLICT, str(exc)) from exc
     public = RunPublic.model_validate(run)
     session.commit()
     return public
@@ -41,12 +42,12 @@ def _check_report_size(report: dict[str, Any] | None, max_kb: float) -> None:
     try:
         size_bytes = len(json.dumps(report, allow_nan=False, separators=(",", ":")))
     except ValueError as exc:
-        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail=f"report: not plain JSON ({exc})") from exc
+        raise HTTPProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, ProblemCode.INVALID_REPORT,
+                          f"report: not plain JSON ({exc})") from exc
     if size_bytes > max_kb * 1024:
-        raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail=f"report: {size_bytes / 1024:.0f} KB as JSON, over the limit of {max_kb:g} KB of "
-                                   "this server (LATPRED_MAX_RUN_REPORT_KB)")
+        raise HTTPProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, ProblemCode.INVALID_REPORT,
+                          f"report: {size_bytes / 1024:.0f} KB as JSON, over the limit of {max_kb:g} KB of "
+                          "this server (LATPRED_MAX_RUN_REPORT_KB)")
 
 
 @router.put("/{run_id}", response_model=RunPublic, dependencies=[WriteAccess],
@@ -60,13 +61,13 @@ def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep, set
     """
     device = get_device(session, name)
     if not any(run.run_id == run_id for run in list_runs(session, device)):
-        raise HTTPException(status_code=status.HTTP_404_NOT_FOUND,
-                            detail=f"unknown run {run_id!r} on device {name!r}; start it with POST first")
+        raise HTTPProblem(status.HTTP_404_NOT_FOUND, ProblemCode.UNKNOWN_RUN,
+                          f"unknown run {run_id!r} on device {name!r}; start it with POST first")
     _check_report_size(body.report, settings.max_run_report_kb)
     try:
         run = finish_run(session, run_id, body.status, body.report)
     except RunClosedError as exc:
-        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+        raise HTTPProblem(status.HTTP_409_CONFLICT, ProblemCode.RUN_CLOSED, str(exc)) from exc
     public = RunPublic.model_validate(run)
     session.commit()
     return public
