@@ -25,7 +25,7 @@ from tests import factories
 PROFILED_DEVICE = "my-device"
 SERVICE_TOKEN = "python-api-token"
 # The configs the device was profiled under, as the snippet names them.
-CANDIDATES = {"int8": {"default": {"bits": 8}}, "p30": {"default": {"prune_ratio": 0.3}}}
+CANDIDATES: dict[str, dict[str, Any]] = {"int8": {"default": {"bits": 8}}, "p30": {"default": {"prune_ratio": 0.3}}}
 _FAST = MeasureProtocol(warmup_runs=2, min_repeats=5, max_repeats=30, max_seconds=0.3)
 
 
