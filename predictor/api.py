@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import onnx
+from sqlalchemy import make_url
 
 from predictor.client import LatpredClient
 from predictor.config import CompressionConfig, load_config, parse_config
@@ -123,7 +124,8 @@ class _LocalBackend:
                 get_device(session, device)  # UnknownDeviceError naming the devices there are
         except UnknownDeviceError as exc:
             self.store.close()
-            raise UnknownDeviceError(f"{exc} (store {settings.resolved_database_url})") from exc
+            where = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+            raise UnknownDeviceError(f"{exc} (store {where})") from exc
         self._predictor: DevicePredictor | None = None
         self._runtime: RuntimeSpec | None = None
         self._lock = threading.Lock()
