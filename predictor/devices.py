@@ -25,6 +25,7 @@ import onnx
 
 from predictor.config import CompressionConfig, parse_config
 from predictor.errors import LatpredError
+from predictor.packaged import packaged_data_dir
 
 __all__ = [
     "CATEGORIES",
@@ -43,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROBES_DIR = Path(__file__).resolve().parents[1] / "data" / "probes"
+DEFAULT_PROBES_DIR = packaged_data_dir() / "probes"
 KERNEL_PROFILE_VERSION = 1
 
 # The kinds of model a device's runtime may build differently, each with the probes that show it: a probe model and

@@ -21,6 +21,7 @@ import onnx
 
 from predictor.compress import apply_config
 from predictor.config import CompressionConfig, parse_config
+from predictor.packaged import packaged_data_dir
 from profiler.skeleton import load_skeleton, materialize_skeleton
 from profiler.tools import apply_tool
 
@@ -42,7 +43,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PRIORS_DIR = Path(__file__).resolve().parents[1] / "data" / "priors"
+DEFAULT_PRIORS_DIR = packaged_data_dir() / "priors"
 
 _ALL = frozenset({"cnn", "vit", "text"})
 _TRANSFORMERS = frozenset({"vit", "text"})

@@ -13,7 +13,7 @@ from predictor.prepared import PreparedModel, rank_candidates
 from predictor.runtime import describe_host
 from predictor.store import add_validation, get_device, open_store, register_device, session_scope
 from predictor.training import train_device
-from predictor.validation import measure_against_table, summarize_validation
+from predictor.validation import measure_against_table, summarize_validation, validation_row
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
 from profiler.plan import DEFAULT_PRIORS_DIR, model_plan
@@ -70,7 +70,8 @@ def run_demo(settings: Settings, budget_minutes: float, as_json: bool, emit_line
         device = get_device(session, DEMO_DEVICE)
         metrics, overhead = train_device(session, device)
     trained = sorted(op for op, entry in metrics.items() if "skipped" not in entry)
-    say(f"    {len(trained)} op-type regressors; overhead {overhead}")
+    fitted = f"fitted on {overhead.get('samples', 0)} models" if overhead else "not fitted (too few models measured)"
+    say(f"    {len(trained)} op-type regressors; overhead {fitted}")
     say("3/4 ranking the candidates (predicted)")
     with store.sessions() as session:
         predictor = DevicePredictor.load(session, get_device(session, DEMO_DEVICE))
@@ -78,18 +79,21 @@ def run_demo(settings: Settings, budget_minutes: float, as_json: bool, emit_line
     ranking = rank_candidates(predictor, prepared, candidates)
     say("4/4 measuring every candidate for real on this machine")
     protocol = GROUND_TRUTH_PROTOCOL
-    measured: dict[str, float] = {}
+    raw_ms: dict[str, float] = {}
+    scaled_ms: dict[str, float | None] = {}
     for name, config in candidates:
-        raw, scaled, _, _ = measure_against_table(backend, prepared.compressed(config), protocol,
-                                                  predictor.reference_baselines, lambda: measure_reference_ms(backend))
-        # Scaled to the device's baseline state, as the table is: the host's load is not the model's cost.
-        measured[name] = scaled or raw
+        raw_ms[name], scaled_ms[name], _, _ = measure_against_table(
+            backend, prepared.compressed(config), protocol, predictor.reference_baselines,
+            lambda: measure_reference_ms(backend))
+    # Judged against times scaled to the device's baseline state, as the table is: the host's load is not the
+    # model's cost.
+    truth = {name: scaled_ms[name] or raw_ms[name] for name in raw_ms}
     rows = []
     for entry in ranking["ranked"]:
-        value = measured[entry["name"]]
-        rows.append({**entry, "measured_ms": value, "measured_speedup": measured["fp32"] / value,
-                     "error": (entry["latency_ms"] - value) / value,
-                     "model": "sample_mobilenet_v2", "config": entry["name"], "predicted_ms": entry["latency_ms"]})
+        name = entry["name"]
+        row = validation_row("sample_mobilenet_v2", name, entry["latency_ms"], raw_ms[name], scaled_ms[name],
+                             entry.get("table_hit_rate", 0.0), list(entry["interval_ms"]))
+        rows.append({**entry, **row, "measured_speedup": truth["fp32"] / truth[name]})
 
     with session_scope(store.sessions) as session:
         device = get_device(session, DEMO_DEVICE)
@@ -105,7 +109,7 @@ def run_demo(settings: Settings, budget_minutes: float, as_json: bool, emit_line
     emit_table(
         ["config", "predicted ms", "interval ms", "speedup", "measured ms", "measured speedup", "error"],
         [[r["name"], r["latency_ms"], f"[{r['interval_ms'][0]:.2f}, {r['interval_ms'][1]:.2f}]",
-          f"{r['speedup']:.2f}x", r["measured_ms"], f"{r['measured_speedup']:.2f}x", f"{r['error'] * 100:+.1f}%"]
+          f"{r['speedup']:.2f}x", truth[r["name"]], f"{r['measured_speedup']:.2f}x", f"{r['error'] * 100:+.1f}%"]
          for r in rows])
     agreement = summary["ranking_agreement"]
     emit_line(f"{summary['within_10pct'] * 100:.0f}% of predictions within 10% (MAPE {summary['mape'] * 100:.1f}%), "
