@@ -396,6 +396,7 @@ def test_a_question_while_every_worker_is_busy_is_503(busy_server: Served) -> No
         with busy_server.client() as client:
             busy = client.post("/api/predict", json={"device": DEVICE, "model_id": slow["id"]})
         assert busy.status_code == 503, busy.text
+        assert busy.headers["content-type"] == "application/problem+json" and busy.json()["code"] == "busy"
         assert "all 1 prediction workers are busy" in busy.json()["detail"]
         assert int(busy.headers["retry-after"]) >= 1
     # Closing the connection stopped the slow question: the worker is free again.

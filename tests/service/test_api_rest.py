@@ -2,6 +2,7 @@
 each family, and the OpenAPI document's schemas (SQLite and PostgreSQL stores, the real app)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.reliability.hostile_models import conv_chain
 from tests.service.conftest import AUTH, TOKEN, fake_measurement, local_device_body
 
 PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code", "instance"}
+REST_DOC = Path(__file__).resolve().parents[2] / "docs" / "rest.md"
 
 
 def assert_problem(response: httpx.Response, status: int, code: str, detail_fragment: str = "") -> dict[str, Any]:
@@ -271,3 +273,9 @@ def test_openapi_documents_errors_as_problems(api: TestClient) -> None:
     health_503 = document["paths"]["/api/v1/health"]["get"]["responses"]["503"]["content"]
     assert refs_of(health_503["application/json"]["schema"]) == {"HealthPublic"}
 
+
+
+def test_every_code_is_documented_once() -> None:
+    """docs/rest.md's table of codes lists exactly the codes the API can answer."""
+    rows = re.findall(r"^\| `([a-z_]+)` \| (?:\d{3}|other) \|", REST_DOC.read_text(), flags=re.MULTILINE)
+    assert sorted(rows) == sorted(code.value for code in ProblemCode)

@@ -22,7 +22,9 @@ def read_runs(name: str, session: SessionDep) -> list[RunPublic]:
     return [RunPublic.model_validate(run) for run in list_runs(session, get_device(session, name))]
 
 
-@router.post("", response_model=RunPublic, status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess])
+@router.post("", response_model=RunPublic, status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess],
+             responses={404: {"description": "unknown device"},
+                        409: {"description": "the run id belongs to another device"}})
 def create_run(name: str, body: RunCreate, session: SessionDep) -> RunPublic:
     """Record a running run; idempotent (an existing run id of this device is returned unchanged)."""
     device = get_device(session, name)
