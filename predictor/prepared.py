@@ -14,6 +14,7 @@ import onnx
 from predictor.compress import apply_config
 from predictor.config import CompressionConfig, parse_config
 from predictor.devices import categories_of
+from predictor.errors import LatpredError
 from predictor.estimate import DevicePredictor, Estimate
 from predictor.fastpath import FastConfigPath
 from predictor.graph import model_inputs, set_input_shapes
@@ -179,26 +180,41 @@ def rank_candidates(
     candidates: Sequence[tuple[str, Any]],
     target_speedup: float | None = None,
     fast: bool = False,
+    skip_failed: bool = False,
 ) -> dict[str, Any]:
     """Baseline and each candidate's predicted latency, interval and speedup; fastest first.
 
     `fast`: kernels from the learned transformations (no runtime session per config) instead of
     compressing and optimizing each candidate for real.
+    `skip_failed`: a candidate that fails with a LatpredError (a bad config, kernels the device cannot reproduce)
+    is listed under "failed" with its error and the others are ranked; otherwise the error is raised.
     """
-    configs = [raw if isinstance(raw, CompressionConfig) else parse_config(raw) for _, raw in candidates]
-    if predictor.device_kernels is not None:
-        for config in configs:
-            predictor.device_kernels.check(categories_of(prepared.model, config))
-    # Ranking needs each candidate's totals only: keys go in, no per-kernel breakdown comes out.
-    key_lists = [prepared.fast_keys(c) if fast else [k.key for k in prepared.kernels(c)] for c in configs]
-    if predictor.device_kernels is not None:
-        for config, keys in zip(configs, key_lists, strict=True):
-            predictor.device_kernels.check(categories_of(prepared.model, config), {key.op_type for key in keys})
-    config_warnings = [prepared.config_warnings(c) for c in configs]
+    names: list[str] = []
+    key_lists: list[list[KernelKey]] = []
+    config_warnings: list[list[str]] = []
+    failed: list[dict[str, str]] = []
+    for name, raw in candidates:
+        try:
+            config = raw if isinstance(raw, CompressionConfig) else parse_config(raw)
+            if predictor.device_kernels is not None:
+                predictor.device_kernels.check(categories_of(prepared.model, config))
+            # Ranking needs each candidate's totals only: keys go in, no per-kernel breakdown comes out.
+            keys = prepared.fast_keys(config) if fast else [k.key for k in prepared.kernels(config)]
+            if predictor.device_kernels is not None:
+                predictor.device_kernels.check(categories_of(prepared.model, config), {key.op_type for key in keys})
+            warnings = prepared.config_warnings(config)
+        except LatpredError as exc:
+            if not skip_failed:
+                raise
+            failed.append({"name": name, "error": str(exc)})
+            continue
+        names.append(name)
+        key_lists.append(list(keys))
+        config_warnings.append(warnings)
     baseline_keys = [k.key for k in prepared.kernels()]
     baseline, *estimates = predictor.summarize_many([baseline_keys, *key_lists])
     ranked: list[dict[str, Any]] = []
-    for (name, _), estimate, warnings in zip(candidates, estimates, config_warnings, strict=True):
+    for name, estimate, warnings in zip(names, estimates, config_warnings, strict=True):
         speedup = baseline.latency_ms / estimate.latency_ms
         ranked.append({
             "name": name,
@@ -218,4 +234,5 @@ def rank_candidates(
         "baseline_interval_ms": list(baseline.interval_ms),
         "target_speedup": target_speedup,
         "ranked": ranked,
+        "failed": failed,
     }

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import onnx
+from sqlalchemy.orm import Session
 
-from predictor.config import CompressionConfig
+from predictor.config import CompressionConfig, parse_config
+from predictor.errors import LatpredError
 from predictor.estimate import DevicePredictor
 from predictor.prepared import PreparedModel
 from predictor.runtime import RuntimeSpec
+from predictor.store import Device, add_validation
 
-__all__ = ["GroundTruth", "measure_against_table", "summarize_validation", "validate_models"]
+__all__ = ["GroundTruth", "measure_against_table", "record_validations", "summarize_validation", "validate_models"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,31 +72,57 @@ def validate_models(
     backend: _Measurer,
     runtime: RuntimeSpec,
     models: Sequence[tuple[str, onnx.ModelProto]],
-    candidates: Sequence[tuple[str, CompressionConfig]],
+    candidates: Sequence[tuple[str, Any]],
     protocol: Any,
     reference_ms: Callable[[], float] | None = None,
+    skip_failed: bool = False,
 ) -> dict[str, Any]:
-    """Predict and measure every model under the baseline and each candidate config.
+    """Predict and measure every model under the baseline and each candidate config (a CompressionConfig or its
+    JSON value).
 
     `backend` is the profiler backend of this host and `protocol` its measurement protocol.
     Measurements are also given scaled to the device's baseline state, as the table is (a shared host's
     load is not the model's cost), by the backend's paired reference runs or else by `reference_ms`, which
     times the device's reference kernel now.
+    `skip_failed`: a model or config that fails with a LatpredError is listed under "failed" ({"model", "config"
+    (None: the model itself), "error"}) and the others are validated; otherwise the error is raised.
     """
     rows: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
     for model_name, model in models:
-        prepared = PreparedModel.create(model, runtime)
-        for config_name, config in [("baseline", CompressionConfig()), *candidates]:
-            estimate = predictor.estimate(prepared.kernels(config))
-            compressed = prepared.compressed(config)
-            measured, scaled, _, _ = measure_against_table(backend, compressed, protocol,
-                                                           predictor.reference_baselines, reference_ms)
+        try:
+            prepared = PreparedModel.create(model, runtime)
+        except LatpredError as exc:
+            if not skip_failed:
+                raise
+            failed.append({"model": model_name, "config": None, "error": str(exc)})
+            continue
+        for config_name, raw in [("baseline", CompressionConfig()), *candidates]:
+            try:
+                config = raw if isinstance(raw, CompressionConfig) else parse_config(raw)
+                estimate = predictor.estimate(prepared.kernels(config))
+                compressed = prepared.compressed(config)
+                measured, scaled, _, _ = measure_against_table(backend, compressed, protocol,
+                                                               predictor.reference_baselines, reference_ms)
+            except LatpredError as exc:
+                if not skip_failed:
+                    raise
+                failed.append({"model": model_name, "config": config_name, "error": str(exc)})
+                continue
             rows.append(validation_row(model_name, config_name, estimate.latency_ms, measured, scaled,
                                        estimate.table_hit_rate, list(estimate.interval_ms)))
             logger.info("%s/%s: predicted %.3f ms, measured %.3f ms", model_name, config_name,
                         estimate.latency_ms, measured)
     return {"device": predictor.device, "rows": rows, "summary": summarize_validation(rows),
-            "summary_raw": summarize_validation(rows, compensated=False)}
+            "summary_raw": summarize_validation(rows, compensated=False), "failed": failed}
+
+
+def record_validations(session: Session, device: Device, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Keep `validation_row` records in the store, where the dashboard holds predictions against them."""
+    for row in rows:
+        add_validation(session, device, model_name=row["model"], config_name=row["config"],
+                       predicted_ms=row["predicted_ms"], measured_ms=row["measured_ms"],
+                       scaled_ms=row["compensated_measured_ms"])
 
 
 def compensate(measured_ms: float, reference_now: float | None, baseline: float | None) -> float | None:

@@ -55,6 +55,7 @@ from predictor.store.crud import (
 from predictor.store.database import (
     create_store_engine,
     downgrade_schema,
+    schema_revision,
     session_factory,
     session_scope,
     upgrade_schema,
@@ -151,6 +152,7 @@ __all__ = [
     "save_model_blob",
     "save_regressor",
     "save_stored_model",
+    "schema_revision",
     "session_factory",
     "session_scope",
     "set_overhead",

@@ -10,6 +10,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -21,6 +22,7 @@ __all__ = [
     "MIGRATIONS_DIR",
     "create_store_engine",
     "downgrade_schema",
+    "schema_revision",
     "session_factory",
     "session_scope",
     "upgrade_schema",
@@ -112,6 +114,12 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
     except (OperationalError, InterfaceError) as exc:
         raise StoreError(f"cannot migrate database {_describe(engine.url)}: {exc.orig}") from exc
     logger.info("store schema of %s at revision %s", _describe(engine.url), revision)
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at (None: never migrated)."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
 
 
 def downgrade_schema(engine: Engine, revision: str) -> None:
