@@ -1,9 +1,10 @@
 """Bounded soak on loopback: 16 clients mix predict, rank and measurement uploads for a fixed time.
 
-    .venv/bin/python benchmarks/soak.py --seconds 300 --out benchmarks/results/soak.json
+    .venv/bin/python -m benchmarks.soak --seconds 300 --out benchmarks/results/soak.json
 
 Starts `run_server` in its own process on 127.0.0.1 with a temporary LATPRED_HOME (SQLite) and a token,
-profiles a small zoo model into the device `soak-cpu` (`latpred profile --for-model`, then `train`),
+profiles a real export (MobileNetV2: its skeleton in data/priors, random weights) into the device `soak-cpu`
+(`latpred profile --for-model`, then `train`),
 uploads the model, and runs N asyncio clients until the time is up. Each request is, at random:
 - 70% POST /api/predict of the uploaded model (uncompressed or one of a few fixed configs),
 - 10% POST /api/rank with 5 configs never asked before,
@@ -36,6 +37,10 @@ import httpx
 import numpy as np
 import onnx
 
+from profiler.plan import DEFAULT_PRIORS_DIR
+from profiler.skeleton import load_skeleton, materialize_skeleton
+from service.server import server_process
+
 logger = logging.getLogger("soak")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,10 +55,6 @@ FIXED_CONFIGS: list[dict[str, Any] | None] = [None, {"default": {"bits": 8}}, {"
                                               {"default": {"sparsity": 0.5}}]
 ROWS_PER_UPLOAD = 20
 RANK_CANDIDATES = 5
-
-import zoo  # noqa: E402  (a script's own folder is on sys.path when it runs)
-
-from service.server import server_process  # noqa: E402
 
 
 def read_rss_mb(pid: int) -> float | None:
@@ -208,8 +209,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--model", default="mobilenet_v2", help="a benchmarks/zoo.py architecture")
-    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--model", default="mobilenet_v2",
+                        help="a real export's skeleton in data/priors (random weights)")
     parser.add_argument("--profile-minutes", type=float, default=1.0)
     parser.add_argument("--upload-to", choices=["same", "other"], default="same",
                         help="upload measurements to the predicted device or to a second one")
@@ -218,7 +219,7 @@ def main() -> int:
 
     home = Path(tempfile.mkdtemp(prefix="latpred-soak-"))
     model_path = home / f"{args.model}.onnx"
-    model = zoo.build_model(args.model, image_size=args.image_size)
+    model = materialize_skeleton(load_skeleton(DEFAULT_PRIORS_DIR / f"{args.model}.json"))
     onnx.save(model, model_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATPRED_")} | {
         "LATPRED_HOME": str(home), "LATPRED_API_TOKENS": TOKEN}
@@ -229,7 +230,7 @@ def main() -> int:
     subprocess.run([PYTHON, "-m", "service.cli", "train", "--device", DEVICE], env=env, cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     result: dict[str, Any] = {
-        "model": f"{args.model}@{args.image_size}", "device": DEVICE, "clients": args.clients, "seconds": args.seconds,
+        "model": args.model, "device": DEVICE, "clients": args.clients, "seconds": args.seconds,
         "mix": dict(zip(KINDS, WEIGHTS, strict=True)), "rows_per_upload": ROWS_PER_UPLOAD,
         "rank_candidates": RANK_CANDIDATES, "cpu_count": os.cpu_count(), "upload_to": args.upload_to,
     }

@@ -1,6 +1,6 @@
 """Model context: a memory-bound kernel runs slower inside a model whose data evicts its own from the cache.
 
-benchmarks/context.py measured it: a depthwise conv runs x1.6 slower beside 19 MB of other weights than
+docs/history/results/context.json measured it: a depthwise conv runs x1.6 slower beside 19 MB of other weights than
 alone, a dense 3x3 conv x1.04. A kernel key carries no context, so the table holds each kernel at the speed
 of the model that measured it first, and a small model built from a big model's kernels is predicted too
 slow (mobilenet_v3_small from mobilenet_v3_large's). The correction:

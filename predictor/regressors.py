@@ -75,7 +75,8 @@ _DATA_VERSION_CHARS = 16
 # - "loglog": log latency linear in log MACs and log bytes (a power law). Fits kernels whose cost hardly
 #   grows with size (Reshape), but its exponents, fitted where fixed costs dominate, sum below 1: fitted on
 #   the smaller 80% of each op type's keys of accuracy run 7's table, it predicted the largest 20% too fast
-#   (median error -26.8% over op types, benchmarks/baselines.py), e.g. the 768x3072 matmuls of a ViT-Base.
+#   (median error -26.8% over op types, docs/history/results/baselines_run7.json), e.g. the 768x3072
+#   matmuls of a ViT-Base.
 # Each op type takes the form whose fit on its smaller 80% of keys (by MACs, or bytes where an op has no
 # MACs) predicts the larger 20% better; below _MIN_HELD_OUT_SAMPLES keys, "additive".
 _BASELINE_FEATURES = ("log_macs", "log_bytes_moved")
@@ -95,7 +96,7 @@ _MACS = FEATURE_NAMES.index("macs")
 # own keys and, for training only, its sibling's (the activation is a feature), so a shape measured only
 # fused or only unfused informs both. mnasnet1_0 pruned 30% of accuracy run 10: its four 806-channel 5x5
 # depthwise FusedConvs at 7x7 were a miss predicted 0.36 ms against 0.62 ms measured, while the table held
-# the same conv unfused at 0.57 ms (benchmarks/kernel_breakdown.py).
+# the same conv unfused at 0.57 ms (docs/history/results/breakdown_mobilenet_v3_small_prune50_r8.json).
 SIBLING_OP_TYPES: dict[str, tuple[str, ...]] = {
     "Conv": ("FusedConv",), "FusedConv": ("Conv",),
     "Gemm": ("FusedGemm",), "FusedGemm": ("Gemm",),

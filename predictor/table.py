@@ -1,7 +1,7 @@
 """A device's measured kernel latencies held compactly: what a loaded predictor looks kernels up in.
 
 A table of 100k rows used to be kept as dicts of hex strings and of KernelKey objects (several KB per row,
-see benchmarks/memory.py); here a row is a few numpy array cells: the key hash's 16 bytes and the median.
+see docs/history/results/memory.json); here a row is a few numpy array cells: the key hash's 16 bytes and the median.
 A table loaded from the store is looked up by key hash only: building it parses no key (a lookup computes the
 asked key's hash, which a loaded predictor memoizes). Tables built from KernelKeys in code may also keep each
 key's Python hash, which answers most lookups of unmeasured keys without computing a key hash.

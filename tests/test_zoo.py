@@ -1,18 +1,16 @@
-"""Smoke tests for benchmarks/zoo.py: a few small architectures build, validate and run in onnxruntime."""
+"""Smoke tests for tests/zoo.py (the synthetic graphs some tests use): a few small architectures build, validate
+and run in onnxruntime."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-ZOO_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo.py"
+from tests import zoo
 
 REQUIRED = {
     "resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
@@ -21,19 +19,6 @@ REQUIRED = {
 }  # fmt: skip
 
 
-def _load_zoo() -> ModuleType:
-    name = "latpred_benchmarks_zoo"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ZOO_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-zoo = _load_zoo()
 
 
 def test_registry_has_required_architectures() -> None:

@@ -10,21 +10,21 @@ Per-run and per-kernel costs that remain are learned from end-to-end runs of rea
 With one intra-op thread onnxruntime runs every kernel on the calling thread, so a run is timed by that
 thread's CPU time: on an idle device it equals the wall time, and on a shared host it leaves out the time
 the OS gave other processes (a busy process on each core of this 2-core VM made ResNet-18's wall time 1.9x
-and its thread CPU time 1.01x, benchmarks/contention.py). With more threads the work spreads over a pool
+and its thread CPU time 1.01x, docs/history/results/contention.json). With more threads the work spreads over a pool
 and wall time is used.
 
 Neither clock leaves out a shared host's own slow spells (a VM whose neighbours load the host: the reference
-conv's thread CPU time had p10 2.30 and p90 2.95 ms within a minute here, benchmarks/pairing.py). So model
+conv's thread CPU time had p10 2.30 and p90 2.95 ms within a minute here, docs/history/results/pairing.json). So model
 runs are timed in pairs with runs of the device's reference kernel (after each block of runs that costs at
 least one reference run), and Timing.reference_ms says how fast the host was during them: the profiler and
 the ground truth scale by it to the device's baseline state.
 
 The reference's run right after a block starts from the caches the model's runs left: x1.05-1.19 slower than
-on its own, more after bigger models (benchmarks/reference_cache.py). That is the cache effect that slows the
-memory-bound kernels of a big model too (benchmarks/context.py: a depthwise conv beside 19 MB of other
-weights x1.6, a dense conv not at all), so the cold run stays the pair: it scales a big model's runs down by
-part of it. Pairing with the reference's second run instead (_REFERENCE_RUNS_PER_BLOCK = 2) predicted the
-kernels models share neither better nor worse within this host's run-to-run noise (benchmarks/split.py).
+on its own, more after bigger models (docs/history/results/reference_cache.json). That is the cache effect that
+slows the memory-bound kernels of a big model too (docs/history/results/context.json: a depthwise conv beside
+19 MB of other weights x1.6, a dense conv not at all), so the cold run stays the pair: it scales a big model's
+runs down by part of it. Pairing with the reference's second run instead (_REFERENCE_RUNS_PER_BLOCK = 2) predicted the
+kernels models share neither better nor worse within this host's run-to-run noise (docs/history/results/split_*.json).
 """
 from __future__ import annotations
 
@@ -254,7 +254,7 @@ class OnnxRuntimeBackend:
         """Time the profiler's event of a node holds beyond the node's own cost (same chain, same calibration).
 
         A Relu on 16 floats costs a fraction of a microsecond in a run without the profiler, its event 2.5 us
-        more (benchmarks/results/split_event.json); a kernel of milliseconds carries the same few microseconds.
+        more (docs/history/results/split_event.json); a kernel of milliseconds carries the same few microseconds.
         Split in proportion to the events, a model's tiny kernels took that time from its big ones.
         """
         return self._profiler_costs(protocol)[1]
@@ -432,7 +432,7 @@ def split_node_times(samples: dict[str, list[float]], in_graph_ms: float,
     first; a node keeps at least _MIN_EVENT_SHARE of its event, the share a trivial node's cost is of its
     event. Without it the split hands the profiler's time to the nodes in proportion: mobilenet_v3_small
     pruned 50% (67 of its 104 events under 10 us) had its events scaled by 0.825, their events less that
-    time by 1.012, a ResNet-18 by 1.079 and 1.081 (benchmarks/results/split_event.json).
+    time by 1.012, a ResNet-18 by 1.079 and 1.081 (docs/history/results/split_event.json).
     """
     corrected = {node: [less_event_time(value, event_ms) for value in values] for node, values in samples.items()}
     node_total = sum(float(np.median(values)) for values in corrected.values())

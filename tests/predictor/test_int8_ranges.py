@@ -13,11 +13,10 @@ import numpy as np
 import onnx
 import pytest
 
-from benchmarks import zoo
 from predictor.compress import fold_for_quantization, quantize_int8, synthesize_activation_ranges
 from predictor.kernels import KernelKey, extract_kernels, name_unnamed_nodes
 from predictor.runtime import local_runtime
-from tests import factories
+from tests import factories, zoo
 
 RUNTIME = local_runtime(1)
 

@@ -26,7 +26,7 @@ from predictor.table import MeasuredTable
 from tests.factories import kernel_measurement_rows
 
 # What a loaded predictor may hold per table row (tracemalloc, after load): 33 bytes now (32 in arrays); it
-# was 1,700 with a dict of hex strings and one of KernelKeys (benchmarks/results/memory.json). Its peak while
+# was 1,700 with a dict of hex strings and one of KernelKeys (docs/history/results/memory.json). Its peak while
 # loading is not asserted: at a test's table size the fixed cost of a chunk of parsed keys dominates it.
 MAX_RETAINED_BYTES_PER_ROW = 200
 

@@ -192,7 +192,8 @@ def test_runs_are_paired_with_the_cold_reference_run_right_after_them() -> None:
 
 
 def test_with_two_reference_runs_per_block_the_warm_one_is_the_pair(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What benchmarks/split.py --reference-runs 2 compares against: blocks as long as two reference runs."""
+    """What the split experiment (docs/history/results/split_reference2_*.json) compares against: blocks as long
+    as two reference runs."""
     monkeypatch.setattr("profiler.backends.onnxruntime._REFERENCE_RUNS_PER_BLOCK", 2)
     host = _SlowingHost(switch_after=1000, cold_ms=3.0)
     samples, references = host.run_paired(run_ms=0.5, repeats=10)

@@ -16,7 +16,7 @@ single output ``logits`` of shape [batch, num_classes].
 
 CLI::
 
-    python benchmarks/zoo.py OUTDIR [--names resnet18,vit_tiny] [--image-size 224] [--batch 1]
+    python -m tests.zoo OUTDIR [--names resnet18,vit_tiny] [--image-size 224] [--batch 1]
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Service speed: predict latency and throughput, and ranking fresh configs, against `latpred serve` on loopback.
 
-    .venv/bin/python benchmarks/load.py --out benchmarks/results/load.json
+    .venv/bin/python -m benchmarks.speed --out benchmarks/results/speed.json
 
 Starts a real server process on 127.0.0.1 with a SQLite store, registers this host's CPU as a device,
-profiles ResNet-50 (benchmarks/zoo.py) briefly so the device has a table, uploads the model, then:
+profiles ResNet-50 (a real torchvision export: its skeleton in data/priors, random weights) briefly so the
+device has a table, uploads the model, then:
 - POST /api/predict for the same model and config, sequentially (p50, p99) and from 16 concurrent
   clients (requests/s), after one warm-up request;
 - POST /api/rank with N candidates never asked before (fresh prune ratios, bit-widths, sparsities,
@@ -29,14 +30,14 @@ import httpx
 import numpy as np
 import onnx
 
+from profiler.plan import DEFAULT_PRIORS_DIR
+from profiler.skeleton import load_skeleton, materialize_skeleton
+from service.server import server_process
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 TOKEN = "bench-token"
 DEVICE = "bench-cpu-1t"
-
-import zoo  # noqa: E402  (a script's own folder is on sys.path when it runs)
-
-from service.server import server_process  # noqa: E402
 
 
 def fresh_candidates(count: int, rng: random.Random, layer_names: list[str]) -> list[dict[str, Any]]:
@@ -86,7 +87,7 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="latpred-load-"))
     model_path = home / "resnet50.onnx"
-    model = zoo.build_model("resnet50", image_size=224)
+    model = materialize_skeleton(load_skeleton(DEFAULT_PRIORS_DIR / "resnet50.json"))
     onnx.save(model, model_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATPRED_")} | {
         "LATPRED_HOME": str(home), "LATPRED_API_TOKENS": TOKEN}
