@@ -7,8 +7,8 @@ One device (this host's onnxruntime, 1 thread) is grown to each size in turn, on
 
 - fill: synthetic kernel keys (fp32, int8 and 50%-sparse convs of the same shapes, Gemms, Adds; every tenth key
   measured again in a second run) written through the store (`add_measurements`, batches of 5,000 rows, one
-  transaction each, one writer), with the kernels of MobileNetV2 (benchmarks/zoo.py) among them; the insert rate
-  is the fill's;
+  transaction each, one writer), with the kernels of MobileNetV2 (a real export's skeleton, data/priors)
+  among them; the insert rate is the fill's;
 - load: `DevicePredictor.load` in this process (seconds);
 - a real `latpred serve` (its job worker beside it, two prediction workers; --api-processes N for --workers N)
   started on the store, then through its API: the first predict of MobileNetV2 after start (the predictor's load,
@@ -49,7 +49,6 @@ import onnx
 from sqlalchemy import create_engine, func, make_url, select, text
 from sqlalchemy.pool import NullPool
 
-from benchmarks import zoo
 from predictor.estimate import DevicePredictor
 from predictor.kernels import KernelKey
 from predictor.runtime import describe_host, local_runtime
@@ -65,6 +64,8 @@ from predictor.store import (
     start_run,
     upgrade_schema,
 )
+from profiler.plan import DEFAULT_PRIORS_DIR
+from profiler.skeleton import load_skeleton, materialize_skeleton
 from service.server import server_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -663,7 +664,7 @@ def main() -> int:
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     ensure_database(args.database_url, args.fresh)
     register(args.database_url)
-    model = zoo.build_model(MODEL, image_size=224)
+    model = materialize_skeleton(load_skeleton(DEFAULT_PRIORS_DIR / f"{MODEL}.json"))
     model_bytes = model.SerializeToString()
     kernels = model_kernel_keys(model)
     home = Path(tempfile.mkdtemp(prefix="latpred-scale-"))
