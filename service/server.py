@@ -11,7 +11,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import uvicorn
 
 from predictor.errors import LatpredError
@@ -19,7 +21,7 @@ from predictor.store import open_store
 from service.app import create_app
 from service.settings import Settings, get_settings
 
-__all__ = ["ServerProcess", "ServerStartError", "free_port", "run_server", "server_process"]
+__all__ = ["ServerProcess", "ServerStartError", "free_port", "run_server", "server_process", "wait_until_serving"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,22 @@ class ServerStartError(LatpredError, RuntimeError):
     """The child server exited or did not answer /api/health in time (the message has its log, if kept)."""
 
 
+def wait_until_serving(url: str, process: subprocess.Popen[Any], timeout_s: float) -> None:
+    """Return once GET `url`/api/health answers 200; ServerStartError if the process exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            what = (f"exited with {process.returncode}" if process.returncode is not None
+                    else f"did not answer /api/health within {timeout_s:g} s")
+            raise ServerStartError(f"the server {what}")
+        time.sleep(0.2)
+
+
 @dataclass(frozen=True)
 class ServerProcess:
     url: str
@@ -95,8 +113,6 @@ def server_process(env: Mapping[str, str], log_path: Path | None = None, python:
     Its output goes to `log_path` when given, else to this process's. Used by the tests and benchmarks
     that need a real `latpred serve`.
     """
-    import httpx
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with ExitStack() as stack:
@@ -107,19 +123,11 @@ def server_process(env: Mapping[str, str], log_path: Path | None = None, python:
             cwd=_REPO_ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT if log is not None else None,
         )
         try:
-            deadline = time.monotonic() + start_timeout_s
-            while True:
-                try:
-                    if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    what = (f"exited with {process.returncode}" if process.returncode is not None
-                            else f"did not answer /api/health within {start_timeout_s:g} s")
-                    output = f":\n{log_path.read_text()}" if log_path is not None else ""
-                    raise ServerStartError(f"the server {what}{output}")
-                time.sleep(0.2)
+            try:
+                wait_until_serving(url, process, start_timeout_s)
+            except ServerStartError as exc:
+                output = f":\n{log_path.read_text()}" if log_path is not None else ""
+                raise ServerStartError(f"{exc}{output}") from None
             yield ServerProcess(url=url, process=process)
         finally:
             process.terminate()

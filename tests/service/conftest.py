@@ -90,3 +90,18 @@ def kept_models(settings: Settings) -> dict[str, bytes]:
                 select(ModelBlob.model_id, ModelBlob.data).order_by(ModelBlob.model_id))}
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh LATPRED_HOME for `latpred` runs, none of the variables that stand in for its options set."""
+    for name in ("LATPRED_DATABASE_URL", "LATPRED_DEVICE", "LATPRED_TOKEN", "LATPRED_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LATPRED_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def residual_file(tmp_path: Path) -> Path:
+    """The residual block saved as block.onnx."""
+    return save_model(tmp_path / "block.onnx", factories.residual_model())

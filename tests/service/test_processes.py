@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.server import ServerProcess, free_port, server_process
+from service.server import ServerProcess, free_port, server_process, wait_until_serving
 from tests.service.conftest import AUTH, DEVICE, TOKEN, fake_measurement, local_device_body
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -129,15 +129,7 @@ def _cli_serve(env: dict[str, str], *options: str) -> Iterator[tuple[str, subpro
     process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), *options],
                                cwd=REPO, env=env)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "latpred serve did not start"
-            time.sleep(0.3)
+        wait_until_serving(url, process, timeout_s=90)
         yield url, process
     finally:
         process.send_signal(signal.SIGINT)

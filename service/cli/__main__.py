@@ -1,0 +1,4 @@
+"""`python -m service.cli`: the `latpred` command."""
+from service.cli.main import main
+
+main()
