@@ -1,4 +1,4 @@
-"""The REST API: JSON under /api, layered as routes -> deps -> predictor library."""
+"""The REST API: JSON under /api/v1 (and /api), layered as routes -> deps -> predictor library."""
 from __future__ import annotations
 
 from service.api.main import api_router

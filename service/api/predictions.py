@@ -199,7 +199,7 @@ class PredictionCache:
             # Not cached: the first upload (from any process) must be seen at once.
             raise NoMeasurementsError(
                 f"device {device_name!r} has no measurements to predict from: profile it first "
-                f"(`latpred profile --device {device_name}` or POST /api/devices/{device_name}/measurements)"
+                f"(`latpred profile --device {device_name}` or POST /api/v1/devices/{device_name}/measurements)"
             )
         logger.info("loaded predictor of device %r (%d table entries) in %.2f s", device_name,
                     predictor.measurement_count, time.perf_counter() - started)
@@ -220,7 +220,7 @@ class PredictionCache:
         with store.sessions() as session:
             stored = get_stored_model(session, model_id)
             if stored is None:
-                raise ModelNotFoundError(f"unknown model id {model_id!r}; upload it with POST /api/models")
+                raise ModelNotFoundError(f"unknown model id {model_id!r}; upload it with POST /api/v1/models")
             stored_inputs = stored.inputs
             data = self.model_store.read(session, model_id)
         if data is None:
@@ -251,7 +251,7 @@ def _rank(body: RankRequest, store: Store, cache: PredictionCache) -> dict[str, 
 
 
 def answer_question(kind: str, body: Mapping[str, Any], store: Store, cache: PredictionCache) -> dict[str, Any]:
-    """The answer of POST /api/predict ("predict") or /api/rank ("rank") to a request body, as JSON values."""
+    """The answer of POST /api/v1/predict ("predict") or /api/v1/rank ("rank") to a request body, as JSON values."""
     if kind == "predict":
         return _predict(PredictRequest.model_validate(body), store, cache)
     if kind == "rank":

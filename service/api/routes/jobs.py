@@ -23,9 +23,9 @@ JobId = Path(max_length=64, description="the job_id the job was queued with")
 @router.post("/devices/{name}/train", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED,
              dependencies=[WriteAccess], responses={404: {"description": "unknown device"}})
 def train_device(name: str, session: SessionDep) -> JobPublic:
-    """Queue a refit of the device's overhead and a retraining of its per-op-type regressors; poll /api/jobs/{job_id}.
+    """Queue a refit of the device's overhead and a retraining of its per-op-type regressors; poll its job.
 
-    A `latpred worker` process runs it (`latpred serve` starts one unless told not to).
+    Poll GET /api/v1/jobs/{job_id}. A `latpred worker` process runs it (`latpred serve` starts one unless told not to).
     """
     job = submit_job(session, "train", get_device(session, name))
     session.commit()
