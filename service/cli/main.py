@@ -92,7 +92,10 @@ def main(args: list[str] | None = None) -> NoReturn:
         sys.exit(130)
     except Exception as exc:
         if _is_usage_error(exc):
-            _end_with(exc, 2, one_line(exc.format_message()))  # type: ignore[attr-defined]
+            message = one_line(exc.format_message())  # type: ignore[attr-defined]
+            if not message:  # no command given: the help was shown, there is nothing more to say
+                sys.exit(2)
+            _end_with(exc, 2, message)
         _end_with(exc, 1, f"internal error, a bug in latpred: {type(exc).__name__}: {one_line(exc)} (run again "
                           "with --debug for the traceback, and report it)")
     sys.exit(status if isinstance(status, int) else 0)

@@ -63,6 +63,12 @@ def test_usage_errors_are_exit_2_and_one_line(capsys: pytest.CaptureFixture[str]
     assert_one_line_error(run_latpred(capsys, "no-such-command"), 2, "no-such-command")
 
 
+def test_no_command_shows_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    run = run_latpred(capsys)
+    assert (run.status, run.stderr) == (2, "")
+    assert "Usage: latpred" in run.stdout and "migrate" in run.stdout
+
+
 def test_a_bad_setting_is_the_users_error(capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LATPRED_MAX_UPLOAD_MB", "lots")
