@@ -49,6 +49,8 @@ def profile(
     """Benchmark kernels on this host into the device's table (budgeted, resumable)."""
     if configs and not for_model:
         fail("--configs needs --for-model")
+    if to and not to.startswith(("http://", "https://")):
+        fail(f"--to takes the service's http:// or https:// URL, not {to!r}")
     profiler_backend = make_backend(backend, threads, execution_provider.value)
     runtime = profiler_backend.runtime()
     observer: AdaptiveRefinement | None = None

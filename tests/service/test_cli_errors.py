@@ -92,3 +92,8 @@ def test_an_unreachable_service_is_the_users_error(capsys: pytest.CaptureFixture
     assert last.startswith("latpred: error: ") and "127.0.0.1" in last
     # The client's retries say so as they go, one warning line each.
     assert all(line.startswith("latpred: warning: ") for line in retries), run.stderr
+
+
+def test_a_service_url_that_is_no_url_is_refused_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    run = run_latpred(capsys, "profile", "--device", "agent", "--to", "latpred.example:8000")
+    assert_one_line_error(run, 2, "--to takes the service's http:// or https:// URL, not 'latpred.example:8000'")
