@@ -29,7 +29,7 @@ __all__ = ["API_PREFIX", "AsyncLatpredClient", "LatpredClient"]
 
 logger = logging.getLogger(__name__)
 
-API_PREFIX = "/api"
+API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT_S = 60.0
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 # A Retry-After longer than this is not waited for in full (the next attempt may fail again and say so).

@@ -73,7 +73,7 @@ def test_a_server_that_never_answers_is_a_timeout(silent_server: SilentServer) -
     assert time.monotonic() - started >= 0.3
     assert not isinstance(raised.value, ServiceUnreachable) and isinstance(raised.value, LatpredError)
     assert raised.value.timeout_s == 0.3
-    assert "no answer within 0.3 s" in str(raised.value) and "/api/health" in str(raised.value)
+    assert "no answer within 0.3 s" in str(raised.value) and "/api/v1/health" in str(raised.value)
     assert len(silent_server.accepted) == 1
 
 
@@ -205,7 +205,7 @@ def scripted_client(server: ScriptedServer, **options: Any) -> LatpredClient:
 
 MEASUREMENTS = [{"key": {"op_type": "Relu", "inputs": [[1, 8]], "outputs": [[1, 8]]}, "median_ms": 0.1,
                  "p10_ms": 0.09, "p90_ms": 0.11, "repeats": 5}]
-PATH = "/api/devices/dev/measurements"
+PATH = "/api/v1/devices/dev/measurements"
 
 
 def test_uploads_retry_5xx_and_connection_errors() -> None:
@@ -238,7 +238,7 @@ def test_client_errors_are_not_retried_and_problem_codes_are_kept() -> None:
 
 
 def test_a_busy_service_is_retried_after_its_retry_after() -> None:
-    server = ScriptedServer({"/api/health": [(503, {"detail": "busy"}, {"Retry-After": "1"}),
+    server = ScriptedServer({"/api/v1/health": [(503, {"detail": "busy"}, {"Retry-After": "1"}),
                                              (200, {"status": "ok", "database": "ok"})]})
     started = time.monotonic()
     assert scripted_client(server, retries=1, backoff_s=0.001).health()["status"] == "ok"
@@ -259,24 +259,24 @@ def test_rank_uploads_a_model_once(tmp_path: Any) -> None:
     digest = hashlib.sha256(data).hexdigest()
     model = {"id": digest, "name": "m.onnx", "size_bytes": len(data), "inputs": {}, "kernels": []}
     ranking = {"baseline_ms": 1.0, "ranked": []}
-    server = ScriptedServer({f"/api/models/{digest}": [(404, {"detail": "unknown model"})],
-                             "/api/models": [(201, model)], "/api/rank": [(200, ranking)]})
+    server = ScriptedServer({f"/api/v1/models/{digest}": [(404, {"detail": "unknown model"})],
+                             "/api/v1/models": [(201, model)], "/api/v1/rank": [(200, ranking)]})
     path = tmp_path / "m.onnx"
     path.write_bytes(data)
     client = scripted_client(server)
     assert client.rank(path, {"a": {}, "b": {"default": {"bits": 8}}}, device="dev") == ranking
     assert client.rank(path, [("c", {})], device="dev", target_speedup=1.5) == ranking
-    assert server.paths() == [f"GET /api/models/{digest}", "POST /api/models", "POST /api/rank", "POST /api/rank"]
-    bodies = [json.loads(r.content) for r in server.requests if r.url.path == "/api/rank"]
+    assert server.paths() == [f"GET /api/v1/models/{digest}", "POST /api/v1/models", "POST /api/v1/rank", "POST /api/v1/rank"]
+    bodies = [json.loads(r.content) for r in server.requests if r.url.path == "/api/v1/rank"]
     assert bodies[0]["candidates"] == [{"name": "a", "config": {}}, {"name": "b", "config": {"default": {"bits": 8}}}]
     assert bodies[1] == {"device": "dev", "model_id": digest, "candidates": [{"name": "c", "config": {}}],
                          "target_speedup": 1.5}
 
 
 def test_device_names_are_one_path_segment() -> None:
-    server = ScriptedServer({"/api/devices/a/b c": [(200, {"name": "a/b c"})]})
+    server = ScriptedServer({"/api/v1/devices/a/b c": [(200, {"name": "a/b c"})]})
     assert scripted_client(server).device("a/b c") == {"name": "a/b c"}
-    assert server.requests[0].url.raw_path == b"/api/devices/a%2Fb%20c"
+    assert server.requests[0].url.raw_path == b"/api/v1/devices/a%2Fb%20c"
 
 
 def test_the_client_module_imports_no_web_framework_or_store() -> None:
