@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from predictor.estimate import DevicePredictor
-from predictor.features import FEATURE_NAMES, features_matrix
-from predictor.graph import load_model
-from predictor.prepared import PreparedModel, predict_config
+from predictor.estimation.estimate import DevicePredictor
+from predictor.estimation.prepared import PreparedModel, predict_config
+from predictor.estimation.validation import measure_against_table, summarize_validation, validation_row
+from predictor.kernels.features import FEATURE_NAMES, features_matrix
+from predictor.model.graph import load_model
 from predictor.store import create_store_engine, get_device, session_factory
-from predictor.validation import measure_against_table, summarize_validation, validation_row
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
 from profiler.runner import measure_reference_ms

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from predictor.graph import load_model
+from predictor.model.graph import load_model
 from profiler.backends.onnxruntime import random_feeds
 from profiler.plan import input_shapes_for, sizes_for
 from profiler.skeleton import materialize_skeleton, model_to_skeleton

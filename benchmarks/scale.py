@@ -49,9 +49,9 @@ import onnx
 from sqlalchemy import create_engine, func, make_url, select, text
 from sqlalchemy.pool import NullPool
 
-from predictor.estimate import DevicePredictor
-from predictor.kernels import KernelKey
-from predictor.runtime import describe_host, local_runtime
+from predictor.estimation.estimate import DevicePredictor
+from predictor.kernels.keys import KernelKey
+from predictor.runtime.optimizer import describe_host, local_runtime
 from predictor.store import (
     MeasurementIn,
     MeasurementTally,
@@ -272,8 +272,8 @@ def server_processes(pid: int, api_processes: int) -> dict[int, str]:
 
     api: the process running the app (with `api_processes` > 1, the processes uvicorn spawns, and `pid` is their
     supervisor); job worker: `latpred worker`; forkserver: where prediction workers are forked from; prediction
-    worker: each holds its own predictor of the device; optimizer sandbox: predictor.runtime's spawned onnxruntime
-    processes (of an api process or a prediction worker); other: multiprocessing's resource tracker.
+    worker: each holds its own predictor of the device; optimizer sandbox: predictor.runtime.optimizer's spawned
+    onnxruntime processes (of an api process or a prediction worker); other: multiprocessing's resource tracker.
     """
     table = _process_table()
     roles = {pid: "api" if api_processes == 1 else "supervisor"}
@@ -623,7 +623,7 @@ def judge(rows: int, server: dict[str, Any]) -> dict[str, Any]:
 
 def model_kernel_keys(model: onnx.ModelProto) -> list[KernelKey]:
     """The model's kernels as the server's runtime (1 thread) builds them: what the device table must hold."""
-    from predictor.kernels import extract_kernels
+    from predictor.kernels.keys import extract_kernels
 
     seen: dict[str, KernelKey] = {}
     for kernel in extract_kernels(model, local_runtime(1)):

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from predictor.api import Predictor
     from predictor.client import AsyncLatpredClient, LatpredClient
-    from predictor.config import CompressionConfig
+    from predictor.compression.config import CompressionConfig
     from predictor.errors import LatpredError
-    from predictor.results import Estimate, KernelEstimate, RankedCandidate, Ranking
+    from predictor.estimation.results import Estimate, KernelEstimate, RankedCandidate, Ranking
 
 __all__ = [
     "AsyncLatpredClient",
@@ -29,14 +29,14 @@ __all__ = [
 
 _MODULE_OF = {
     "AsyncLatpredClient": "predictor.client",
-    "CompressionConfig": "predictor.config",
-    "Estimate": "predictor.results",
-    "KernelEstimate": "predictor.results",
+    "CompressionConfig": "predictor.compression.config",
+    "Estimate": "predictor.estimation.results",
+    "KernelEstimate": "predictor.estimation.results",
     "LatpredClient": "predictor.client",
     "LatpredError": "predictor.errors",
     "Predictor": "predictor.api",
-    "RankedCandidate": "predictor.results",
-    "Ranking": "predictor.results",
+    "RankedCandidate": "predictor.estimation.results",
+    "Ranking": "predictor.estimation.results",
 }
 
 

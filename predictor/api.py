@@ -1,5 +1,5 @@
 """The Python API: `Predictor(device)` predicts and ranks on a profiled device, from the local store or through a
-latpred service (`url=`), with the same typed answers (predictor.results) either way.
+latpred service (`url=`), with the same typed answers (predictor.estimation.results) either way.
 
     from predictor import Predictor
     p = Predictor("my-device")                                   # LATPRED_DATABASE_URL / LATPRED_HOME
@@ -7,7 +7,7 @@ latpred service (`url=`), with the same typed answers (predictor.results) either
     e = p.predict("model.onnx", {"default": {"bits": 8}})         # e.latency_ms, e.interval_ms, e.kernels
     ranked = p.rank("model.onnx", {"int8": {...}, "p30": {...}})  # fastest first: .name, .latency_ms, .speedup
 
-Locally the answers are those of `latpred predict` / `latpred rank` (predictor.prepared.predict_config and
+Locally the answers are those of `latpred predict` / `latpred rank` (predictor.estimation.prepared.predict_config and
 rank_candidates on the device's DevicePredictor); remotely those of POST /api/predict and /api/rank.
 """
 from __future__ import annotations
@@ -23,8 +23,7 @@ import onnx
 from sqlalchemy import make_url
 
 from predictor.client import LatpredClient
-from predictor.config import CompressionConfig, load_config, parse_config
-from predictor.devices import UnreproducibleKernelsError
+from predictor.compression.config import CompressionConfig, load_config, parse_config
 from predictor.errors import (
     ConfigError,
     InvalidModelError,
@@ -34,12 +33,13 @@ from predictor.errors import (
     UnknownDeviceError,
     UnsupportedKernelError,
 )
-from predictor.estimate import DevicePredictor
-from predictor.graph import load_model
+from predictor.estimation.estimate import DevicePredictor
+from predictor.estimation.prepared import PreparedModel, model_id_of, predict_config, rank_candidates
+from predictor.estimation.results import Estimate, Ranking
 from predictor.memo import BoundedMemo
-from predictor.prepared import PreparedModel, model_id_of, predict_config, rank_candidates
-from predictor.results import Estimate, Ranking
-from predictor.runtime import RuntimeSpec
+from predictor.model.graph import load_model
+from predictor.runtime.devices import UnreproducibleKernelsError
+from predictor.runtime.optimizer import RuntimeSpec
 from predictor.settings import StoreSettings
 from predictor.store import Store, get_device, open_store
 

@@ -2,13 +2,13 @@
 
 The profiler measures each kernel inside whichever model holds it first; a small model (a few MB of data per
 run, which stays in the cache between runs) runs the same memory-bound kernels faster than a big one
-(predictor.context). The profiled models are mostly big, so their end-to-end times say little about the
+(predictor.estimation.context). The profiled models are mostly big, so their end-to-end times say little about the
 small end. This stage measures it directly, once per device: each probe (a depthwise 3x3 conv and the
 strided stem conv of mobile nets, both memory-bound) is timed as the profiler times kernels (paired runs,
 the per-node split) in models that hold it beside an unrelated chain of 0 to 32 convs of 256 channels
 (2.4 MB of weights each), so the model's data per run grows from about 7 MB to about 80 MB around the
 probe. Rounds interleave the chains, and each probe time is taken relative to the reference kernel timed
-in the same runs, so the host's speed swings cancel. predictor.overhead fits the device's context model to
+in the same runs, so the host's speed swings cancel. predictor.estimation.overhead fits the device's context model to
 these times.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from predictor.context import sensitivity
-from predictor.features import FEATURE_NAMES, features_matrix
+from predictor.estimation.context import sensitivity
+from predictor.kernels.features import FEATURE_NAMES, features_matrix
 from profiler.backends.base import Backend, MeasureProtocol
 
 __all__ = [

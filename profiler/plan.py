@@ -19,8 +19,8 @@ from typing import Any
 
 import onnx
 
-from predictor.compress import apply_config
-from predictor.config import CompressionConfig, parse_config
+from predictor.compression.apply import apply_config
+from predictor.compression.config import CompressionConfig, parse_config
 from predictor.packaged import packaged_data_dir
 from profiler.skeleton import load_skeleton, materialize_skeleton
 from profiler.tools import apply_tool

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from predictor.kernels import KernelKey
-from predictor.regressors import out_of_fold_latencies
+from predictor.estimation.regressors import out_of_fold_latencies
+from predictor.kernels.keys import KernelKey
 from predictor.store import MeasurementIn
 from profiler.plan import (
     DEFAULT_PRIORS_DIR,

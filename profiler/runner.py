@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from predictor.config import CompressionConfig, LayerCompression
-from predictor.kernels import KernelKey
-from predictor.runtime import describe_host
+from predictor.compression.config import CompressionConfig, LayerCompression
+from predictor.kernels.keys import KernelKey
+from predictor.runtime.optimizer import describe_host
 from predictor.store import MeasurementIn
 from profiler.backends.base import (
     PROFILING_PROTOCOL,

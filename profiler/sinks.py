@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from predictor.client import LatpredClient
 from predictor.errors import LatpredError, ServiceError, ServiceHTTPError
-from predictor.estimate import reported_reference_ms
+from predictor.estimation.estimate import reported_reference_ms
 from predictor.store import (
     MeasurementIn,
     add_measurements,
@@ -34,7 +34,7 @@ _TABLE_PAGE_ROWS = 1000
 def reference_times(reports: list[dict[str, Any]], kind: str = "fp32") -> list[float]:
     """Times of the `kind` reference kernel that earlier runs' reports recorded (their baselines and starts).
 
-    Each report gives its baseline, then its start (predictor.estimate.reported_reference_ms reads them).
+    Each report gives its baseline, then its start (predictor.estimation.estimate.reported_reference_ms reads them).
     """
     return [value for report in reports
             for value in (reported_reference_ms(report, kind), reported_reference_ms(report, kind, baseline=False))

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from predictor.errors import StoreError
-from predictor.runtime import OptimizerLimits, optimizer_limits
+from predictor.runtime.optimizer import OptimizerLimits, optimizer_limits
 from service.api import api_router
 from service.api.database import StoreConnector
 from service.api.errors import install_error_handlers

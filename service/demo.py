@@ -7,13 +7,13 @@ from typing import Any
 
 import onnx
 
-from predictor.config import parse_config
-from predictor.estimate import DevicePredictor
-from predictor.prepared import PreparedModel, rank_candidates
-from predictor.runtime import describe_host
+from predictor.compression.config import parse_config
+from predictor.estimation.estimate import DevicePredictor
+from predictor.estimation.prepared import PreparedModel, rank_candidates
+from predictor.estimation.training import train_device
+from predictor.estimation.validation import measure_against_table, summarize_validation, validation_row
+from predictor.runtime.optimizer import describe_host
 from predictor.store import add_validation, get_device, open_store, register_device, session_scope
-from predictor.training import train_device
-from predictor.validation import measure_against_table, summarize_validation, validation_row
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
 from profiler.plan import DEFAULT_PRIORS_DIR, model_plan

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from predictor.runtime import OptimizerLimits
+from predictor.runtime.optimizer import OptimizerLimits
 from predictor.settings import StoreSettings
 
 __all__ = ["Settings", "get_settings"]

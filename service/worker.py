@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 def _train(session: Session, device: Device) -> Any:
     # Imported when a job runs: training pulls in LightGBM.
-    from predictor.training import train_device
+    from predictor.estimation.training import train_device
 
     result, overhead = train_device(session, device)
     logger.info("retrained regressors and overhead of device %r: %s", device.name, overhead)

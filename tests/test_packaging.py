@@ -87,9 +87,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_install_comes_from_the_copied_sources_not_the_checkout(image: Path, tmp_path: Path) -> None:
-    code = ("import predictor, profiler.plan, predictor.devices; "
+    code = ("import predictor, profiler.plan, predictor.runtime.devices; "
             "print(predictor.__file__); print(profiler.plan.DEFAULT_PRIORS_DIR); "
-            "print(predictor.devices.DEFAULT_PROBES_DIR)")
+            "print(predictor.runtime.devices.DEFAULT_PROBES_DIR)")
     lines = subprocess.check_output([image / "python", "-c", code], cwd=tmp_path, text=True,
                                     env=user_env(tmp_path)).split()
     venv_root = image.parent.resolve()

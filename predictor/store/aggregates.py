@@ -27,10 +27,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from predictor.estimation.table import DIGEST_DTYPE, MeasuredRows, digest_of
 from predictor.store.models import Device, MeasuredKernel, Measurement, MeasurementTally
 from predictor.store.summary import KernelSummary, summarize_keys
 from predictor.store.upsert import dialect_insert, insert_new_rows
-from predictor.table import DIGEST_DTYPE, MeasuredRows, digest_of
 
 __all__ = [
     "KernelPointRow",

@@ -213,8 +213,8 @@ def register_device(
     """Create the device, or return it if the name exists with the same runtime; safe under concurrent registration.
 
     A device is a runtime, its version, execution provider and thread count on one kind of host: registering the
-    name again with another of these, or with a kernel profile (predictor.devices) that decides other kernels, is
-    a DeviceConflictError naming what differs, never an overwrite (its table would mix devices). A device
+    name again with another of these, or with a kernel profile (predictor.runtime.devices) that decides other kernels,
+    is a DeviceConflictError naming what differs, never an overwrite (its table would mix devices). A device
     registered before it had a kernel profile takes the first one it is given; its host text is kept current.
     """
     _check_identifier("device name", name, 128)
@@ -429,7 +429,7 @@ def start_run(
 ) -> ProfilingRun:
     """Record a running profiling run; idempotent: an existing run id is returned unchanged.
 
-    `runtime` and `host`: what the run measures with (RuntimeSpec.to_dict, predictor.runtime.describe_host),
+    `runtime` and `host`: what the run measures with (RuntimeSpec.to_dict, predictor.runtime.optimizer.describe_host),
     kept with the run that every measurement names. Raises InvalidRecordError if the run id belongs to another device.
     """
     _check_identifier("run_id", run_id, 64)

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from predictor.runtime import RuntimeSpec
+from predictor.runtime.optimizer import RuntimeSpec
 
 __all__ = [
     "Base",
@@ -105,7 +105,7 @@ class Device(Base):
     host: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     overhead: Mapped[dict[str, Any] | None] = mapped_column(default=None)
-    # What decides the device's kernels, as its agent observed them (predictor.devices.KernelProfile.to_dict):
+    # What decides the device's kernels, as its agent observed them (predictor.runtime.devices.KernelProfile.to_dict):
     # runtime, CPU architecture and features, NCHWc block, and the kernels its runtime builds for the probes.
     kernel_profile: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # Raised by every upload that adds measurements; measured_kernels rows it changed carry its new value.

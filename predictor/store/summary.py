@@ -3,7 +3,7 @@
 They are computed once, when a key is first stored for a device (predictor.store.aggregates), so that neither
 loading a table of a million kernels nor drawing its charts parses a single key:
 
-- bytes moved and MACs (predictor.features): the bandwidth fallback's fit and the context model;
+- bytes moved and MACs (predictor.kernels.features): the bandwidth fallback's fit and the context model;
 - sparsity and its pattern, and a digest of the kernel's *shape* (op family, first input and output, weight,
   stride, group, dilation, transposes): the dashboard pairs an int8 or sparse kernel with the fp32 or dense kernel
   of the same shape by it.
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from predictor.features import FEATURE_NAMES, features_matrix
-from predictor.kernels import KernelKey
+from predictor.kernels.features import FEATURE_NAMES, features_matrix
+from predictor.kernels.keys import KernelKey
 
 __all__ = ["KernelSummary", "op_family", "shape_hash_of", "summarize_kernel_keys", "summarize_keys"]
 

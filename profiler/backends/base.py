@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 
 from predictor.errors import LatpredError
-from predictor.kernels import Kernel
-from predictor.runtime import RuntimeSpec
+from predictor.kernels.keys import Kernel
+from predictor.runtime.optimizer import RuntimeSpec
 
 __all__ = [
     "GROUND_TRUTH_PROTOCOL",
@@ -144,7 +144,7 @@ _INT8_SHARE = 0.5  # share of a model's MACs in int8 kernels from which the int8
 
 def reference_kind(kernels: list[Kernel]) -> str:
     """The reference (REFERENCE_KINDS) for a model's kernels: int8 when int8 kernels do most of its MACs."""
-    from predictor.features import FEATURE_NAMES, features_matrix
+    from predictor.kernels.features import FEATURE_NAMES, features_matrix
 
     int8 = [k.key.bits == 8 for k in kernels]
     if not any(int8):
@@ -179,7 +179,7 @@ def _reference_bytes(kind: str) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if kind == "int8":
-        from predictor.compress import quantize_int8
+        from predictor.compression.apply import quantize_int8
 
         model = quantize_int8(model)
         model.graph.name = "reference_int8"

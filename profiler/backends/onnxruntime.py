@@ -5,7 +5,7 @@ few microseconds of its own to every node it times, and its events need not add 
 profiler's per-node times only say how a run's cost splits between kernels; the cost itself is the
 model's end-to-end time without the profiler less an empty model's run time (see measure_kernels).
 Per-run and per-kernel costs that remain are learned from end-to-end runs of real models
-(predictor.overhead).
+(predictor.estimation.overhead).
 
 With one intra-op thread onnxruntime runs every kernel on the calling thread, so a run is timed by that
 thread's CPU time: on an idle device it equals the wall time, and on a shared host it leaves out the time
@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from predictor.graph import set_input_shapes
-from predictor.kernels import Kernel, extract_kernels, kernels_from_optimized, name_unnamed_nodes
-from predictor.runtime import RuntimeSpec, local_runtime, nchwc_block_size, translate_runtime_error
+from predictor.kernels.keys import Kernel, extract_kernels, kernels_from_optimized, name_unnamed_nodes
+from predictor.model.graph import set_input_shapes
+from predictor.runtime.optimizer import RuntimeSpec, local_runtime, nchwc_block_size, translate_runtime_error
 from profiler.backends.base import (
     KernelTiming,
     MeasureProtocol,

@@ -27,9 +27,9 @@ import numpy as np
 import onnx
 
 from predictor.errors import InvalidModelError
-from predictor.graph import initializer_arrays
-from predictor.kernels import Kernel, KernelKey, name_unnamed_nodes, weight_sparsity
-from predictor.runtime import RuntimeSpec
+from predictor.kernels.keys import Kernel, KernelKey, name_unnamed_nodes, weight_sparsity
+from predictor.model.graph import initializer_arrays
+from predictor.runtime.optimizer import RuntimeSpec
 from profiler.backends.base import (
     BackendUnavailableError,
     KernelTiming,

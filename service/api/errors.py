@@ -10,7 +10,6 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from predictor.devices import UnreproducibleKernelsError
 from predictor.errors import (
     ConfigError,
     DeviceConflictError,
@@ -23,6 +22,7 @@ from predictor.errors import (
     UnknownRunError,
     UnsupportedKernelError,
 )
+from predictor.runtime.devices import UnreproducibleKernelsError
 from predictor.store import RunClosedError
 from service.api.model_store import ModelNotFoundError
 from service.api.problems import HTTPProblem, Problem, ProblemCode, ProblemResponse, code_for_status

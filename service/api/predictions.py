@@ -22,12 +22,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from predictor.config import CompressionConfig
+from predictor.compression.config import CompressionConfig
 from predictor.errors import NoMeasurementsError, UnknownDeviceError
-from predictor.estimate import DevicePredictor
-from predictor.graph import load_model
-from predictor.prepared import PreparedModel, predict_config, rank_candidates
-from predictor.runtime import RuntimeSpec
+from predictor.estimation.estimate import DevicePredictor
+from predictor.estimation.prepared import PreparedModel, predict_config, rank_candidates
+from predictor.model.graph import load_model
+from predictor.runtime.optimizer import RuntimeSpec
 from predictor.store import get_device, get_stored_model, read_table_version
 from service.api.model_store import ModelNotFoundError, ModelStore
 from service.api.schemas import PredictRequest, RankRequest
@@ -193,7 +193,7 @@ class PredictionCache:
         with store.sessions() as session:
             device = get_device(session, device_name)
             predictor = DevicePredictor.load(session, device)
-            # The device's kernels as this host builds them (predictor.devices), not this host's own.
+            # The device's kernels as this host builds them (predictor.runtime.devices), not this host's own.
             runtime = predictor.runtime or device.runtime
         if predictor.measurement_count == 0:
             # Not cached: the first upload (from any process) must be seen at once.

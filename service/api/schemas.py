@@ -19,9 +19,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from predictor.config import CompressionConfig, parse_config
+from predictor.compression.config import CompressionConfig, parse_config
 from predictor.errors import ConfigError
-from predictor.kernels import ELEM_TYPE_NAMES
+from predictor.kernels.keys import ELEM_TYPE_NAMES
 from service.api.problems import ProblemCode
 
 __all__ = [
@@ -230,7 +230,7 @@ MAX_ATTR_ITEMS = 256
 MAX_ATTR_TEXT_CHARS = 256
 _INT64_MAX = 2**63 - 1
 _NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
-# Element types as predictor.kernels names them, the numbers it writes for types it has no name for, and the
+# Element types as predictor.kernels.keys names them, the numbers it writes for types it has no name for, and the
 # names of TensorRT keys (profiler.backends.tensorrt) that ONNX element types lack.
 KNOWN_DTYPES = frozenset(ELEM_TYPE_NAMES.values()) | frozenset(
     str(number) for number in onnx.TensorProto.DataType.values()) | frozenset({"float8", "float4"})
@@ -267,7 +267,7 @@ def _attr_value(value: Any) -> Any:
 
 
 class KernelKey(BaseModel):
-    """A kernel key as profilers send it (predictor.kernels.KernelKey.to_dict()), every field bounded.
+    """A kernel key as profilers send it (predictor.kernels.keys.KernelKey.to_dict()), every field bounded.
 
     A value object, the same in requests and answers, hence no Create/Public pair; the API validates it where
     keys enter (measurement uploads).
@@ -303,7 +303,7 @@ class MeasurementCreate(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    key: KernelKey = Field(description="canonical kernel key (predictor.kernels.KernelKey.to_dict())")
+    key: KernelKey = Field(description="canonical kernel key (predictor.kernels.keys.KernelKey.to_dict())")
     median_ms: LatencyMs
     p10_ms: LatencyMs
     p90_ms: LatencyMs

@@ -17,8 +17,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from predictor.errors import InvalidModelError, LatpredError
-from predictor.graph import parse_input_shapes
-from predictor.prepared import model_id_of
+from predictor.estimation.prepared import model_id_of
+from predictor.model.graph import parse_input_shapes
 
 __all__ = [
     "UploadTooLargeError",

@@ -36,7 +36,7 @@ from sqlalchemy import make_url
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
-from predictor.runtime import optimizer_limits
+from predictor.runtime.optimizer import optimizer_limits
 from service.api.database import StoreConnector
 from service.api.errors import describe_error
 from service.api.model_store import open_model_store

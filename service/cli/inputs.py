@@ -9,13 +9,13 @@ import onnx
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from predictor.config import CompressionConfig, load_config, parse_config
-from predictor.devices import DeviceKernels, kernels_for_device
+from predictor.compression.config import CompressionConfig, load_config, parse_config
 from predictor.errors import ConfigError, LatpredError, NoMeasurementsError
-from predictor.estimate import DevicePredictor
-from predictor.graph import load_model, parse_input_shapes, set_input_shapes
-from predictor.prepared import PreparedModel
-from predictor.runtime import local_runtime
+from predictor.estimation.estimate import DevicePredictor
+from predictor.estimation.prepared import PreparedModel
+from predictor.model.graph import load_model, parse_input_shapes, set_input_shapes
+from predictor.runtime.devices import DeviceKernels, kernels_for_device
+from predictor.runtime.optimizer import local_runtime
 from predictor.store import Device, Store, count_measurements_by_op, get_device, open_store
 from profiler.backends.base import Backend as ProfilerBackend
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
@@ -112,7 +112,7 @@ def parse_candidates(path: Path) -> list[tuple[str, CompressionConfig]]:
 
 
 def device_kernels(device: Device) -> DeviceKernels:
-    """How this host builds the device's kernels (predictor.devices)."""
+    """How this host builds the device's kernels (predictor.runtime.devices)."""
     return kernels_for_device(device.name, device.runtime, device.kernel_profile,
                               local_runtime(device.threads, device.execution_provider))
 

@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
-from predictor.devices import categories_of
 from predictor.errors import NoMeasurementsError
-from predictor.kernels import Kernel
-from predictor.prepared import PreparedModel, predict_config
-from predictor.runtime import local_runtime
+from predictor.estimation.prepared import PreparedModel, predict_config
+from predictor.kernels.keys import Kernel
+from predictor.runtime.devices import categories_of
+from predictor.runtime.optimizer import local_runtime
 from predictor.store import get_device
 from service.cli.inputs import device_kernels, open_cli_store, prepare_on_device, read_config, read_model
 from service.cli.options import DEVICE_ENV, ConfigOpt, DeviceOpt, InputShapeOpt, JsonOpt

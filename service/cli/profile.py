@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from predictor.devices import observe_kernel_profile
-from predictor.runtime import RuntimeSpec, describe_host
+from predictor.runtime.devices import observe_kernel_profile
+from predictor.runtime.optimizer import RuntimeSpec, describe_host
 from predictor.store import register_device, session_scope
 from profiler.calibration import calibrate_by_default
 from profiler.plan import default_plan, model_plan
@@ -90,7 +90,8 @@ def profile(
 
 
 def _observed_profile(runtime: RuntimeSpec) -> dict[str, Any] | None:
-    """What decides this host's kernels for the runtime (predictor.devices), recorded with the device it profiles."""
+    """What decides this host's kernels for the runtime (predictor.runtime.devices), recorded with the device it
+    profiles."""
     if runtime.backend != "onnxruntime":
         return None
     return observe_kernel_profile(runtime).to_dict()

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from predictor.errors import NoMeasurementsError
-from predictor.prepared import rank_candidates
+from predictor.estimation.prepared import rank_candidates
 from service.cli.inputs import load_candidates, prepare_on_device
 from service.cli.options import DeviceOpt, InputShapeOpt, JsonOpt
 from service.cli.output import emit_error, emit_json, emit_line, emit_table, emit_warning

@@ -1,8 +1,8 @@
 """`latpred train`: a device's per-op-type regressors and overhead model, fitted on its table."""
 from __future__ import annotations
 
+from predictor.estimation.training import train_device
 from predictor.store import get_device, session_scope
-from predictor.training import train_device
 from service.cli.inputs import open_cli_store, require_measurements
 from service.cli.options import DeviceOpt, JsonOpt
 from service.cli.output import emit_json, emit_line, emit_table

@@ -8,12 +8,12 @@ from typing import Annotated, Any
 import onnx
 import typer
 
-from predictor.compress import apply_config
+from predictor.compression.apply import apply_config
 from predictor.errors import LatpredError
-from predictor.estimate import device_baselines
-from predictor.graph import load_model, model_inputs, parse_input_shapes, set_input_shapes
+from predictor.estimation.estimate import device_baselines
+from predictor.estimation.validation import compensate, record_validations, summarize_validation, validate_models
+from predictor.model.graph import load_model, model_inputs, parse_input_shapes, set_input_shapes
 from predictor.store import get_device, session_scope
-from predictor.validation import compensate, record_validations, summarize_validation, validate_models
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 from profiler.runner import measure_reference_ms
 from service.cli.inputs import (

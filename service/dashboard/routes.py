@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from predictor.errors import UnknownDeviceError
-from predictor.estimate import flat_axes_of
+from predictor.estimation.estimate import flat_axes_of
 from predictor.store import (
     Device,
     count_measurements_by_op,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from predictor.config import parse_config
-from predictor.runtime import describe_host, local_runtime
+from predictor.compression.config import parse_config
+from predictor.runtime.optimizer import describe_host, local_runtime
 from predictor.settings import StoreSettings
 from predictor.store import open_store, register_device, session_scope
 from profiler.backends.base import MeasureProtocol

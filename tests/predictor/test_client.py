@@ -266,7 +266,8 @@ def test_rank_uploads_a_model_once(tmp_path: Any) -> None:
     client = scripted_client(server)
     assert client.rank(path, {"a": {}, "b": {"default": {"bits": 8}}}, device="dev") == ranking
     assert client.rank(path, [("c", {})], device="dev", target_speedup=1.5) == ranking
-    assert server.paths() == [f"GET /api/v1/models/{digest}", "POST /api/v1/models", "POST /api/v1/rank", "POST /api/v1/rank"]
+    assert server.paths() == [f"GET /api/v1/models/{digest}", "POST /api/v1/models", "POST /api/v1/rank",
+                              "POST /api/v1/rank"]
     bodies = [json.loads(r.content) for r in server.requests if r.url.path == "/api/v1/rank"]
     assert bodies[0]["candidates"] == [{"name": "a", "config": {}}, {"name": "b", "config": {"default": {"bits": 8}}}]
     assert bodies[1] == {"device": "dev", "model_id": digest, "candidates": [{"name": "c", "config": {}}],

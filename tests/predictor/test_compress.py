@@ -8,12 +8,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from predictor.compress import apply_config
-from predictor.config import config_json_schema, load_config, parse_config
+from predictor.compression.apply import apply_config
+from predictor.compression.config import config_json_schema, load_config, parse_config
+from predictor.compression.pruning import analyze_channel_groups, kept_channels
 from predictor.errors import ConfigError
-from predictor.kernels import extract_kernels
-from predictor.pruning import analyze_channel_groups, kept_channels
-from predictor.runtime import local_runtime
+from predictor.kernels.keys import extract_kernels
+from predictor.runtime.optimizer import local_runtime
 from profiler.backends.onnxruntime import random_feeds
 from tests import factories
 

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from predictor.context import ContextModel, measured_context_factors, measurement_contexts, sensitivity
-from predictor.estimate import DevicePredictor
-from predictor.features import FEATURE_NAMES, features_matrix
-from predictor.kernels import Kernel, KernelKey
-from predictor.overhead import fit_overhead
-from predictor.regressors import training_sets
+from predictor.estimation.context import ContextModel, measured_context_factors, measurement_contexts, sensitivity
+from predictor.estimation.estimate import DevicePredictor
+from predictor.estimation.overhead import fit_overhead
+from predictor.estimation.regressors import training_sets
+from predictor.estimation.training import train_device
+from predictor.kernels.features import FEATURE_NAMES, features_matrix
+from predictor.kernels.keys import Kernel, KernelKey
 from predictor.store import (
     MeasurementIn,
     add_measurements,
@@ -23,7 +24,6 @@ from predictor.store import (
     session_scope,
     start_run,
 )
-from predictor.training import train_device
 
 TRUE_CONTEXT = ContextModel(beta=0.3, base_mb=8.0, width_octaves=3.0)
 PER_RUN_MS = 0.05

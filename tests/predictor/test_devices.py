@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from predictor.config import parse_config
-from predictor.devices import (
+from predictor.compression.config import parse_config
+from predictor.kernels.keys import extract_kernels
+from predictor.model.graph import load_model
+from predictor.runtime.devices import (
     CATEGORIES,
     KernelProfile,
     UnreproducibleKernelsError,
@@ -22,9 +24,7 @@ from predictor.devices import (
     observe_kernel_profile,
     reproduce_kernels,
 )
-from predictor.graph import load_model
-from predictor.kernels import extract_kernels
-from predictor.runtime import RuntimeSpec, local_runtime, nchwc_block_size
+from predictor.runtime.optimizer import RuntimeSpec, local_runtime, nchwc_block_size
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 RUNTIME = local_runtime(1)

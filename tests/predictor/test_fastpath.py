@@ -5,10 +5,10 @@ from collections import Counter
 
 import pytest
 
-import predictor.fastpath as fastpath
-from predictor.config import parse_config
-from predictor.prepared import PreparedModel
-from predictor.runtime import local_runtime, nchwc_block_size
+import predictor.compression.fastpath as fastpath
+from predictor.compression.config import parse_config
+from predictor.estimation.prepared import PreparedModel
+from predictor.runtime.optimizer import local_runtime, nchwc_block_size
 from tests import factories
 
 RUNTIME = local_runtime(1)

@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from predictor.features import ACTIVATION_CODES, FEATURE_NAMES, features_matrix, kernel_features
-from predictor.kernels import KernelKey
+from predictor.kernels.features import ACTIVATION_CODES, FEATURE_NAMES, features_matrix, kernel_features
+from predictor.kernels.keys import KernelKey
 
 
 def named(key: KernelKey) -> dict[str, float]:

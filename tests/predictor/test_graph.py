@@ -5,9 +5,9 @@ import onnx
 import pytest
 
 from predictor.errors import InvalidModelError
-from predictor.graph import load_model, parse_input_shapes
-from predictor.kernels import extract_kernels
-from predictor.runtime import local_runtime
+from predictor.kernels.keys import extract_kernels
+from predictor.model.graph import load_model, parse_input_shapes
+from predictor.runtime.optimizer import local_runtime
 from tests import factories
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
-from predictor.compress import fold_for_quantization, quantize_int8, synthesize_activation_ranges
-from predictor.kernels import KernelKey, extract_kernels, name_unnamed_nodes
-from predictor.runtime import local_runtime
+from predictor.compression.apply import fold_for_quantization, quantize_int8, synthesize_activation_ranges
+from predictor.kernels.keys import KernelKey, extract_kernels, name_unnamed_nodes
+from predictor.runtime.optimizer import local_runtime
 from tests import factories, zoo
 
 RUNTIME = local_runtime(1)
@@ -91,7 +91,7 @@ def test_synthesized_ranges_keep_the_signs_that_decide_fusions(monkeypatch: pyte
     fused = [nodes for key, nodes in calibrated if key.op_type == "QuantizeLinear" and len(nodes) > 1]
     assert sorted(fused) == [("relu", "relu_out_QuantizeLinear"), ("relu6", "relu6_out_QuantizeLinear")]
     # Symmetric ranges everywhere would keep Relu and Clip as kernels of their own: the comparison can fail.
-    monkeypatch.setattr("predictor.compress._propagate_ranges", lambda model: {})
+    monkeypatch.setattr("predictor.compression.apply._propagate_ranges", lambda model: {})
     assert kernel_multiset(quantize_int8(model)) != calibrated
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from predictor.kernels import KernelKey, extract_kernels
-from predictor.runtime import describe_host, local_runtime
+from predictor.kernels.keys import KernelKey, extract_kernels
+from predictor.runtime.optimizer import describe_host, local_runtime
 from predictor.store import (
     MeasurementIn,
     add_measurements,

@@ -11,8 +11,8 @@ import pytest
 from onnx import numpy_helper
 
 from predictor.errors import InvalidModelError
-from predictor.kernels import Kernel, KernelKey, extract_kernels, weight_sparsity
-from predictor.runtime import local_runtime
+from predictor.kernels.keys import Kernel, KernelKey, extract_kernels, weight_sparsity
+from predictor.runtime.optimizer import local_runtime
 from tests import factories
 
 RUNTIME = local_runtime(threads=1)
@@ -152,7 +152,8 @@ def test_key_hash_is_the_same_in_another_process(tmp_path) -> None:
     onnx.save(factories.conv_bn_relu_model(), path)
     here = [k.key.key_hash for k in extract_kernels(onnx.load(path), RUNTIME)]
     script = (
-        "import onnx,sys;from predictor.kernels import extract_kernels;from predictor.runtime import local_runtime;"
+        "import onnx,sys;from predictor.kernels.keys import extract_kernels;"
+        "from predictor.runtime.optimizer import local_runtime;"
         f"print(','.join(k.key.key_hash for k in extract_kernels(onnx.load({str(path)!r}), local_runtime(1))))"
     )
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

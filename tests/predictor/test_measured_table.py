@@ -7,8 +7,9 @@ import tracemalloc
 import pytest
 from sqlalchemy import Engine
 
-from predictor.estimate import DevicePredictor, fit_bandwidth_fallback
-from predictor.kernels import KernelKey
+from predictor.estimation.estimate import DevicePredictor, fit_bandwidth_fallback
+from predictor.estimation.table import MeasuredTable
+from predictor.kernels.keys import KernelKey
 from predictor.store import (
     Device,
     MeasurementIn,
@@ -22,7 +23,6 @@ from predictor.store import (
     start_run,
     upgrade_schema,
 )
-from predictor.table import MeasuredTable
 from tests.factories import kernel_measurement_rows
 
 # What a loaded predictor may hold per table row (tracemalloc, after load): 33 bytes now (32 in arrays); it

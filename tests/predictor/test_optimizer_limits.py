@@ -4,10 +4,10 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from predictor import runtime
 from predictor.errors import InvalidModelError
-from predictor.kernels import extract_kernels
-from predictor.runtime import OptimizerLimits, local_runtime, optimize_model, optimizer_limits
+from predictor.kernels.keys import extract_kernels
+from predictor.runtime import optimizer
+from predictor.runtime.optimizer import OptimizerLimits, local_runtime, optimize_model, optimizer_limits
 from tests import factories
 
 RUNTIME = local_runtime(1)
@@ -31,7 +31,7 @@ def test_limits_from_the_context_send_the_optimizer_out_of_this_process(monkeypa
 
     model = factories.residual_model(channels=8, size=8)
     expected = [kernel.key for kernel in extract_kernels(model, RUNTIME)]
-    monkeypatch.setattr(runtime, "_optimize_bytes", in_this_process)
+    monkeypatch.setattr(optimizer, "_optimize_bytes", in_this_process)
     with optimizer_limits(LIMITS):
         assert [kernel.key for kernel in extract_kernels(model, RUNTIME)] == expected
     with pytest.raises(AssertionError, match="in this process"):
@@ -39,7 +39,7 @@ def test_limits_from_the_context_send_the_optimizer_out_of_this_process(monkeypa
 
 
 def idle_worker_pids() -> set[int]:
-    return {worker.process.pid for worker in runtime._workers()._idle if worker.process.pid is not None}
+    return {worker.process.pid for worker in optimizer._workers()._idle if worker.process.pid is not None}
 
 
 def test_time_limit_kills_a_busy_worker_and_the_next_call_gets_a_fresh_one() -> None:
@@ -84,13 +84,13 @@ def test_a_tight_memory_limit_holds_on_a_worker_that_ran_big_models_under_a_loos
 def test_a_worker_that_kept_more_than_half_a_jobs_limit_is_retired_before_that_job() -> None:
     model = factories.gemm_model(k=64, n=64)
     optimize_model(model, RUNTIME, limits=LIMITS)
-    for worker in runtime._workers()._idle:
+    for worker in optimizer._workers()._idle:
         worker.kept_bytes = 64 * 2**20  # as if its heap kept 64 MB of an earlier job's
     kept = idle_worker_pids()
     # Under a loose limit the workers are still good: the one that runs the job is one of them.
     optimize_model(model, RUNTIME, limits=OptimizerLimits(timeout_s=60, memory_mb=1024))
     assert idle_worker_pids() & kept
-    for worker in runtime._workers()._idle:
+    for worker in optimizer._workers()._idle:
         worker.kept_bytes = 64 * 2**20
     kept = idle_worker_pids()
     # Under 100 MB, 64 MB kept is too much: a fresh worker runs it, and the retired ones are gone.

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from predictor.client import LatpredClient
-from predictor.config import parse_config
+from predictor.compression.config import parse_config
 from predictor.errors import (
     ConfigError,
     InvalidModelError,
@@ -21,9 +21,9 @@ from predictor.errors import (
     ServiceHTTPError,
     UnknownDeviceError,
 )
-from predictor.kernels import extract_kernels
-from predictor.results import Estimate, RankedCandidate, Ranking
-from predictor.runtime import describe_host, local_runtime
+from predictor.estimation.results import Estimate, RankedCandidate, Ranking
+from predictor.kernels.keys import extract_kernels
+from predictor.runtime.optimizer import describe_host, local_runtime
 from predictor.settings import StoreSettings
 from predictor.store import (
     MeasurementIn,

@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from predictor.config import CompressionConfig, ResolvedCompression, parse_config
-from predictor.estimate import DevicePredictor, fit_bandwidth_fallback
-from predictor.fastpath import FastConfigPath, _two_four_share
-from predictor.features import FEATURE_NAMES, kernel_features
-from predictor.kernels import Kernel, KernelKey
-from predictor.prepared import PreparedModel, rank_candidates
-from predictor.pruning import kept_channels
-from predictor.regressors import RegressorSet, train_op_regressor
-from predictor.runtime import local_runtime
-from predictor.table import MeasuredTable
+from predictor.compression.config import CompressionConfig, ResolvedCompression, parse_config
+from predictor.compression.fastpath import FastConfigPath, _two_four_share
+from predictor.compression.pruning import kept_channels
+from predictor.estimation.estimate import DevicePredictor, fit_bandwidth_fallback
+from predictor.estimation.prepared import PreparedModel, rank_candidates
+from predictor.estimation.regressors import RegressorSet, train_op_regressor
+from predictor.estimation.table import MeasuredTable
+from predictor.kernels.features import FEATURE_NAMES, kernel_features
+from predictor.kernels.keys import Kernel, KernelKey
+from predictor.runtime.optimizer import local_runtime
 from tests import factories
 
 RUNTIME = local_runtime(1)

@@ -11,14 +11,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from predictor.compress import apply_config
-from predictor.config import parse_config
-from predictor.estimate import DevicePredictor
-from predictor.graph import load_model, set_input_shapes
-from predictor.kernels import KernelKey, extract_kernels, name_unnamed_nodes
-from predictor.prepared import PreparedModel, predict_config, weight_layers
-from predictor.pruning import fold_constant_identities
-from predictor.runtime import local_runtime
+from predictor.compression.apply import apply_config
+from predictor.compression.config import parse_config
+from predictor.compression.pruning import fold_constant_identities
+from predictor.estimation.estimate import DevicePredictor
+from predictor.estimation.prepared import PreparedModel, predict_config, weight_layers
+from predictor.kernels.keys import KernelKey, extract_kernels, name_unnamed_nodes
+from predictor.model.graph import load_model, set_input_shapes
+from predictor.runtime.optimizer import local_runtime
 
 REAL = Path(__file__).resolve().parents[1] / "data" / "real"
 MANIFEST = {r["name"]: r for r in json.loads((REAL / "manifest.json").read_text())["models"]}

@@ -17,9 +17,9 @@ import onnxruntime as ort
 import pytest
 
 from predictor.errors import InvalidModelError
-from predictor.graph import load_model, set_input_shapes
-from predictor.kernels import Kernel, extract_kernels, kernels_from_optimized, name_unnamed_nodes
-from predictor.runtime import local_runtime, nchwc_block_size
+from predictor.kernels.keys import Kernel, extract_kernels, kernels_from_optimized, name_unnamed_nodes
+from predictor.model.graph import load_model, set_input_shapes
+from predictor.runtime.optimizer import local_runtime, nchwc_block_size
 
 REAL = Path(__file__).resolve().parents[1] / "data" / "real"
 MANIFEST = json.loads((REAL / "manifest.json").read_text())["models"]

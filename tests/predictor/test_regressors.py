@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from predictor.features import FEATURE_NAMES, features_matrix
-from predictor.kernels import KernelKey
-from predictor.regressors import (
+from predictor.estimation.regressors import (
     Baseline,
     InvalidRegressorError,
     OpRegressor,
@@ -21,6 +19,8 @@ from predictor.regressors import (
     train_device_regressors,
     train_op_regressor,
 )
+from predictor.kernels.features import FEATURE_NAMES, features_matrix
+from predictor.kernels.keys import KernelKey
 from predictor.store import (
     MeasurementIn,
     add_measurements,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from predictor.context import ContextModel
-from predictor.overhead import choose_context_from_probes, fit_overhead
+from predictor.estimation.context import ContextModel
+from predictor.estimation.overhead import choose_context_from_probes, fit_overhead
 from predictor.store import get_device, list_runs, session_factory, session_scope
 from profiler.backends.base import MeasureProtocol
 from profiler.backends.onnxruntime import OnnxRuntimeBackend

@@ -8,8 +8,8 @@ import onnx
 import pytest
 from sqlalchemy import Engine
 
-from predictor.estimate import DevicePredictor
-from predictor.runtime import describe_host
+from predictor.estimation.estimate import DevicePredictor
+from predictor.runtime.optimizer import describe_host
 from predictor.store import get_device, register_device, session_factory, session_scope
 from profiler.backends.base import MeasureProtocol, Timing
 from profiler.backends.onnxruntime import OnnxRuntimeBackend, _Pairing

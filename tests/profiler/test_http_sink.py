@@ -9,8 +9,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from predictor.config import parse_config
-from predictor.runtime import describe_host
+from predictor.compression.config import parse_config
+from predictor.runtime.optimizer import describe_host
 from profiler.backends.base import MeasureProtocol
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
 from profiler.plan import model_plan

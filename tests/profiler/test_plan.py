@@ -10,10 +10,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from predictor.config import parse_config
-from predictor.graph import set_input_shapes
-from predictor.kernels import extract_kernels
-from predictor.runtime import local_runtime
+from predictor.compression.config import parse_config
+from predictor.kernels.keys import extract_kernels
+from predictor.model.graph import set_input_shapes
+from predictor.runtime.optimizer import local_runtime
 from profiler.plan import DEFAULT_PRIORS_DIR, default_plan, model_plan, prior_index, resizable_priors
 from profiler.skeleton import load_skeleton, materialize_skeleton
 from tests import factories

@@ -9,12 +9,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy import Engine
 
-from predictor.compress import apply_config
-from predictor.config import parse_config
-from predictor.estimate import DevicePredictor
-from predictor.runtime import describe_host
+from predictor.compression.apply import apply_config
+from predictor.compression.config import parse_config
+from predictor.estimation.estimate import DevicePredictor
+from predictor.estimation.validation import measure_against_table
+from predictor.runtime.optimizer import describe_host
 from predictor.store import get_device, register_device, session_factory, session_scope
-from predictor.validation import measure_against_table
 from profiler.backends.base import MeasureProtocol, Timing, reference_model
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
 from profiler.plan import model_plan

@@ -6,8 +6,8 @@ from collections import Counter
 
 import numpy as np
 
-from predictor.kernels import KernelKey
-from predictor.regressors import out_of_fold_latencies
+from predictor.estimation.regressors import out_of_fold_latencies
+from predictor.kernels.keys import KernelKey
 from predictor.store import MeasurementIn
 from profiler.plan import default_plan
 from profiler.refine import AdaptiveRefinement

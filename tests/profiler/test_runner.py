@@ -14,9 +14,9 @@ import onnx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from predictor.config import parse_config
-from predictor.kernels import extract_kernels
-from predictor.runtime import describe_host
+from predictor.compression.config import parse_config
+from predictor.kernels.keys import extract_kernels
+from predictor.runtime.optimizer import describe_host
 from predictor.store import (
     Measurement,
     create_store_engine,
@@ -201,8 +201,8 @@ def test_sigkill_then_rerun_loses_nothing_and_duplicates_nothing(tmp_path: Path)
     assert len(hashes) == len(set(hashes)), "a kernel was measured twice"
     assert before <= set(hashes), "a measurement of the killed run was lost"
     # Everything the model and its configs need is in the table now.
-    from predictor.compress import apply_config
-    from predictor.runtime import local_runtime
+    from predictor.compression.apply import apply_config
+    from predictor.runtime.optimizer import local_runtime
 
     model = onnx.load(model_path)
     needed = set()

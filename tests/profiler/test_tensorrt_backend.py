@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from predictor.kernels import Kernel, KernelKey
+from predictor.kernels.keys import Kernel, KernelKey
 from profiler.backends.base import BackendUnavailableError, MeasureProtocol
 from profiler.backends.tensorrt import (
     TensorRTBackend,

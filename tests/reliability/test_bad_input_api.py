@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from predictor.kernels import KernelKey
+from predictor.kernels.keys import KernelKey
 from service.app import create_app
 from service.settings import Settings
 from tests import factories

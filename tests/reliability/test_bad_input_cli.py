@@ -17,8 +17,8 @@ import pytest
 from onnx import helper
 
 from predictor.errors import LatpredError
-from predictor.graph import load_model
-from predictor.runtime import describe_host, local_runtime
+from predictor.model.graph import load_model
+from predictor.runtime.optimizer import describe_host, local_runtime
 from predictor.store import create_store_engine, register_device, session_factory, session_scope, upgrade_schema
 from tests import factories
 from tests.reliability.hostile_models import external_data_model, if_model, loop_model

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, make_url, select
 
-from predictor.kernels import KernelKey
+from predictor.kernels.keys import KernelKey
 from predictor.store import Measurement, create_store_engine, open_store
 from service.api.model_store import open_model_store
 from service.api.predictions import PredictionCache, answer_question
@@ -356,7 +356,7 @@ def test_predict_while_a_batch_commits_during_the_predictor_load(client: TestCli
     assert client.post(f"/api/devices/{DEVICE}/measurements", json={"run_id": "base", "measurements": rows},
                        headers=AUTH).status_code == 200
 
-    import predictor.estimate as estimate_module
+    import predictor.estimation.estimate as estimate_module
 
     real_read = estimate_module.read_measured_rows
     raced = {"done": False}

@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 from onnx import AttributeProto, TensorProto, helper
 
 from predictor.errors import LatpredError
-from predictor.graph import load_model
-from predictor.kernels import extract_kernels
-from predictor.runtime import local_runtime
+from predictor.kernels.keys import extract_kernels
+from predictor.model.graph import load_model
+from predictor.runtime.optimizer import local_runtime
 from service.app import create_app
 from service.settings import Settings
 from tests import factories

@@ -124,7 +124,7 @@ def test_predictions_parse_the_model_never_execute_it(
 @pytest.mark.parametrize("kind", ["predict", "rank"])
 def test_int8_questions_do_not_execute_the_model(
         forbid_model_execution: list[str], measured_model: tuple[Settings, dict[str, str]], kind: str) -> None:
-    """int8 quantizes with synthesized activation ranges (predictor.compress), never by calibration runs."""
+    """int8 quantizes with synthesized activation ranges (predictor.compression.apply), never by calibration runs."""
     settings, question = measured_model
     int8 = {"default": {"bits": 8}}
     if kind == "predict":

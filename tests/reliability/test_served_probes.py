@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from predictor.kernels import KernelKey
+from predictor.kernels.keys import KernelKey
 from predictor.store import (
     MeasurementIn,
     add_measurements,

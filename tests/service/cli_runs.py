@@ -8,9 +8,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from predictor.config import CompressionConfig
-from predictor.prepared import PreparedModel
-from predictor.runtime import describe_host, local_runtime
+from predictor.compression.config import CompressionConfig
+from predictor.estimation.prepared import PreparedModel
+from predictor.runtime.optimizer import describe_host, local_runtime
 from predictor.store import MeasurementIn, open_store, register_device, session_scope, start_run
 from predictor.store import add_measurements as store_measurements
 from service.cli import main

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from predictor.runtime import describe_host, local_runtime
+from predictor.runtime.optimizer import describe_host, local_runtime
 from predictor.store import ModelBlob, create_store_engine
 from service.app import create_app
 from service.settings import Settings

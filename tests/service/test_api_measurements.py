@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from predictor.kernels import KernelKey
+from predictor.kernels.keys import KernelKey
 from tests.service.conftest import AUTH
 
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
-from predictor.kernels import KernelKey
+from predictor.kernels.keys import KernelKey
 from predictor.store import (
     ModelBlob,
     create_store_engine,

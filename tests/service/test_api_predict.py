@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from predictor.estimate import DevicePredictor
-from predictor.kernels import KernelKey
-from predictor.prepared import PreparedModel
+from predictor.estimation.estimate import DevicePredictor
+from predictor.estimation.prepared import PreparedModel
+from predictor.kernels.keys import KernelKey
 from predictor.store import open_store
 from service.api.model_store import open_model_store
 from service.api.predictions import PredictionCache, answer_question

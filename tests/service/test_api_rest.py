@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from predictor.kernels import KernelKey
+from predictor.kernels.keys import KernelKey
 from service.api.problems import PROBLEM_MEDIA_TYPE, ProblemCode, problem_type
 from service.api.schemas import MAX_LISTED_CONFLICTS
 from service.app import create_app

@@ -39,7 +39,7 @@ def model_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def registered_device(tmp_path: Path) -> str:
-    from predictor.runtime import describe_host, local_runtime
+    from predictor.runtime.optimizer import describe_host, local_runtime
     from predictor.store import (
         create_store_engine,
         register_device,

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 
-from predictor.config import parse_config
-from predictor.prepared import PreparedModel
+from predictor.compression.config import parse_config
+from predictor.estimation.prepared import PreparedModel
 from service.app import create_app
 from service.settings import Settings
 from tests import factories

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from predictor.kernels import KernelKey
+from predictor.kernels.keys import KernelKey
 from predictor.store import (
     MeasurementIn,
     add_measurements,

@@ -13,11 +13,11 @@ from pathlib import Path
 import onnx
 import pytest
 
-from predictor.config import parse_config
-from predictor.graph import load_model, set_input_shapes
-from predictor.kernels import ELEM_TYPE_NAMES, KernelKey, extract_kernels
-from predictor.prepared import PreparedModel
-from predictor.runtime import local_runtime
+from predictor.compression.config import parse_config
+from predictor.estimation.prepared import PreparedModel
+from predictor.kernels.keys import ELEM_TYPE_NAMES, KernelKey, extract_kernels
+from predictor.model.graph import load_model, set_input_shapes
+from predictor.runtime.optimizer import local_runtime
 from profiler.backends.tensorrt import _DATATYPE_WORDS, kernels_from_engine_info
 from profiler.plan import DEFAULT_PRIORS_DIR
 from profiler.skeleton import load_skeleton, materialize_skeleton
@@ -94,7 +94,7 @@ def test_tensorrt_engine_keys_validate(name: str, precision: str) -> None:
 def test_known_dtypes_cover_every_name_the_key_builders_write() -> None:
     assert set(ELEM_TYPE_NAMES.values()) <= KNOWN_DTYPES
     assert {dtype for dtype, _ in _DATATYPE_WORDS.values()} <= KNOWN_DTYPES
-    # An element type predictor.kernels has no name for is written as its number.
+    # An element type predictor.kernels.keys has no name for is written as its number.
     assert str(onnx.TensorProto.FLOAT8E4M3FN) in KNOWN_DTYPES
 
 

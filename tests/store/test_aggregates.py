@@ -15,7 +15,8 @@ from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import predictor.store.aggregates as aggregates
-from predictor.kernels import KernelKey
+from predictor.estimation.table import digest_of
+from predictor.kernels.keys import KernelKey
 from predictor.store import (
     Device,
     MeasuredKernel,
@@ -41,7 +42,6 @@ from predictor.store import (
     upgrade_schema,
 )
 from predictor.store.summary import shape_hash_of, summarize_keys
-from predictor.table import digest_of
 from tests.factories import kernel_measurement_rows
 
 UNREADABLE = {"op": "Conv", "shape": [1, 3]}  # a hand-written key: no kernel key, no summary

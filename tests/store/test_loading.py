@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-import predictor.estimate as estimate
-from predictor.context import ContextModel
-from predictor.estimate import DevicePredictor, fit_bandwidth_fallback
-from predictor.kernels import KernelKey
+import predictor.estimation.estimate as estimate
+from predictor.estimation.context import ContextModel
+from predictor.estimation.estimate import DevicePredictor, fit_bandwidth_fallback
+from predictor.kernels.keys import KernelKey
 from predictor.store import (
     Device,
     MeasurementIn,

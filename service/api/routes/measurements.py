@@ -12,8 +12,8 @@ import numpy as np
 from fastapi import APIRouter, Query, status
 from fastapi.responses import Response
 
-from predictor.features import features_matrix
-from predictor.kernels import KernelKey
+from predictor.kernels.features import features_matrix
+from predictor.kernels.keys import KernelKey
 from predictor.store import (
     MeasurementConflict,
     MeasurementIn,

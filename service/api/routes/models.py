@@ -9,9 +9,9 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from predictor.errors import InvalidModelError
-from predictor.graph import load_model, model_inputs, set_input_shapes
-from predictor.kernels import Kernel, extract_kernels
-from predictor.runtime import local_runtime
+from predictor.kernels.keys import Kernel, extract_kernels
+from predictor.model.graph import load_model, model_inputs, set_input_shapes
+from predictor.runtime.optimizer import local_runtime
 from predictor.store import get_stored_model, list_stored_models, save_stored_model
 from service.api.deps import ModelStoreDep, ReadAccess, SessionDep, SettingsDep, StoreDep, WriteAccess
 from service.api.model_store import ModelStore

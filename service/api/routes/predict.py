@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from predictor.config import config_json_schema
+from predictor.compression.config import config_json_schema
 from service.api.deps import PredictionsDep, ReadAccess
 from service.api.schemas import PredictionPublic, PredictRequest, RankingPublic, RankRequest
 

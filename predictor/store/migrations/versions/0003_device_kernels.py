@@ -1,7 +1,7 @@
 """What decides a device's kernels, where each run's measurements came from, and scaled validations.
 
 - devices.kernel_profile: the runtime, CPU architecture and features, NCHWc block and probe kernels the device's
-  agent observed (predictor.devices.KernelProfile);
+  agent observed (predictor.runtime.devices.KernelProfile);
 - profiling_runs.runtime and profiling_runs.host: the runtime and host a run measured with;
 - validations.scaled_ms: the measurement in the device's baseline state, what the prediction is held against.
 

@@ -15,7 +15,7 @@ slow (mobilenet_v3_small from mobilenet_v3_large's). The correction:
   phi(D) = clip(log2(D / D0), 0, W): no slowdown while the model's data fits (D0), saturating after W
   octaves, when it all streams from memory anyway.
 
-beta, D0 and W are fitted per device with the overhead (predictor.overhead) from the end-to-end samples:
+beta, D0 and W are fitted per device with the overhead (predictor.estimation.overhead) from the end-to-end samples:
 each profiled model's kernels that other models measured first are put into its context, and the setting
 that predicts the models' measured times best is kept; beta 0 when none helps.
 """

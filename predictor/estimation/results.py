@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
-    from predictor.kernels import KernelKey
+    from predictor.kernels.keys import KernelKey
 
 __all__ = ["Estimate", "KernelEstimate", "RankedCandidate", "Ranking"]
 
@@ -199,8 +199,8 @@ class Ranking(Sequence[RankedCandidate]):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Ranking:
-        """A Ranking from `to_dict`'s document, predictor.prepared.rank_candidates' or a service's rank answer;
-        the candidates are put fastest first whatever their order there."""
+        """A Ranking from `to_dict`'s document, predictor.estimation.prepared.rank_candidates' or a service's rank
+        answer; the candidates are put fastest first whatever their order there."""
         target = data.get("target_speedup")
         candidates = sorted((RankedCandidate.from_dict(row) for row in data.get("ranked", ())),
                             key=lambda candidate: candidate.latency_ms)

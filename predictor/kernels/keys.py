@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from predictor.graph import TensorInfo, infer_tensor_infos, initializer_arrays, set_input_shapes
-from predictor.runtime import RuntimeSpec, nchwc_block_size, optimize_model
-from predictor.shapes import RuntimeShapes, infer_runtime_shapes
+from predictor.model.graph import TensorInfo, infer_tensor_infos, initializer_arrays, set_input_shapes
+from predictor.model.shapes import RuntimeShapes, infer_runtime_shapes
+from predictor.runtime.optimizer import RuntimeSpec, nchwc_block_size, optimize_model
 
 __all__ = [
     "ELEM_TYPE_NAMES",
@@ -170,7 +170,7 @@ class Kernel:
     runtime_node: str = ""
     original_ops: tuple[str, ...] = field(default=())
     # Channel dimensions of the key that the runtime pads to its NCHWc block ("inputs.0.1", "outputs.0.1",
-    # "weight.0"): what a pruned channel count becomes there (predictor.fastpath). Not part of the key.
+    # "weight.0"): what a pruned channel count becomes there (predictor.compression.fastpath). Not part of the key.
     padded: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -557,7 +557,7 @@ def kernels_from_optimized(
     """Kernels of an already-optimized graph, mapped back to `original_model` (shapes must be fixed).
 
     Each key holds the shapes the runtime runs the kernel with: the optimized graph's own shape inference
-    (predictor.shapes), NCHWc channels padded to `nchwc_block`. `shape_overrides` replaces the shapes of
+    (predictor.model.shapes), NCHWc channels padded to `nchwc_block`. `shape_overrides` replaces the shapes of
     original tensors (and initializers) and keys then hold the original model's shapes carried through the
     kernels' original nodes instead: the fast config path uses it to learn which key dimensions come from
     which channels.

@@ -23,10 +23,10 @@ import lightgbm as lgb
 import numpy as np
 from sqlalchemy.orm import Session
 
-from predictor.context import ContextModel, measured_context_factors
 from predictor.errors import LatpredError
-from predictor.features import FEATURE_NAMES, features_matrix
-from predictor.kernels import KernelKey
+from predictor.estimation.context import ContextModel, measured_context_factors
+from predictor.kernels.features import FEATURE_NAMES, features_matrix
+from predictor.kernels.keys import KernelKey
 from predictor.store import Device, iter_measurements, list_runs, load_regressors, save_regressor
 
 __all__ = [
@@ -548,9 +548,10 @@ def training_sets(session: Session, device: Device) -> dict[str, tuple[list[Kern
 
 
 def _context_factors(session: Session, device: Device, by_op: Mapping[str, _OpData]) -> dict[str, float] | None:
-    """Each measured key's context factor where the device has a context model (predictor.context), else None.
+    """Each measured key's context factor where the device has a context model (predictor.estimation.context),
+    else None.
 
-    The regressors learn context-free latencies, as the loaded table holds them (predictor.estimate).
+    The regressors learn context-free latencies, as the loaded table holds them (predictor.estimation.estimate).
     """
     context = ContextModel.from_overhead(device.overhead)
     if context is None:

@@ -2,7 +2,7 @@
 
 measured_ms ~ per_run_ms + per_kernel_ms x kernels + kernel_scale x sum(kernel medians in the model's context),
 fitted by non-negative least squares over the end-to-end samples the profiler recorded in its run reports.
-A kernel's median is put into the sample's context by predictor.context's model, whose beta, base and width
+A kernel's median is put into the sample's context by predictor.estimation.context's model, whose beta, base and width
 are chosen on a grid by the same fit (beta 0, no context effect, unless a setting predicts the samples
 better by a margin).
 """
@@ -18,9 +18,9 @@ from typing import Any, Literal
 import numpy as np
 from sqlalchemy.orm import Session
 
-from predictor.context import ContextModel, measurement_contexts, report_samples, sensitivity
-from predictor.features import FEATURE_NAMES, features_matrix
-from predictor.kernels import KernelKey
+from predictor.estimation.context import ContextModel, measurement_contexts, report_samples, sensitivity
+from predictor.kernels.features import FEATURE_NAMES, features_matrix
+from predictor.kernels.keys import KernelKey
 from predictor.store import Device, iter_measured_medians, list_runs, set_overhead
 
 __all__ = [

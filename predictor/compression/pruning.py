@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from predictor.graph import infer_tensor_infos
+from predictor.model.graph import infer_tensor_infos
 
 __all__ = ["ChannelGroups", "analyze_channel_groups", "fold_constant_identities", "prune_model"]
 

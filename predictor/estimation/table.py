@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from predictor.kernels import KernelKey
+from predictor.kernels.keys import KernelKey
 
 __all__ = ["DIGEST_DTYPE", "MeasuredRows", "MeasuredTable", "digest_of", "key_python_hashes"]
 

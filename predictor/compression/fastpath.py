@@ -20,13 +20,13 @@ from typing import Any
 
 import onnx
 
-from predictor.compress import apply_config
-from predictor.config import CompressionConfig, ResolvedCompression, parse_config
-from predictor.graph import infer_tensor_infos
-from predictor.kernels import Kernel, KernelKey, kernels_from_optimized
+from predictor.compression.apply import apply_config
+from predictor.compression.config import CompressionConfig, ResolvedCompression, parse_config
+from predictor.compression.pruning import ChannelGroups, analyze_channel_groups, kept_channels
+from predictor.kernels.keys import Kernel, KernelKey, kernels_from_optimized
 from predictor.memo import BoundedMemo
-from predictor.pruning import ChannelGroups, analyze_channel_groups, kept_channels
-from predictor.runtime import RuntimeSpec, nchwc_block_size, optimize_model
+from predictor.model.graph import infer_tensor_infos
+from predictor.runtime.optimizer import RuntimeSpec, nchwc_block_size, optimize_model
 
 __all__ = ["FastConfigPath", "nchwc_block_size"]
 
@@ -418,7 +418,7 @@ def _round_up(value: int, block: int) -> int:
 
 
 def _two_four_share(weight: tuple[int, ...], key: Any) -> tuple[float, str]:
-    """What magnitude 2:4 pruning leaves, as predictor.compress applies it: zeros only in whole groups of 4."""
+    """What magnitude 2:4 pruning leaves, as predictor.compression.apply applies it: zeros only in whole groups of 4."""
     if len(weight) == 2:
         columns = weight[1] if key.op_type == "Gemm" and key.attr("transB") else weight[0]
     else:
@@ -496,7 +496,7 @@ class _RewritePlan:
 
     A layer's new key: shapes with the pruned channel counts written in, a layout reorder's `channels`
     and a depthwise conv's `group` following its kept channels, and the sparsity the config asks for (2:4
-    as predictor.compress applies it: zeros only in whole groups of 4).
+    as predictor.compression.apply applies it: zeros only in whole groups of 4).
     """
 
     __slots__ = ("channels_attr", "fixed", "group_block", "index", "inputs", "kernel_fields", "key", "key_fields",

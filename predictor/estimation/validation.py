@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 from sqlalchemy.orm import Session
 
-from predictor.config import CompressionConfig, parse_config
+from predictor.compression.config import CompressionConfig, parse_config
 from predictor.errors import LatpredError
-from predictor.estimate import DevicePredictor
-from predictor.prepared import PreparedModel
-from predictor.runtime import RuntimeSpec
+from predictor.estimation.estimate import DevicePredictor
+from predictor.estimation.prepared import PreparedModel
+from predictor.runtime.optimizer import RuntimeSpec
 from predictor.store import Device, add_validation
 
 __all__ = ["GroundTruth", "measure_against_table", "record_validations", "summarize_validation", "validate_models"]

@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from predictor.config import CompressionConfig
+from predictor.compression.config import CompressionConfig
+from predictor.compression.pruning import prune_model
 from predictor.errors import ConfigError, InvalidModelError
-from predictor.kernels import name_unnamed_nodes
-from predictor.pruning import prune_model
-from predictor.runtime import RuntimeSpec, optimize_model
+from predictor.kernels.keys import name_unnamed_nodes
+from predictor.runtime.optimizer import RuntimeSpec, optimize_model
 
 __all__ = [
     "apply_config",

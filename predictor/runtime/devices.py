@@ -23,7 +23,7 @@ from typing import Any
 
 import onnx
 
-from predictor.config import CompressionConfig, parse_config
+from predictor.compression.config import CompressionConfig, parse_config
 from predictor.errors import LatpredError
 from predictor.packaged import packaged_data_dir
 
@@ -138,8 +138,8 @@ def cpu_features() -> tuple[str, ...]:
 
 
 def _probe_model(probes_dir: Path, file: str, raw_config: dict[str, Any]) -> onnx.ModelProto:
-    from predictor.compress import apply_config
-    from predictor.graph import load_model, set_input_shapes
+    from predictor.compression.apply import apply_config
+    from predictor.model.graph import load_model, set_input_shapes
 
     model = load_model(probes_dir / file)
     shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim] for v in model.graph.input
@@ -160,7 +160,7 @@ def probe_hashes(runtime: Any, categories: Iterable[str] = CATEGORIES,
     """The kernels `runtime` builds for each probe of the categories ([op type, key hash], in execution order)."""
     import json
 
-    from predictor.kernels import extract_kernels
+    from predictor.kernels.keys import extract_kernels
 
     found: dict[str, dict[str, list[list[str]]]] = {}
     for category in categories:
@@ -180,7 +180,7 @@ def probe_hashes(runtime: Any, categories: Iterable[str] = CATEGORIES,
 
 def observe_kernel_profile(runtime: Any, probes_dir: Path = DEFAULT_PROBES_DIR) -> KernelProfile:
     """What decides this host's kernels for `runtime` (run by the agent on the device)."""
-    from predictor.runtime import nchwc_block_size
+    from predictor.runtime.optimizer import nchwc_block_size
 
     return KernelProfile(backend=runtime.backend, runtime_version=runtime.runtime_version,
                          execution_provider=runtime.execution_provider, machine=platform.machine(),
@@ -239,7 +239,7 @@ def reproduce_kernels(device: str, profile: KernelProfile, server_runtime: Any,
                       probes_dir: Path = DEFAULT_PROBES_DIR) -> DeviceKernels:
     """How this host builds `device`'s kernels: the setting of its runtime whose probes come out as the device's
     for the most kinds of model (float first). Kinds no setting reproduces are refused (DeviceKernels.check)."""
-    from predictor.runtime import nchwc_block_size
+    from predictor.runtime.optimizer import nchwc_block_size
 
     host = (f"{server_runtime.backend} {server_runtime.runtime_version} on {platform.machine()} "
             f"(NCHWc block {nchwc_block_size(server_runtime) or 'none'})")

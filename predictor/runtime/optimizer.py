@@ -42,7 +42,7 @@ class RuntimeSpec:
     threads: int = 1
     runtime_version: str = ""
     # The runtime's graph transformers left out where kernels are built for a device whose runtime does not run
-    # them (an ARM build has no NchwcTransformer): see predictor.devices.
+    # them (an ARM build has no NchwcTransformer): see predictor.runtime.devices.
     disabled_optimizers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor.kernels import KernelKey
+from predictor.kernels.keys import KernelKey
 
 __all__ = [
     "ACTIVATION_CODES",

@@ -1,7 +1,7 @@
 """Estimating a model's latency on a device: table hit, else the op type's regressor, else a stated fallback.
 
 Model latency = sum of kernel latencies + the device's learned overhead (per run and per kernel).
-Where the device's overhead fit found a context effect (predictor.context), the table and the regressors hold
+Where the device's overhead fit found a context effect (predictor.estimation.context), the table and the regressors hold
 context-free latencies and each kernel is put into the context of the model it is predicted for.
 No kernel is ever counted as 0 ms: every kernel gets a latency and a `source` saying where it came from.
 """
@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from predictor.context import ContextModel, measurement_contexts, report_samples, sensitivity
-from predictor.devices import DeviceKernels, kernels_for_device
 from predictor.errors import UnknownDeviceError
-from predictor.features import FEATURE_NAMES, features_matrix
-from predictor.kernels import Kernel, KernelKey
+from predictor.estimation.context import ContextModel, measurement_contexts, report_samples, sensitivity
+from predictor.estimation.results import Estimate, KernelEstimate
+from predictor.estimation.table import MeasuredRows, MeasuredTable
+from predictor.kernels.features import FEATURE_NAMES, features_matrix
+from predictor.kernels.keys import Kernel, KernelKey
 from predictor.memo import BoundedMemo
-from predictor.results import Estimate, KernelEstimate
-from predictor.runtime import RuntimeSpec, local_runtime
+from predictor.runtime.devices import DeviceKernels, kernels_for_device
+from predictor.runtime.optimizer import RuntimeSpec, local_runtime
 from predictor.store import Device, ProfilingRun, TableVersion, list_runs, read_device_version, read_measured_rows
-from predictor.table import MeasuredRows, MeasuredTable
 
 __all__ = [
     "DevicePredictor",
@@ -98,7 +98,8 @@ def reported_reference_ms(report: dict[str, Any], kind: str, baseline: bool = Tr
 
 def device_baselines(session: Session, device: Device) -> dict[str, float]:
     """The reference kernels' times in the device's baseline state, by kind (empty where its table is not scaled):
-    what a measurement is scaled by to be held against the device's predictions (predictor.validation.compensate)."""
+    what a measurement is scaled by to be held against the device's predictions
+    (predictor.estimation.validation.compensate)."""
     return baselines_of([run.report or {} for run in list_runs(session, device)])
 
 
@@ -149,7 +150,7 @@ class DevicePredictor:
         # ("fp32", "int8": profiler.backends.base.REFERENCE_KINDS); reference_ms is the fp32 one's.
         self.reference_baselines: dict[str, float] = {}
         self.reference_ms: float | None = None
-        # How this host builds the device's kernels, and for which kinds of model (predictor.devices); None: as
+        # How this host builds the device's kernels, and for which kinds of model (predictor.runtime.devices); None: as
         # this host's runtime builds them (a predictor made in code, not loaded from the store).
         self.device_kernels: DeviceKernels | None = None
         # What each key came to (see _memo): ranking asks about the same kernels over and over, so each key
@@ -446,7 +447,7 @@ class _DeviceState:
 
     @classmethod
     def read(cls, session: Session, device: Device) -> _DeviceState:
-        from predictor.regressors import RegressorSet
+        from predictor.estimation.regressors import RegressorSet
 
         runs = list_runs(session, device)
         reports = [run.report or {} for run in runs]
@@ -465,8 +466,8 @@ class _DeviceState:
 
 def _measured_context_factors(context: ContextModel, rows: MeasuredRows, bytes_moved: np.ndarray, macs: np.ndarray,
                               described: np.ndarray, reports: list[dict[str, Any]]) -> np.ndarray:
-    """predictor.context.measured_context_factors of every row, looking up only the keys the reports' samples name
-    (not a dict of every measured key)."""
+    """predictor.estimation.context.measured_context_factors of every row, looking up only the keys the reports'
+    samples name (not a dict of every measured key)."""
     samples = report_samples(reports)
     named = sorted({key_hash for sample in samples for key_hash in sample})
     places = rows.positions(named)

@@ -11,16 +11,16 @@ from typing import Any
 
 import onnx
 
-from predictor.compress import apply_config
-from predictor.config import CompressionConfig, parse_config
-from predictor.devices import categories_of
+from predictor.compression.apply import apply_config
+from predictor.compression.config import CompressionConfig, parse_config
+from predictor.compression.fastpath import FastConfigPath
+from predictor.compression.pruning import analyze_channel_groups
 from predictor.errors import LatpredError
-from predictor.estimate import DevicePredictor, Estimate
-from predictor.fastpath import FastConfigPath
-from predictor.graph import model_inputs, set_input_shapes
-from predictor.kernels import Kernel, KernelKey, extract_kernels, name_unnamed_nodes
-from predictor.pruning import analyze_channel_groups
-from predictor.runtime import RuntimeSpec
+from predictor.estimation.estimate import DevicePredictor, Estimate
+from predictor.kernels.keys import Kernel, KernelKey, extract_kernels, name_unnamed_nodes
+from predictor.model.graph import model_inputs, set_input_shapes
+from predictor.runtime.devices import categories_of
+from predictor.runtime.optimizer import RuntimeSpec
 
 __all__ = ["PreparedModel", "model_id_of", "predict_config", "rank_candidates", "weight_layers"]
 

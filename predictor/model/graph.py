@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from predictor.errors import InvalidModelError
-from predictor.shapes import TensorInfo, infer_model_shapes
+from predictor.model.shapes import TensorInfo, infer_model_shapes
 
 __all__ = [
     "MAX_INPUT_DIM",
@@ -247,7 +247,7 @@ def set_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, list[int
 
 
 def infer_tensor_infos(model: onnx.ModelProto) -> dict[str, TensorInfo]:
-    """Static shapes and element types of every tensor of a model with fixed input shapes (predictor.shapes)."""
+    """Static shapes and element types of every tensor of a model with fixed input shapes (predictor.model.shapes)."""
     try:
         return infer_model_shapes(model)
     except ValueError as exc:

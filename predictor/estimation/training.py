@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from predictor.context import ContextModel
-from predictor.overhead import fit_overhead
-from predictor.regressors import train_device_regressors
+from predictor.estimation.context import ContextModel
+from predictor.estimation.overhead import fit_overhead
+from predictor.estimation.regressors import train_device_regressors
 from predictor.store import Device
 
 __all__ = ["train_device"]
@@ -19,9 +19,9 @@ def train_device(session: Session, device: Device, *, progress: Callable[[str, i
                  ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """(regressor metrics per op type, overhead or None); flushes, never commits.
 
-    `context` is predictor.overhead.fit_overhead's: "fit" chooses the context model, else it is given.
+    `context` is predictor.estimation.overhead.fit_overhead's: "fit" chooses the context model, else it is given.
 
-    The order matters: the overhead fit chooses the context model (predictor.context) from the table alone,
+    The order matters: the overhead fit chooses the context model (predictor.estimation.context) from the table alone,
     and the regressors learn the table's latencies with that context taken out.
     """
     overhead = fit_overhead(session, device, context=context)
