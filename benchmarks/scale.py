@@ -436,7 +436,7 @@ new MutationObserver(function (changes, observer) {
 # loaded, the chart data received, the charts drawn.
 _PAGE_PHASES = """
 const navigation = performance.getEntriesByType('navigation')[0];
-const charts = performance.getEntriesByType('resource').filter(e => e.name.includes('/api/dashboard/'));
+const charts = performance.getEntriesByType('resource').filter(e => e.name.includes('/dashboard/devices/'));
 const s = ms => Math.round(ms) / 1000;
 return {html_received: s(navigation.responseEnd), loaded: s(navigation.loadEventEnd),
         chart_data_requested: charts.length ? s(charts[0].startTime) : null,
