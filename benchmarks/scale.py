@@ -677,12 +677,15 @@ def main() -> int:
         entry["database_mb"] = database_size_mb(args.database_url)
         entry["waited_for_quiet_host_s"] = 0.0 if args.no_wait else wait_for_quiet_host()
         progress(f"measuring at {entry['rows']:,} rows ({entry['database_mb']:,.0f} MB database)")
+        # The host's load just before (1-minute average): anything else running shows here.
+        entry["load_average_before"] = round(os.getloadavg()[0], 2)
         entry["load_in_process"] = load_in_process(args.database_url)
         progress(f"  DevicePredictor.load here: {entry['load_in_process']['seconds']} s")
         size_home = home / str(target)
         size_home.mkdir()
         entry["server"] = measure_server(args.database_url, size_home, model_bytes, kernels, args.upload_seconds,
                                          args.agents, args.api_processes, agent_first_key=5 * 10**8 + entry["rows"])
+        entry["load_average_after"] = round(os.getloadavg()[0], 2)
         entry["model"] = {"name": MODEL, "kernels": len(kernels)}
         entry["targets"] = judge(entry["rows"], entry["server"])
         for name, verdict in entry["targets"].items():
