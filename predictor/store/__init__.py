@@ -60,6 +60,7 @@ from predictor.store.database import (
     session_scope,
     upgrade_schema,
 )
+from predictor.store.device_summary import DeviceSummary, summarize_device
 from predictor.store.jobs import (
     JOB_STATUSES,
     JobRecord,
@@ -91,6 +92,7 @@ __all__ = [
     "RUN_STATUSES",
     "Base",
     "Device",
+    "DeviceSummary",
     "Job",
     "JobRecord",
     "KernelPointRow",
@@ -159,6 +161,7 @@ __all__ = [
     "shape_counts",
     "start_run",
     "submit_job",
+    "summarize_device",
     "summarize_runs",
     "table_version",
     "update_run_report",

@@ -1,7 +1,7 @@
 """`latpred devices`: the store's devices with their runtime and table size."""
 from __future__ import annotations
 
-from predictor.store import count_measurements_by_op, list_devices, list_runs, load_regressors
+from predictor.store import list_devices, summarize_device
 from service.cli.inputs import open_cli_store
 from service.cli.options import JsonOpt
 from service.cli.output import emit_json, emit_line, emit_table
@@ -15,7 +15,7 @@ def devices(as_json: JsonOpt = False) -> None:
     with store.sessions() as session:
         documents = []
         for device in list_devices(session):
-            counts = count_measurements_by_op(session, device)
+            summary = summarize_device(session, device)
             documents.append({
                 "name": device.name,
                 "backend": device.backend,
@@ -23,10 +23,10 @@ def devices(as_json: JsonOpt = False) -> None:
                 "runtime_version": device.runtime_version,
                 "threads": device.threads,
                 "host": device.host,
-                "measurements": sum(counts.values()),
-                "op_types": len(counts),
-                "regressors": sorted(load_regressors(session, device)),
-                "runs": len(list_runs(session, device)),
+                "measurements": summary.measurement_count,
+                "op_types": len(summary.op_types),
+                "regressors": sorted(summary.regressors),
+                "runs": summary.run_count,
             })
     if as_json:
         emit_json({"devices": documents})

@@ -13,7 +13,6 @@ from predictor.errors import UnknownDeviceError
 from predictor.estimation.estimate import flat_axes_of
 from predictor.store import (
     Device,
-    count_measurements_by_op,
     coverage_rows,
     get_device,
     get_stored_model,
@@ -24,7 +23,7 @@ from predictor.store import (
     read_tallies,
     sample_kernel_points,
     shape_counts,
-    summarize_runs,
+    summarize_device,
 )
 from service.api.deps import ReadAccess, SessionDep, SettingsDep
 from service.dashboard.charts import (
@@ -72,10 +71,10 @@ def _reads_closed(read_token_required: bool) -> HTMLResponse | None:
 
 
 def _overview(session: Session, device: Device) -> DeviceOverview:
-    """What the devices page shows of a device: counts from its tallies, its runs and regressors without their
-    reports and model texts."""
-    counts = count_measurements_by_op(session, device)
-    run_count, last = summarize_runs(session, device)
+    """What the devices page shows of a device: its summary (counts from its tallies, its runs and regressors
+    without their reports and model texts) and its validations."""
+    summary = summarize_device(session, device)
+    last = summary.last_run
     return DeviceOverview(
         name=device.name,
         backend=device.backend,
@@ -84,11 +83,11 @@ def _overview(session: Session, device: Device) -> DeviceOverview:
         threads=device.threads,
         host=device.host,
         created_at=device.created_at,
-        measurements=sum(counts.values()),
-        op_types=sorted(counts),
-        accuracy=regressor_accuracy(list_regressor_metrics(session, device)),
+        measurements=summary.measurement_count,
+        op_types=summary.op_types,
+        accuracy=regressor_accuracy(summary.regressors),
         last_run=LastRun(last.run_id, last.status, last.started_at, last.finished_at) if last else None,
-        runs=run_count,
+        runs=summary.run_count,
         validations=validation_summary(list_validations(session, device)),
     )
 

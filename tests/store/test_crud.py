@@ -47,6 +47,7 @@ from predictor.store import (
     session_scope,
     set_overhead,
     start_run,
+    summarize_device,
     update_run_report,
 )
 
@@ -388,3 +389,30 @@ def test_stored_models_are_idempotent_by_content_id(factory: sessionmaker[Sessio
         stored = get_stored_model(session, model_id)
         assert stored is not None
         assert (stored.inputs, stored.kernels) == (inputs, [{"op": "Conv"}])
+
+
+def test_a_new_device_summarizes_as_empty(factory: sessionmaker[Session], device: Device) -> None:
+    with session_scope(factory) as session:
+        summary = summarize_device(session, get_device(session, device.name))
+    assert summary.device.name == device.name
+    assert (summary.measurements_by_op, summary.measurement_count, summary.op_types) == ({}, 0, [])
+    assert (summary.regressors, summary.run_count, summary.last_run) == ({}, 0, None)
+
+
+def test_the_device_summary_counts_rows_per_op_regressors_and_runs(factory: sessionmaker[Session],
+                                                                   device: Device) -> None:
+    """The one summary `latpred devices`, `GET /api/v1/devices/{name}` and the dashboard list a device by."""
+    with session_scope(factory) as session:
+        start_run(session, device, "run-1")
+        add_measurements(session, device, "run-1", [_measurement(i) for i in range(3)]
+                         + [_measurement(10 + i, op_type="Gemm") for i in range(2)])
+        start_run(session, device, "run-2")
+        add_measurements(session, device, "run-2", [_measurement(0)])  # the same key measured again
+        save_regressor(session, device, "Conv", "tree\n", {"mape": 0.12}, "v1")
+    with session_scope(factory) as session:
+        summary = summarize_device(session, get_device(session, device.name))
+    assert summary.measurements_by_op == {"Conv": 4, "Gemm": 2}
+    assert summary.measurement_count == 6 and summary.op_types == ["Conv", "Gemm"]
+    assert list(summary.regressors) == ["Conv"] and summary.regressors["Conv"].metrics == {"mape": 0.12}
+    assert summary.run_count == 2
+    assert summary.last_run is not None and summary.last_run.run_id == "run-2"

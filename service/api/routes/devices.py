@@ -3,14 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from predictor.store import (
-    count_measurements_by_op,
-    get_device,
-    list_devices,
-    list_regressor_metrics,
-    list_runs,
-    register_device,
-)
+from predictor.store import get_device, list_devices, list_runs, register_device, summarize_device
 from service.api.deps import ReadAccess, SessionDep, WriteAccess
 from service.api.schemas import (
     DeviceCreate,
@@ -46,18 +39,18 @@ def create_device(body: DeviceCreate, session: SessionDep) -> DevicePublic:
 @router.get("/{name}", response_model=DeviceDetail, responses={404: {"description": "unknown device"}})
 def read_device(name: str, session: SessionDep) -> DeviceDetail:
     """One device with measurement counts and regressor metrics per op type, and its profiling runs."""
-    device = get_device(session, name)
-    counts = count_measurements_by_op(session, device)
+    summary = summarize_device(session, get_device(session, name))
+    device = summary.device
     regressors = {
         op_type: RegressorPublic(op_type=op_type, metrics=regressor.metrics or {},
                                  data_version=regressor.data_version, trained_at=regressor.trained_at)
-        for op_type, regressor in list_regressor_metrics(session, device).items()
+        for op_type, regressor in summary.regressors.items()
     }
     runs = [RunPublic.model_validate(run) for run in list_runs(session, device)]
     return DeviceDetail(
         **DevicePublic.model_validate(device).model_dump(),
-        measurement_count=sum(counts.values()),
-        measurements=counts,
+        measurement_count=summary.measurement_count,
+        measurements=summary.measurements_by_op,
         regressors=regressors,
         runs=runs,
     )
