@@ -12,7 +12,8 @@ One device (this host's onnxruntime, 1 thread) is grown to each size in turn, on
 - load: `DevicePredictor.load` in this process (seconds);
 - a real `latpred serve` (its job worker beside it, two prediction workers; --api-processes N for --workers N)
   started on the store, then through its API: the first predict of MobileNetV2 after start (the predictor's load,
-  the model's preparation, a prediction worker's start), warm predicts (p50, p99 of 200), predicts while two agents
+  the model's preparation, a prediction worker's start), warm predicts (p50, p99 of 200), four users asking at once
+  (25 each: both prediction workers then hold the device's predictor, as in use), predicts while two agents
   upload batches of 1,000 rows through the API (every latency, the agents' insert rate), one row uploaded then the
   model asked again (its time, and whether the answer includes the row), the dashboard's device page in headless
   Chromium until its charts are drawn (and, for the parts, over HTTP: the HTML, its static files, the chart data),
@@ -76,6 +77,8 @@ DEVICE = "scale-cpu-1t"
 MODEL = "mobilenet_v2"
 FILL_BATCH_ROWS = 5000
 AGENT_BATCH_ROWS = 1000
+CONCURRENT_CLIENTS = 4
+CONCURRENT_PREDICTS_EACH = 25
 # Every tenth filler key is measured again in a second run (the median of run medians is kept per key).
 REMEASURE_EVERY = 10
 _KINDS = 5
@@ -378,6 +381,26 @@ def timed_predict(client: httpx.Client, body: dict[str, Any]) -> tuple[float, di
     return elapsed, response.json()
 
 
+def concurrent_predicts(base: str, body: dict[str, Any], clients: int, predicts_each: int) -> dict[str, float]:
+    """`clients` users asking the same question `predicts_each` times each, all at once: every latency."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def user() -> None:
+        with httpx.Client(base_url=base, headers=AUTH, timeout=600) as client:
+            for _ in range(predicts_each):
+                elapsed, _ = timed_predict(client, body)
+                with lock:
+                    latencies.append(elapsed)
+
+    threads = [threading.Thread(target=user) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return percentiles(latencies) | {"clients": clients}
+
+
 def agents_uploading(url: str, stop: threading.Event, first_key: int, agents: int, uploaded: list[int],
                      errors: list[str]) -> list[threading.Thread]:
     """Agent threads posting batches of new keys (and some measured again) until `stop` is set."""
@@ -542,6 +565,12 @@ def measure_server(url: str, home: Path, model_bytes: bytes, model_kernels: list
         warm = [timed_predict(client, body)[0] for _ in range(200)]
         result["warm_predict"] = percentiles(warm)
         progress(f"  warm predict p50 {result['warm_predict']['p50_ms']} ms, p99 {result['warm_predict']['p99_ms']} ms")
+        # Users asking at once: every prediction worker gets questions, and the first on a worker loads its own
+        # predictor of the device (the server's memory then holds one per worker, as it does once in use).
+        result["concurrent_predicts"] = concurrent_predicts(base, body, clients=CONCURRENT_CLIENTS,
+                                                            predicts_each=CONCURRENT_PREDICTS_EACH)
+        progress(f"  {CONCURRENT_CLIENTS} users at once: p50 {result['concurrent_predicts']['p50_ms']} ms, "
+                 f"max {result['concurrent_predicts']['max_ms']} ms")
 
         # Agents upload through the API while a user predicts: every predict's latency.
         progress(f"  {agents} agents uploading for {upload_seconds:g} s while predicting")
