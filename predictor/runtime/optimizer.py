@@ -99,7 +99,8 @@ _block_sizes: dict[tuple[str, str, str, tuple[str, ...]], int] = {}
 
 def nchwc_block_size(runtime: RuntimeSpec) -> int:
     """Channel block of onnxruntime's NCHWc layout for this runtime on this CPU (8 with AVX2, 16 with AVX-512); 0
-    if it runs none (a small conv is optimized once per runtime and its layout read off)."""
+    if it runs none. A small conv is optimized once per runtime and its layout read off: the blocked conv's weight
+    has its output channels padded to the block (an 8-channel conv is blocked with AVX-512 too, padded to 16)."""
     cache_key = (runtime.backend, runtime.execution_provider, runtime.runtime_version, runtime.disabled_optimizers)
     if cache_key not in _block_sizes:
         block = 0
@@ -107,8 +108,12 @@ def nchwc_block_size(runtime: RuntimeSpec) -> int:
             for channels in (8, 16):
                 optimized = onnx.load_model_from_string(_optimize_bytes(
                     _probe_conv(channels).SerializeToString(), runtime, "all"))
-                if any(node.domain == "com.microsoft.nchwc" for node in optimized.graph.node):
-                    block = channels
+                weights = {init.name: list(init.dims) for init in optimized.graph.initializer}
+                blocked = [weights[node.input[1]][0] for node in optimized.graph.node
+                           if node.domain == "com.microsoft.nchwc" and node.op_type == "Conv"
+                           and len(node.input) > 1 and node.input[1] in weights]
+                if blocked:
+                    block = max(channels, blocked[0])
                     break
         _block_sizes[cache_key] = block
     return _block_sizes[cache_key]

@@ -120,3 +120,19 @@ def test_tensorrt_devices_and_devices_without_a_profile_of_another_runtime_are_r
 def test_a_profile_of_another_version_is_refused_not_misread() -> None:
     with pytest.raises(ValueError, match="version"):
         KernelProfile.from_dict({"version": 99})
+
+
+def test_the_nchwc_block_follows_the_cpu_even_for_convs_narrower_than_it() -> None:
+    # onnxruntime blocks an 8-channel conv on AVX-512 too, padding it to 16: the block is read off the padding.
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if "avx512f" in flags:
+        expected = 16
+    elif "avx2" in flags:
+        expected = 8
+    else:
+        pytest.skip("an x86 CPU with AVX2 or AVX-512 is needed to know the expected block")
+    assert nchwc_block_size(local_runtime(threads=1)) == expected
