@@ -99,7 +99,7 @@ def _aim_at_seeded_entities(case: Any, seeded: dict[str, Any]) -> None:
         if name in known:
             parameters[name] = known[name]
     if isinstance(case.body, dict):
-        for name in ("device", "model_id"):
+        for name in ("device", "model_id", "run_id"):
             if name in case.body:
                 case.body[name] = known[name]
 
