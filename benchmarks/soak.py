@@ -138,7 +138,7 @@ async def client_loop(index: int, base: str, deadline: float, model_id: str, lay
             else:
                 serials[0] += 1
                 serial = serials[0]
-                request = (f"/api/devices/{upload_device}/measurements",
+                request = (f"/api/v1/devices/{upload_device}/measurements",
                            {"run_id": f"soak-{index}-{serial}", "measurements": fake_batch(rng, serial)})
             start = time.perf_counter()
             try:
@@ -250,15 +250,15 @@ def main() -> int:
                                            "candidates": fresh_candidates(random.Random(0), layer_names, 2)}
                         ).raise_for_status()
             if upload_device != DEVICE:
-                device = client.get(f"/api/devices/{DEVICE}").json()
+                device = client.get(f"/api/v1/devices/{DEVICE}").json()
                 fields = ("backend", "execution_provider", "runtime_version", "threads", "host")
                 client.post("/api/devices", json={"name": upload_device, **{f: device[f] for f in fields}}
                             ).raise_for_status()
-            stored_before = client.get(f"/api/devices/{upload_device}").json()["measurement_count"]
+            stored_before = client.get(f"/api/v1/devices/{upload_device}").json()["measurement_count"]
             logger.info("soak: %d clients for %.0f s against %s", args.clients, args.seconds, base)
             result |= asyncio.run(soak(base, server.pid, args.seconds, args.clients, model_id, layer_names,
                                        upload_device))
-            stored_after = client.get(f"/api/devices/{upload_device}").json()["measurement_count"]
+            stored_after = client.get(f"/api/v1/devices/{upload_device}").json()["measurement_count"]
             uploads_ok = int(result["per_type"]["upload"]["statuses"].get("200", 0))
             result["measurements"] = {"before": stored_before, "after": stored_after,
                                       "expected_after": stored_before + uploads_ok * ROWS_PER_UPLOAD}

@@ -5,9 +5,9 @@
 Starts a real server process on 127.0.0.1 with a SQLite store, registers this host's CPU as a device,
 profiles ResNet-50 (a real torchvision export: its skeleton in data/priors, random weights) briefly so the
 device has a table, uploads the model, then:
-- POST /api/predict for the same model and config, sequentially (p50, p99) and from 16 concurrent
+- POST /api/v1/predict for the same model and config, sequentially (p50, p99) and from 16 concurrent
   clients (requests/s), after one warm-up request;
-- POST /api/rank with N candidates never asked before (fresh prune ratios, bit-widths, sparsities,
+- POST /api/v1/rank with N candidates never asked before (fresh prune ratios, bit-widths, sparsities,
   per-layer overrides), sequentially, several rounds, each with new candidates, after one first rank
   that learns the model's transformations (timed separately).
 All traffic stays on loopback and every loop is bounded in count and time.
@@ -64,7 +64,7 @@ async def concurrent_predicts(base: str, body: dict[str, Any], clients: int, sec
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
-                response = await client.post("/api/predict", json=body)
+                response = await client.post("/api/v1/predict", json=body)
                 latencies.append((time.perf_counter() - start) * 1000)
                 errors += response.status_code != 200
 
@@ -77,7 +77,7 @@ async def concurrent_predicts(base: str, body: dict[str, Any], clients: int, sec
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--rank-rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=16)
@@ -95,20 +95,22 @@ def main() -> None:
                     "--budget-minutes", str(args.profile_minutes)], env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run([PYTHON, "-m", "service.cli", "train", "--device", DEVICE], env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    result: dict[str, Any] = {"model": "resnet50", "device": DEVICE}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "commit": commit.stdout.strip(),
+                              "cpus": os.cpu_count(), "model": "resnet50", "device": DEVICE}
     with server_process(env, python=PYTHON, stop_timeout_s=30) as server:
         base = server.url
         with httpx.Client(base_url=base, timeout=600, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             with model_path.open("rb") as handle:
-                upload = client.post("/api/models", files={"file": ("resnet50.onnx", handle)})
+                upload = client.post("/api/v1/models", files={"file": ("resnet50.onnx", handle)})
             upload.raise_for_status()
             model_id = upload.json()["id"]
             body = {"device": DEVICE, "model_id": model_id}
-            client.post("/api/predict", json=body).raise_for_status()  # warm-up: prepares the model once
+            client.post("/api/v1/predict", json=body).raise_for_status()  # warm-up: prepares the model once
             sequential = []
             for _ in range(200):
                 start = time.perf_counter()
-                client.post("/api/predict", json=body).raise_for_status()
+                client.post("/api/v1/predict", json=body).raise_for_status()
                 sequential.append((time.perf_counter() - start) * 1000)
             result["predict_sequential"] = {"requests": len(sequential),
                                             "p50_ms": float(np.percentile(sequential, 50)),
@@ -120,13 +122,13 @@ def main() -> None:
             # The first rank of a model learns its transformations once (compress a few ways, extract).
             start = time.perf_counter()
             first = body | {"candidates": fresh_candidates(1, rng, layer_names)}
-            client.post("/api/rank", json=first).raise_for_status()
+            client.post("/api/v1/rank", json=first).raise_for_status()
             result["rank_first_learn_s"] = time.perf_counter() - start
             rank_ms = []
             for _ in range(args.rank_rounds):
                 candidates = fresh_candidates(args.candidates, rng, layer_names)
                 start = time.perf_counter()
-                response = client.post("/api/rank", json=body | {"candidates": candidates})
+                response = client.post("/api/v1/rank", json=body | {"candidates": candidates})
                 rank_ms.append((time.perf_counter() - start) * 1000)
                 response.raise_for_status()
             result["rank_fresh"] = {"candidates": args.candidates, "rounds": len(rank_ms),
