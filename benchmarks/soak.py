@@ -6,9 +6,9 @@ Starts `run_server` in its own process on 127.0.0.1 with a temporary LATPRED_HOM
 profiles a real export (MobileNetV2: its skeleton in data/priors, random weights) into the device `soak-cpu`
 (`latpred profile --for-model`, then `train`),
 uploads the model, and runs N asyncio clients until the time is up. Each request is, at random:
-- 70% POST /api/predict of the uploaded model (uncompressed or one of a few fixed configs),
-- 10% POST /api/rank with 5 configs never asked before,
-- 20% POST /api/devices/{device}/measurements: a new run with a fresh batch of fake but valid rows
+- 70% POST /api/v1/predict of the uploaded model (uncompressed or one of a few fixed configs),
+- 10% POST /api/v1/rank with 5 configs never asked before,
+- 20% POST /api/v1/devices/{device}/measurements: a new run with a fresh batch of fake but valid rows
   (kernel keys no model has, so predictions stay comparable). With `--upload-to same` (default) they go
   to the device being predicted, so each insert drops its cached predictor; `--upload-to other` sends
   them to a second device, as agents profiling other hardware would.
@@ -130,10 +130,10 @@ async def client_loop(index: int, base: str, deadline: float, model_id: str, lay
             kind = rng.choices(KINDS, WEIGHTS)[0]
             request: tuple[str, dict[str, Any]]
             if kind == "predict":
-                request = ("/api/predict", {"device": DEVICE, "model_id": model_id,
+                request = ("/api/v1/predict", {"device": DEVICE, "model_id": model_id,
                                             "config": rng.choice(FIXED_CONFIGS)})
             elif kind == "rank":
-                request = ("/api/rank", {"device": DEVICE, "model_id": model_id,
+                request = ("/api/v1/rank", {"device": DEVICE, "model_id": model_id,
                                          "candidates": fresh_candidates(rng, layer_names, RANK_CANDIDATES)})
             else:
                 serials[0] += 1
@@ -239,20 +239,20 @@ def main() -> int:
         server, base = served.process, served.url
         with httpx.Client(base_url=base, timeout=600, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             with model_path.open("rb") as handle:
-                upload = client.post("/api/models", files={"file": (model_path.name, handle)})
+                upload = client.post("/api/v1/models", files={"file": (model_path.name, handle)})
             upload.raise_for_status()
             model_id = upload.json()["id"]
             result["kernels"] = len(upload.json()["kernels"])
             # Warm-up: prepare the model and learn its fast config path once, outside the measured time.
-            client.post("/api/predict", json={"device": DEVICE, "model_id": model_id}).raise_for_status()
+            client.post("/api/v1/predict", json={"device": DEVICE, "model_id": model_id}).raise_for_status()
             layer_names = [node.name for node in model.graph.node if node.op_type == "Conv"]
-            client.post("/api/rank", json={"device": DEVICE, "model_id": model_id,
+            client.post("/api/v1/rank", json={"device": DEVICE, "model_id": model_id,
                                            "candidates": fresh_candidates(random.Random(0), layer_names, 2)}
                         ).raise_for_status()
             if upload_device != DEVICE:
                 device = client.get(f"/api/v1/devices/{DEVICE}").json()
                 fields = ("backend", "execution_provider", "runtime_version", "threads", "host")
-                client.post("/api/devices", json={"name": upload_device, **{f: device[f] for f in fields}}
+                client.post("/api/v1/devices", json={"name": upload_device, **{f: device[f] for f in fields}}
                             ).raise_for_status()
             stored_before = client.get(f"/api/v1/devices/{upload_device}").json()["measurement_count"]
             logger.info("soak: %d clients for %.0f s against %s", args.clients, args.seconds, base)
