@@ -200,3 +200,34 @@ def test_compose_builds_the_image_and_starts_in_order_without_a_default_token() 
     assert "LATPRED_TOKEN" in agent["environment"]
     assert "http://service:8000" in shlex.join(agent["command"])
     assert "change-me" not in COMPOSE.read_text()
+
+
+AGENT_RUN = """
+import sys
+
+class WithoutServerExtra:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"fastapi", "starlette", "uvicorn", "psycopg", "multipart", "python_multipart"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, WithoutServerExtra())
+import profiler.runner, profiler.sinks  # noqa: E401
+from service.cli import main
+sys.argv = ["latpred", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_device_agent_needs_no_server_extra(image: Path, tmp_path: Path) -> None:
+    from tests import factories
+
+    model = tmp_path / "block.onnx"
+    model.write_bytes(factories.residual_model().SerializeToString())
+    done = subprocess.run([image / "python", "-c", AGENT_RUN, "kernels", str(model), "--json"], cwd=tmp_path,
+                          env=user_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["kernels"]
+    served = subprocess.run([image / "python", "-c", AGENT_RUN, "serve"], cwd=tmp_path, env=user_env(tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert served.returncode == 2 and "server" in served.stderr, served.stderr
