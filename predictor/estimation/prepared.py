@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,6 +18,7 @@ from predictor.compression.pruning import analyze_channel_groups
 from predictor.errors import LatpredError
 from predictor.estimation.estimate import DevicePredictor, Estimate
 from predictor.kernels.keys import Kernel, KernelKey, extract_kernels, name_unnamed_nodes
+from predictor.memo import BoundedMemo
 from predictor.model.graph import model_inputs, set_input_shapes
 from predictor.runtime.devices import categories_of
 from predictor.runtime.optimizer import RuntimeSpec
@@ -41,8 +42,8 @@ class PreparedModel:
     model: onnx.ModelProto
     runtime: RuntimeSpec
     model_id: str = ""
-    _cache: OrderedDict[str, list[Kernel]] = field(default_factory=OrderedDict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _cache: BoundedMemo[str, list[Kernel]] = field(
+        default_factory=lambda: BoundedMemo(_CACHE_ENTRIES, lru=True), repr=False)
     _fast: FastConfigPath | None = field(default=None, repr=False)
     _fast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _names: frozenset[str] | None = field(default=None, repr=False)
@@ -77,19 +78,13 @@ class PreparedModel:
     def kernels(self, config: CompressionConfig | None = None) -> list[Kernel]:
         """Kernels the runtime executes for the model compressed by `config` (cached per config)."""
         config = config or CompressionConfig()
-        cache_key = config.canonical_json()
-        with self._lock:
-            cached = self._cache.get(cache_key)
-            if cached is not None:
-                self._cache.move_to_end(cache_key)
-                return cached
-        config.check_patterns(self._node_name_set())
-        kernels = extract_kernels(self.compressed(config), self.runtime)
-        with self._lock:
-            self._cache[cache_key] = kernels
-            while len(self._cache) > _CACHE_ENTRIES:
-                self._cache.popitem(last=False)
-        return kernels
+        resolved = config
+
+        def extract() -> list[Kernel]:
+            resolved.check_patterns(self._node_name_set())
+            return extract_kernels(self.compressed(resolved), self.runtime)
+
+        return self._cache.get_or_compute(config.canonical_json(), extract)
 
 
     def config_warnings(self, config: CompressionConfig, kernels: Sequence[Kernel] | None = None) -> list[str]:

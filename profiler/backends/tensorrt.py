@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,7 @@ import onnx
 
 from predictor.errors import InvalidModelError
 from predictor.kernels.keys import Kernel, KernelKey, name_unnamed_nodes, weight_sparsity
+from predictor.memo import BoundedMemo
 from predictor.model.graph import initializer_arrays
 from predictor.runtime.optimizer import RuntimeSpec
 from profiler.backends.base import (
@@ -434,7 +435,7 @@ class TensorRTBackend:
         self.precision = precision
         self.sparse_weights = sparse_weights
         self.workspace_mb = workspace_mb
-        self._engines: OrderedDict[str, _BuiltEngine] = OrderedDict()
+        self._engines: BoundedMemo[str, _BuiltEngine] = BoundedMemo(self._CACHED_ENGINES, lru=True)
 
     def runtime(self) -> RuntimeSpec:
         suffix = "-sparse" if self.sparse_weights else ""
@@ -498,9 +499,9 @@ class TensorRTBackend:
         name_unnamed_nodes(named)
         payload = named.SerializeToString()
         digest = hashlib.sha256(payload).hexdigest()
-        if digest in self._engines:
-            self._engines.move_to_end(digest)
-            return self._engines[digest]
+        cached = self._engines.lookup(digest)
+        if cached is not None:
+            return cached
         trt = self._trt
         trt_logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(trt_logger)
@@ -535,9 +536,7 @@ class TensorRTBackend:
         inspector = engine.create_engine_inspector()
         info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
         built = _BuiltEngine(engine=engine, runtime=runtime, info=info, model=named)
-        self._engines[digest] = built
-        while len(self._engines) > self._CACHED_ENGINES:
-            self._engines.popitem(last=False)
+        self._engines.put(digest, built)
         logger.debug("built TensorRT %s engine with %d layers", self.precision, engine.num_layers)
         return built
 

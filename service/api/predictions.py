@@ -15,17 +15,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from predictor.compression.config import CompressionConfig
 from predictor.errors import NoMeasurementsError, UnknownDeviceError
 from predictor.estimation.estimate import DevicePredictor
 from predictor.estimation.prepared import PreparedModel, predict_config, rank_candidates
+from predictor.memo import BoundedMemo
 from predictor.model.graph import load_model
 from predictor.runtime.optimizer import RuntimeSpec
 from predictor.store import get_device, get_stored_model, read_table_version
@@ -37,61 +37,9 @@ __all__ = ["ModelNotFoundError", "PredictionCache", "answer_question"]
 
 logger = logging.getLogger(__name__)
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
 ShapesKey = tuple[tuple[str, tuple[int, ...]], ...]
 # Threads taking in changes of cached predictors (one refresh per device at a time).
 _REFRESH_THREADS = 2
-
-
-class _BuildOnceLru(Generic[K, V]):
-    """A bounded LRU map whose missing values are built once even under concurrent requests."""
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-        self._building: dict[K, threading.Lock] = {}
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def get_or_build(self, key: K, build: Callable[[], V]) -> V:
-        value = self.get(key)
-        if value is not None:
-            return value
-        with self._lock:
-            key_lock = self._building.setdefault(key, threading.Lock())
-        try:
-            with key_lock:
-                value = self.get(key)
-                if value is None:
-                    value = build()
-                    self.put(key, value)
-        finally:
-            with self._lock:
-                self._building.pop(key, None)
-        return value
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
 
 
 @dataclass(frozen=True)
@@ -125,10 +73,10 @@ class PredictionCache:
                  refresh_wait_s: float = 0.5) -> None:
         self.model_store = model_store
         self.refresh_wait_s = refresh_wait_s
-        self._prepared: _BuildOnceLru[tuple[str, RuntimeSpec, ShapesKey | None], PreparedModel] = (
-            _BuildOnceLru(max_models)
+        self._prepared: BoundedMemo[tuple[str, RuntimeSpec, ShapesKey | None], PreparedModel] = (
+            BoundedMemo(max_models, lru=True)
         )
-        self._devices: _BuildOnceLru[str, _LoadedDevice] = _BuildOnceLru(max_devices)
+        self._devices: BoundedMemo[str, _LoadedDevice] = BoundedMemo(max_devices, lru=True)
         self._refreshing: dict[str, Future[_LoadedDevice]] = {}
         self._refresh_lock = threading.Lock()
         self._refresher = ThreadPoolExecutor(max_workers=_REFRESH_THREADS, thread_name_prefix="latpred-refresh")
@@ -143,12 +91,13 @@ class PredictionCache:
             with store.sessions() as session:
                 get_device(session, device_name)  # raises UnknownDeviceError naming the known devices
             raise UnknownDeviceError(f"unknown device {device_name!r}")
-        loaded = self._devices.get(device_name)
+        loaded = self._devices.lookup(device_name)
         known = None if loaded is None else loaded.predictor.version
-        if known is None or (known.device_id, known.registered_at) != (version.device_id, version.registered_at):
+        if loaded is None or known is None or ((known.device_id, known.registered_at)
+                                               != (version.device_id, version.registered_at)):
             # Nothing to answer with meanwhile: the first load is waited for (once, however many ask).
-            self._devices.pop(device_name)
-            loaded = self._devices.get_or_build(device_name, lambda: self._load_device(store, device_name))
+            self._devices.discard(device_name)
+            loaded = self._devices.get_or_compute(device_name, lambda: self._load_device(store, device_name))
             return loaded.runtime, loaded.predictor
         if loaded.predictor.version == version:
             return loaded.runtime, loaded.predictor
@@ -213,7 +162,7 @@ class PredictionCache:
                        input_shapes: Mapping[str, list[int]] | None = None) -> PreparedModel:
         """The uploaded model prepared for the runtime; raises ModelNotFoundError or InvalidModelError."""
         key = (model_id, runtime, _shapes_key(input_shapes))
-        return self._prepared.get_or_build(key, lambda: self._prepare(store, model_id, runtime, input_shapes))
+        return self._prepared.get_or_compute(key, lambda: self._prepare(store, model_id, runtime, input_shapes))
 
     def _prepare(self, store: Store, model_id: str, runtime: RuntimeSpec,
                  input_shapes: Mapping[str, list[int]] | None) -> PreparedModel:
