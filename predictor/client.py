@@ -24,6 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from predictor.errors import ServiceError, ServiceHTTPError, ServiceTimeout, ServiceUnreachable
+from predictor.records import Measurement
 
 __all__ = ["API_PREFIX", "AsyncLatpredClient", "LatpredClient"]
 
@@ -139,6 +140,8 @@ def _measurement_json(measurement: Any) -> dict[str, Any]:
     """A measurement as the API wants it, from a dict or an object with key / median_ms / ... attributes."""
     if isinstance(measurement, Mapping):
         fields = dict(measurement)
+    elif isinstance(measurement, Measurement):
+        fields = measurement.to_dict()
     else:
         fields = {name: getattr(measurement, name) for name in ("key", "median_ms", "p10_ms", "p90_ms", "repeats")}
     key = fields.get("key")

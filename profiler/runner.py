@@ -19,6 +19,7 @@ import numpy as np
 
 from predictor.compression.config import CompressionConfig, LayerCompression
 from predictor.kernels.keys import KernelKey
+from predictor.records import RunReport, Timing
 from predictor.runtime.optimizer import describe_host
 from predictor.store import MeasurementIn
 from profiler.backends.base import (
@@ -32,7 +33,7 @@ from profiler.backends.base import (
 from profiler.calibration import CALIBRATION_ITEM, CHAINS, measure_context_probes
 from profiler.plan import WorkItem
 
-__all__ = ["ItemObserver", "ProfileRunner", "RunReport", "Sink", "measure_reference_ms", "reference_model"]
+__all__ = ["ItemObserver", "ProfileRunner", "RunProgress", "Sink", "measure_reference_ms", "reference_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ class ItemObserver(Protocol):
 
 
 @dataclass
-class RunReport:
-    """What a run did: coverage per op type, flat axes found, drift seen, end-to-end samples."""
+class RunProgress:
+    """A run's report while it is built: what the run did so far (coverage per op type, flat axes found, drift
+    seen, end-to-end timings). `record()` is the report as stored (predictor.records.RunReport)."""
 
     run_id: str
     device: str
@@ -89,7 +91,7 @@ class RunReport:
     baseline_reference_ms: float | None = None  # as baseline_references["fp32"]
     references: dict[str, float] = field(default_factory=dict)  # each reference kind's time at the start
     baseline_references: dict[str, float] = field(default_factory=dict)  # each kind's in the baseline state
-    end_to_end: list[dict[str, Any]] = field(default_factory=list)
+    end_to_end: list[Timing] = field(default_factory=list)
     elapsed_s: float = 0.0
     budget_minutes: float | None = None
     stopped_by: str = ""
@@ -101,31 +103,24 @@ class RunReport:
     # before a model's time is split between its kernels.
     profiler_costs_us: dict[str, float] | None = None
 
+    def record(self) -> RunReport:
+        """The report as stored and read back (predictor.records.RunReport)."""
+        return RunReport(
+            run_id=self.run_id, device=self.device, items_done=tuple(self.items_done),
+            items_skipped=self.items_skipped, items_failed=tuple(self.items_failed),
+            measured_per_op=dict(self.measured_per_op),
+            flat_axes={op: list(axes) for op, axes in self.flat_axes.items()},
+            flat_evidence={op: dict(values) for op, values in self.flat_evidence.items()},
+            drift=tuple(dict(entry) for entry in self.drift), reference_ms=self.reference_ms,
+            baseline_reference_ms=self.baseline_reference_ms, references=dict(self.references),
+            baseline_references=dict(self.baseline_references), end_to_end=tuple(self.end_to_end),
+            elapsed_s=self.elapsed_s, budget_minutes=self.budget_minutes, stopped_by=self.stopped_by,
+            clock=self.clock, paired=self.paired, refinement=self.refinement,
+            context_probes=tuple(dict(row) for row in self.context_probes), profiler_costs_us=self.profiler_costs_us,
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "device": self.device,
-            "items_done": list(self.items_done),
-            "items_skipped": self.items_skipped,
-            "items_failed": list(self.items_failed),
-            "measured_per_op": dict(sorted(self.measured_per_op.items())),
-            "flat_axes": self.flat_axes,
-            "flat_evidence": self.flat_evidence,
-            "drift": self.drift,
-            "reference_ms": self.reference_ms,
-            "baseline_reference_ms": self.baseline_reference_ms,
-            "references": dict(self.references),
-            "baseline_references": dict(self.baseline_references),
-            "end_to_end": self.end_to_end,
-            "elapsed_s": round(self.elapsed_s, 1),
-            "budget_minutes": self.budget_minutes,
-            "stopped_by": self.stopped_by,
-            "clock": self.clock,
-            "paired": self.paired,
-            "refinement": self.refinement,
-            "context_probes": self.context_probes,
-            "profiler_costs_us": self.profiler_costs_us,
-        }
+        return self.record().to_dict()
 
     def summary_lines(self) -> list[str]:
         """Human-readable report lines (what the CLI prints)."""
@@ -255,9 +250,9 @@ class ProfileRunner:
         self.calibrate_context = calibrate_context
         self.calibration_chains = calibration_chains
 
-    def run(self, items: Iterable[WorkItem], budget_minutes: float, run_id: str | None = None) -> RunReport:
+    def run(self, items: Iterable[WorkItem], budget_minutes: float, run_id: str | None = None) -> RunProgress:
         run_id = run_id or uuid.uuid4().hex
-        report = RunReport(run_id=run_id, device=self.device, budget_minutes=budget_minutes,
+        report = RunProgress(run_id=run_id, device=self.device, budget_minutes=budget_minutes,
                            clock=getattr(self.backend, "clock_name", "wall"))
         start = self._started = self.clock()
         deadline = start + budget_minutes * 60.0
@@ -277,7 +272,7 @@ class ProfileRunner:
         # its own at the start, which a busy start or the reference's own caches make another state (an int8
         # reference timed at 2.12 ms alone ran at 1.5-1.7 ms beside the models, and every int8 row came out 30-45%
         # slow).
-        pending: dict[str, list[tuple[list[MeasurementIn], dict[str, Any], float]]] = {}
+        pending: dict[str, list[tuple[list[MeasurementIn], int, float]]] = {}
         for kind in REFERENCE_KINDS if getattr(self.backend, "paired", False) else REFERENCE_KINDS[:1]:
             self._reference_ms(kind=kind)  # the first runs of a fresh process are slow: warm up first
             report.references[kind] = self._reference_ms(kind=kind)
@@ -328,11 +323,11 @@ class ProfileRunner:
                 report.elapsed_s = self.clock() - start
                 known.update(row.key_hash for row in new_rows)
                 entry = report.end_to_end[-1]
-                waiting = pending.get(entry["reference"])
-                if waiting is not None and entry.get("reference_ms"):
-                    waiting.append((new_rows, entry, float(entry["reference_ms"])))
+                waiting = pending.get(entry.reference)
+                if waiting is not None and entry.reference_ms:
+                    waiting.append((new_rows, len(report.end_to_end) - 1, entry.reference_ms))
                     if len(waiting) >= _BASELINE_ITEMS:
-                        self._settle_baseline(run_id, report, entry["reference"], pending)
+                        self._settle_baseline(run_id, report, entry.reference, pending)
                     continue
                 self.sink.write(run_id, new_rows, report.to_dict())
             else:
@@ -349,8 +344,8 @@ class ProfileRunner:
             self.sink.finish(run_id, status, report.to_dict())
         return report
 
-    def _settle_baseline(self, run_id: str, report: RunReport, kind: str,
-                         pending: dict[str, list[tuple[list[MeasurementIn], dict[str, Any], float]]]) -> None:
+    def _settle_baseline(self, run_id: str, report: RunProgress, kind: str,
+                         pending: dict[str, list[tuple[list[MeasurementIn], int, float]]]) -> None:
         """Fix the device's baseline for `kind` from the items that waited for it, scale and write their rows."""
         waiting = pending.pop(kind)
         provisional = report.baseline_references[kind]
@@ -361,14 +356,16 @@ class ProfileRunner:
             report.baseline_reference_ms = baseline
         logger.info("baseline of the %s reference: %.3f ms as the first %d items saw it (%.3f ms timed alone)",
                     kind, baseline, len(waiting), provisional)
-        for rows, entry, _ in waiting:
-            entry["measured_ms"] *= factor
-            entry["compensation"] = round(entry["compensation"] * factor, 4)
+        for rows, index, _ in waiting:
+            entry = report.end_to_end[index]
+            report.end_to_end[index] = replace(
+                entry, measured_ms=None if entry.measured_ms is None else entry.measured_ms * factor,
+                compensation=round(entry.compensation * factor, 4))
             scaled = [replace(row, median_ms=row.median_ms * factor, p10_ms=row.p10_ms * factor,
                               p90_ms=row.p90_ms * factor) for row in rows]
             self.sink.write(run_id, scaled, report.to_dict())
 
-    def _calibrate(self, report: RunReport, run_id: str, budget_minutes: float) -> None:
+    def _calibrate(self, report: RunProgress, run_id: str, budget_minutes: float) -> None:
         """The context calibration (profiler.calibration), recorded in the report as done once it completed."""
         def progress(done: int, total: int) -> None:
             if self.progress:
@@ -385,7 +382,7 @@ class ProfileRunner:
         report.elapsed_s = self.clock() - self._started
         self.sink.write(run_id, [], report.to_dict())
 
-    def _profile_item(self, item: WorkItem, report: RunReport, known: set[str],
+    def _profile_item(self, item: WorkItem, report: RunProgress, known: set[str],
                       record: bool = True) -> list[MeasurementIn] | None:
         try:
             model = item.model()
@@ -406,17 +403,17 @@ class ProfileRunner:
                         p90_ms=row.p90_ms * factor) for row in _rows_from_timings(timings)]
         if not record:
             return rows
-        report.end_to_end.append({
-            "label": item.label,
-            "measured_ms": wall.median_ms * factor,
-            "compensation": round(factor, 4),
-            "reference": kind,
-            "reference_ms": round(reference_now, 5),
-            "kernel_hashes": [t.kernel.key.key_hash for t in timings],
-        })
+        report.end_to_end.append(Timing(
+            label=item.label,
+            measured_ms=wall.median_ms * factor,
+            compensation=round(factor, 4),
+            reference=kind,
+            reference_ms=round(reference_now, 5),
+            kernel_hashes=tuple(t.kernel.key.key_hash for t in timings),
+        ))
         return rows
 
-    def _compensation(self, report: RunReport, reference_now: float, kind: str = "fp32") -> float:
+    def _compensation(self, report: RunProgress, reference_now: float, kind: str = "fp32") -> float:
         """Factor from the machine's state now to the device's baseline state (drift is recorded).
 
         `reference_now`: the `kind` reference's time now (backends.base.REFERENCE_KINDS).
@@ -458,7 +455,7 @@ class ProfileRunner:
                 pairs[key.op_type].append(row.median_ms / table[dense_hash])
 
     @staticmethod
-    def _update_flat_axes(report: RunReport, pairs: dict[str, list[float]]) -> None:
+    def _update_flat_axes(report: RunProgress, pairs: dict[str, list[float]]) -> None:
         for op_type, ratios in pairs.items():
             if len(ratios) < _FLAT_MIN_PAIRS:
                 continue
@@ -480,7 +477,7 @@ class ProfileRunner:
                 report.flat_axes.pop(op_type, None)
 
     @staticmethod
-    def _sparsity_settled(report: RunReport) -> bool:
+    def _sparsity_settled(report: RunProgress) -> bool:
         """True once every weight op type seen in sparse models proved flat: more samples buy nothing."""
         seen = [op for op in report.flat_evidence if any(m in op for m in _WEIGHT_OP_MARKERS)]
         return bool(seen) and all("sparsity" in report.flat_axes.get(op, []) for op in seen) and \

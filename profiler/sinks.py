@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from predictor.client import LatpredClient
 from predictor.errors import LatpredError, ServiceError, ServiceHTTPError
-from predictor.estimation.estimate import reported_reference_ms
+from predictor.records import RunReport, reports_of
 from predictor.store import (
     MeasurementIn,
     add_measurements,
@@ -31,13 +31,10 @@ T = TypeVar("T")
 _TABLE_PAGE_ROWS = 1000
 
 
-def reference_times(reports: list[dict[str, Any]], kind: str = "fp32") -> list[float]:
-    """Times of the `kind` reference kernel that earlier runs' reports recorded (their baselines and starts).
-
-    Each report gives its baseline, then its start (predictor.estimation.estimate.reported_reference_ms reads them).
-    """
+def reference_times(reports: Sequence[RunReport], kind: str = "fp32") -> list[float]:
+    """Times of the `kind` reference kernel that earlier runs' reports recorded (each its baseline, then its start)."""
     return [value for report in reports
-            for value in (reported_reference_ms(report, kind), reported_reference_ms(report, kind, baseline=False))
+            for value in (report.reference_of(kind), report.reference_of(kind, baseline=False))
             if value is not None]
 
 
@@ -59,12 +56,12 @@ class StoreSink:
     def done_items(self) -> set[str]:
         with session_scope(self.sessions) as session:
             runs = list_runs(session, get_device(session, self.device_name))
-            return {item for run in runs for item in (run.report or {}).get("items_done", [])}
+            return {item for report in reports_of(runs) for item in report.items_done}
 
     def previous_references(self, kind: str = "fp32") -> list[float]:
         with session_scope(self.sessions) as session:
             runs = list_runs(session, get_device(session, self.device_name))
-            return reference_times([run.report or {} for run in runs], kind)
+            return reference_times(reports_of(runs), kind)
 
     def start(self, run_id: str, budget_minutes: float | None, runtime: dict[str, Any] | None = None,
               host: str | None = None) -> None:
@@ -134,10 +131,10 @@ class HttpSink:
         return list(device.get("runs", []))
 
     def done_items(self) -> set[str]:
-        return {item for run in self._runs() for item in (run.get("report") or {}).get("items_done", [])}
+        return {item for run in self._runs() for item in RunReport.from_dict(run.get("report") or {}).items_done}
 
     def previous_references(self, kind: str = "fp32") -> list[float]:
-        return reference_times([run.get("report") or {} for run in self._runs()], kind)
+        return reference_times([RunReport.from_dict(run.get("report") or {}) for run in self._runs()], kind)
 
     def start(self, run_id: str, budget_minutes: float | None, runtime: dict[str, Any] | None = None,
               host: str | None = None) -> None:

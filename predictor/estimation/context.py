@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from predictor.records import RunReport
+
 __all__ = ["ContextModel", "measured_context_factors", "measurement_contexts", "report_samples", "sensitivity"]
 
 _INTENSITY_RANGE = (1.0, 30.0)  # MACs per byte: fully sensitive at the low end, not at all at the high
@@ -95,13 +97,13 @@ def measurement_contexts(samples: Iterable[Sequence[str]], bytes_of: Mapping[str
     return contexts
 
 
-def report_samples(reports: Iterable[Mapping[str, Any]]) -> list[list[str]]:
-    """The kernel hashes of each end-to-end sample of run reports, in the order the reports list them."""
-    return [list(sample.get("kernel_hashes") or []) for report in reports for sample in report.get("end_to_end", [])]
+def report_samples(reports: Iterable[RunReport]) -> list[list[str]]:
+    """The kernel hashes of each end-to-end timing of run reports, in the order the reports list them."""
+    return [list(timing.kernel_hashes) for report in reports for timing in report.end_to_end]
 
 
 def measured_context_factors(model: ContextModel, key_hashes: Sequence[str], bytes_moved: np.ndarray,
-                             macs: np.ndarray, reports: Iterable[Mapping[str, Any]]) -> np.ndarray:
+                             macs: np.ndarray, reports: Iterable[RunReport]) -> np.ndarray:
     """Each measured key's factor in the context it was measured in (its median over the context-free value).
 
     A key no end-to-end sample names (uploaded without reports) is taken to be measured in the median

@@ -23,6 +23,7 @@ from predictor.estimation.table import MeasuredRows, MeasuredTable
 from predictor.kernels.features import FEATURE_NAMES, features_matrix
 from predictor.kernels.keys import Kernel, KernelKey
 from predictor.memo import BoundedMemo
+from predictor.records import RunReport, reports_of
 from predictor.runtime.devices import DeviceKernels, kernels_for_device
 from predictor.runtime.optimizer import RuntimeSpec, local_runtime
 from predictor.store import Device, ProfilingRun, TableVersion, list_runs, read_device_version, read_measured_rows
@@ -75,51 +76,35 @@ def flat_axes_of(session: Session, device: Device) -> dict[str, list[str]]:
 
 def _flat_axes(runs: Sequence[ProfilingRun]) -> dict[str, list[str]]:
     flat: dict[str, list[str]] = {}
-    for run in runs:
-        report = run.report or {}
-        for op_type, axes in (report.get("flat_axes") or {}).items():
+    for report in reports_of(runs):
+        for op_type, axes in report.flat_axes.items():
             flat[op_type] = sorted(set(axes))
     return flat
-
-
-def reported_reference_ms(report: dict[str, Any], kind: str, baseline: bool = True) -> float | None:
-    """The `kind` reference kernel's time a run report names: its baseline, or (`baseline` False) its start.
-
-    Every kind's are in "baseline_references" / "references" (reports since the int8 reference); the fp32
-    reference's also in "baseline_reference_ms" / "reference_ms", the only place older reports have them.
-    """
-    field, by_kind = ("baseline_reference_ms", "baseline_references") if baseline else ("reference_ms", "references")
-    kinds = report.get(by_kind)
-    value = kinds.get(kind) if isinstance(kinds, dict) else None
-    if value is None and kind == "fp32":
-        value = report.get(field)
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 def device_baselines(session: Session, device: Device) -> dict[str, float]:
     """The reference kernels' times in the device's baseline state, by kind (empty where its table is not scaled):
     what a measurement is scaled by to be held against the device's predictions
     (predictor.estimation.validation.compensate)."""
-    return baselines_of([run.report or {} for run in list_runs(session, device)])
+    return baselines_of(reports_of(list_runs(session, device)))
 
 
-def baselines_of(reports: list[dict[str, Any]]) -> dict[str, float]:
+def baselines_of(reports: Sequence[RunReport]) -> dict[str, float]:
     """The baseline state of a table profiled by these runs: each run scales to the first run's reference time
     (profiler.runner). Unpaired runs timed by thread CPU time are not scaled, and then neither is anything held
     against them (no baselines)."""
-    scaled = all(report.get("paired") or report.get("clock") != "thread_cpu" for report in reports)
+    scaled = all(report.paired or report.clock != "thread_cpu" for report in reports)
     return _reference_baselines(reports) if scaled else {}
 
 
-def _reference_baselines(reports: list[dict[str, Any]]) -> dict[str, float]:
+def _reference_baselines(reports: Sequence[RunReport]) -> dict[str, float]:
     """Each reference kind's baseline time as the latest run report holding it names it."""
     baselines: dict[str, float] = {}
     for report in reports:
-        kinds = report.get("baseline_references")
-        for kind in {"fp32", *(kinds if isinstance(kinds, dict) else ())}:
-            value = reported_reference_ms(report, str(kind))
+        for kind in {"fp32", *report.baseline_references}:
+            value = report.reference_of(kind)
             if value is not None:
-                baselines[str(kind)] = value
+                baselines[kind] = value
     return baselines
 
 
@@ -437,7 +422,7 @@ class DevicePredictor:
 class _DeviceState:
     """What a predictor reads from the store besides its table; a change to any of it raises the state version."""
 
-    reports: list[dict[str, Any]]
+    reports: list[RunReport]
     overhead: dict[str, Any]
     flat_axes: dict[str, list[str]]
     regressors: Any
@@ -450,7 +435,7 @@ class _DeviceState:
         from predictor.estimation.regressors import RegressorSet
 
         runs = list_runs(session, device)
-        reports = [run.report or {} for run in runs]
+        reports = reports_of(runs)
         regressors = RegressorSet.load(session, device)
         return cls(
             reports=reports,
@@ -465,7 +450,7 @@ class _DeviceState:
 
 
 def _measured_context_factors(context: ContextModel, rows: MeasuredRows, bytes_moved: np.ndarray, macs: np.ndarray,
-                              described: np.ndarray, reports: list[dict[str, Any]]) -> np.ndarray:
+                              described: np.ndarray, reports: Sequence[RunReport]) -> np.ndarray:
     """predictor.estimation.context.measured_context_factors of every row, looking up only the keys the reports'
     samples name (not a dict of every measured key)."""
     samples = report_samples(reports)

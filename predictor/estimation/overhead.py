@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from predictor.estimation.context import ContextModel, measurement_contexts, report_samples, sensitivity
 from predictor.kernels.features import FEATURE_NAMES, features_matrix
 from predictor.kernels.keys import KernelKey
+from predictor.records import RunReport, reports_of
 from predictor.store import Device, iter_measured_medians, list_runs, set_overhead
 
 __all__ = [
@@ -94,11 +95,10 @@ def context_samples(session: Session, device: Device) -> ContextSamples:
     medians = np.array([float(np.median(runs_of[h])) for h in hashes])
     moved = features[:, _BYTES]
     sens = sensitivity(moved, features[:, _MACS])
-    reports = [run.report or {} for run in list_runs(session, device)]
+    reports = reports_of(list_runs(session, device))
     sample_hashes_of = report_samples(reports)
-    samples = list(zip(sample_hashes_of,
-                       (float(sample["measured_ms"]) for report in reports for sample in report.get("end_to_end", [])),
-                       strict=True))
+    samples = [(list(timing.kernel_hashes), timing.measured_ms) for report in reports for timing in report.end_to_end
+               if timing.measured_ms is not None]
     contexts = measurement_contexts(sample_hashes_of, dict(zip(hashes, moved.tolist(), strict=True)))
     median_context = float(np.median(list(contexts.values()))) if contexts else 0.0
     measured: list[float] = []
@@ -150,9 +150,9 @@ def choose_context(samples: ContextSamples, grid: Mapping[str, Sequence[float]] 
     return best[0], best[1], best[2], base_mape
 
 
-def probe_rows(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def probe_rows(reports: Sequence[RunReport]) -> list[dict[str, Any]]:
     """The context calibration rows (profiler.calibration) of run reports."""
-    return [dict(row) for report in reports for row in report.get("context_probes") or []]
+    return [dict(row) for report in reports for row in report.context_probes]
 
 
 def choose_context_from_probes(rows: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence[float]] = CONTEXT_GRID
@@ -209,7 +209,7 @@ def fit_overhead(session: Session, device: Device, *, context: ContextModel | No
     samples = context_samples(session, device)
     if len(samples.measured_ms) < _MIN_SAMPLES:
         return None
-    probes = probe_rows([run.report or {} for run in list_runs(session, device)])
+    probes = probe_rows(reports_of(list_runs(session, device)))
     probe_figures: dict[str, float] = {}
     chosen_by = "given"
     if context == "fit" and probes:

@@ -27,6 +27,7 @@ from predictor.errors import LatpredError
 from predictor.estimation.context import ContextModel, measured_context_factors
 from predictor.kernels.features import FEATURE_NAMES, features_matrix
 from predictor.kernels.keys import KernelKey
+from predictor.records import reports_of
 from predictor.store import Device, iter_measurements, list_runs, load_regressors, save_regressor
 
 __all__ = [
@@ -560,7 +561,7 @@ def _context_factors(session: Session, device: Device, by_op: Mapping[str, _OpDa
     if not hashes:
         return {}
     features = features_matrix([data.keys[h] for data in by_op.values() for h in data.keys], cached=False)
-    reports = [run.report or {} for run in list_runs(session, device)]
+    reports = reports_of(list_runs(session, device))
     factors = measured_context_factors(context, hashes, features[:, _BYTES_MOVED], features[:, _MACS], reports)
     return dict(zip(hashes, factors.tolist(), strict=True))
 

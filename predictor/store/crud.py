@@ -21,6 +21,7 @@ from predictor.errors import (
     UnknownDeviceError,
     UnknownRunError,
 )
+from predictor.records import Measurement as MeasurementRecord
 from predictor.store.aggregates import (
     TableVersion,
     bump_state_version,
@@ -107,21 +108,13 @@ class MeasurementConflict:
 
 
 @dataclass(frozen=True)
-class MeasurementIn:
-    """One kernel measurement to upload: canonical key, its hash, and latency percentiles in ms.
+class MeasurementIn(MeasurementRecord):
+    """One kernel measurement to store (predictor.records.Measurement), with its key's summary if known.
 
     `summary`: the key's summary (predictor.store.summary) where the caller computed it already (the REST API
     does, checking the key); the store computes it otherwise.
     """
 
-    key: dict[str, Any]
-    key_hash: str
-    op_type: str
-    bits: int
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    repeats: int
     summary: KernelSummary | None = dataclasses.field(default=None, compare=False)
 
 

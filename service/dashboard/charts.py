@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from predictor.records import reports_of
 from predictor.store import KernelPointRow, Tally
 from predictor.store.summary import op_family
 
@@ -274,19 +275,18 @@ def validation_summary(validations: Sequence[ValidationRow]) -> dict[str, Any]:
 def run_flags(runs: Sequence[RunRow]) -> list[dict[str, Any]]:
     """Per run: status, kernels measured, stop reason, drift checks over threshold and the worst drift ratio."""
     flagged = []
-    for run in runs:
-        report = run.report or {}
-        drift = [entry for entry in report.get("drift") or [] if isinstance(entry, Mapping) and "ratio" in entry]
+    for run, report in zip(runs, reports_of(runs), strict=True):
+        drift = [entry for entry in report.drift if "ratio" in entry]
         worst = max(drift, key=lambda entry: abs(float(entry["ratio"]) - 1)) if drift else None
         flagged.append({
             "run_id": run.run_id,
             "status": run.status,
-            "measured": sum(int(count) for count in (report.get("measured_per_op") or {}).values()),
-            "stopped_by": report.get("stopped_by") or "",
-            "reference_ms": report.get("reference_ms"),
+            "measured": sum(report.measured_per_op.values()),
+            "stopped_by": report.stopped_by,
+            "reference_ms": report.reference_ms,
             "drift_checks": len(drift),
             "worst_drift_ratio": float(worst["ratio"]) if worst else None,
             "worst_drift_at_s": float(worst.get("elapsed_s", 0.0)) if worst else None,
-            "flat_axes": {op: list(axes) for op, axes in sorted((report.get("flat_axes") or {}).items())},
+            "flat_axes": {op: list(axes) for op, axes in sorted(report.flat_axes.items())},
         })
     return flagged

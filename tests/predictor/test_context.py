@@ -14,6 +14,7 @@ from predictor.estimation.regressors import training_sets
 from predictor.estimation.training import train_device
 from predictor.kernels.features import FEATURE_NAMES, features_matrix
 from predictor.kernels.keys import Kernel, KernelKey
+from predictor.records import RunReport
 from predictor.store import (
     MeasurementIn,
     add_measurements,
@@ -119,8 +120,9 @@ def test_measurement_context_is_the_first_sample_holding_the_key() -> None:
     contexts = measurement_contexts([["a", "b"], ["b", "c"], ["d", "x"]], {"a": 1.0, "b": 2.0, "c": 5.0, "d": 1.0})
     # "b" keeps the traffic of the first sample; the sample naming "x" (not in the table) is skipped.
     assert contexts == {"a": 3.0, "b": 3.0, "c": 7.0}
+    report = RunReport.from_dict({"end_to_end": [{"kernel_hashes": ["a", "c"]}]})
     factors = measured_context_factors(ContextModel(1.0, 1e-6, 10.0), ["a", "c", "d"], np.array([1.0, 5.0, 1.0]),
-                                       np.zeros(3), [{"end_to_end": [{"kernel_hashes": ["a", "c"]}]}])
+                                       np.zeros(3), [report])
     # "d" is named by no sample: it is taken to be measured in the median context (6 bytes).
     assert factors.tolist() == pytest.approx([1.0 + np.log2(6.0), 1.0 + np.log2(6.0), 1.0 + np.log2(6.0)])
 

@@ -87,7 +87,7 @@ def test_drift_is_reported_and_paired_or_wall_time_runs_are_scaled(
     assert report.clock == ("thread_cpu" if threads == 1 else "wall")
     assert report.paired == paired
     assert report.drift and report.drift[0]["ratio"] == pytest.approx(2.0)
-    assert [e["compensation"] for e in report.end_to_end] == [pytest.approx(expected_factor)]
+    assert [e.compensation for e in report.end_to_end] == [pytest.approx(expected_factor)]
     assert "DRIFT" in "\n".join(report.summary_lines())
     with session_factory(store_engine)() as session:
         predictor = DevicePredictor.load(session, get_device(session, "drift"))
@@ -126,7 +126,7 @@ def test_a_first_run_takes_its_baseline_from_its_first_items(store_engine: Engin
     # Baseline: the median of the first three items' references (2, 2, 3 ms); the fourth (4 ms) is scaled to it.
     assert report.baseline_references["fp32"] == pytest.approx(2.0)
     expected = [pytest.approx(factor, abs=1e-4) for factor in (1.0, 1.0, 2 / 3, 0.5)]
-    assert [e["compensation"] for e in report.end_to_end] == expected
+    assert [e.compensation for e in report.end_to_end] == expected
     with session_factory(store_engine)() as session:
         predictor = DevicePredictor.load(session, get_device(session, "steps"))
     assert predictor.reference_ms == pytest.approx(2.0)

@@ -13,6 +13,7 @@ from predictor.compression.apply import apply_config
 from predictor.compression.config import parse_config
 from predictor.estimation.estimate import DevicePredictor
 from predictor.estimation.validation import measure_against_table
+from predictor.records import RunReport
 from predictor.runtime.optimizer import describe_host
 from predictor.store import get_device, register_device, session_factory, session_scope
 from profiler.backends.base import MeasureProtocol, Timing, reference_model
@@ -109,11 +110,11 @@ def test_each_kind_is_compensated_by_its_own_reference_and_baseline(store_engine
     # A first run takes each kind's baseline as its items see that reference (1 ms for both, where the int8 one
     # read 0.5 ms on its own at the start): neither model is scaled, the int8 reference's move is reported.
     assert report.baseline_references == {"fp32": 1.0, "int8": 1.0}
-    by_label = {e["label"]: e for e in report.end_to_end}
-    assert by_label["block/fp32"]["reference"] == "fp32"
-    assert by_label["block/fp32"]["compensation"] == pytest.approx(1.0)
-    assert by_label["block/int8"]["reference"] == "int8"
-    assert by_label["block/int8"]["compensation"] == pytest.approx(1.0)
+    by_label = {e.label: e for e in report.end_to_end}
+    assert by_label["block/fp32"].reference == "fp32"
+    assert by_label["block/fp32"].compensation == pytest.approx(1.0)
+    assert by_label["block/int8"].reference == "int8"
+    assert by_label["block/int8"].compensation == pytest.approx(1.0)
     assert [(d["reference"], d["ratio"]) for d in report.drift] == [("int8", pytest.approx(2.0))]
     assert "DRIFT: int8 reference" in "\n".join(report.summary_lines())
     assert "compensated to the baseline 1.000 ms" in "\n".join(report.summary_lines())
@@ -124,9 +125,9 @@ def test_each_kind_is_compensated_by_its_own_reference_and_baseline(store_engine
     later = ProfileRunner("kinds", backend, sink, _FIVE_RUNS).run(again, budget_minutes=5)
     assert later.references == {"fp32": 1.0, "int8": 0.8}
     assert later.baseline_references == {"fp32": 1.0, "int8": 1.0}
-    by_label = {e["label"]: e for e in later.end_to_end}
-    assert by_label["residual/fp32"]["compensation"] == pytest.approx(1.0)
-    assert by_label["residual/int8"]["compensation"] == pytest.approx(0.5)
+    by_label = {e.label: e for e in later.end_to_end}
+    assert by_label["residual/fp32"].compensation == pytest.approx(1.0)
+    assert by_label["residual/int8"].compensation == pytest.approx(0.5)
     with session_factory(store_engine)() as session:
         predictor = DevicePredictor.load(session, get_device(session, "kinds"))
     assert predictor.reference_baselines == {"fp32": 1.0, "int8": 1.0}
@@ -134,9 +135,10 @@ def test_each_kind_is_compensated_by_its_own_reference_and_baseline(store_engine
 
 
 def test_reports_from_before_the_int8_reference_name_only_fp32() -> None:
-    old = [{"baseline_reference_ms": 1.0, "reference_ms": 1.2}]
-    new = [{"baseline_reference_ms": 1.0, "reference_ms": 1.1, "baseline_references": {"fp32": 1.0, "int8": 0.4},
-            "references": {"fp32": 1.1, "int8": 0.45}}]
+    old = [RunReport.from_dict({"baseline_reference_ms": 1.0, "reference_ms": 1.2})]
+    new = [RunReport.from_dict({"baseline_reference_ms": 1.0, "reference_ms": 1.1,
+                                "baseline_references": {"fp32": 1.0, "int8": 0.4},
+                                "references": {"fp32": 1.1, "int8": 0.45}})]
     assert reference_times(old) == [1.0, 1.2] and reference_times(old, "int8") == []
     assert reference_times(old + new, "int8") == [0.4, 0.45]
     assert reference_times(old + new) == [1.0, 1.2, 1.0, 1.1]

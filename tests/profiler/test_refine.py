@@ -11,7 +11,7 @@ from predictor.kernels.keys import KernelKey
 from predictor.store import MeasurementIn
 from profiler.plan import default_plan
 from profiler.refine import AdaptiveRefinement
-from profiler.runner import RunReport
+from profiler.runner import RunProgress
 from tests.predictor.test_regressors import random_conv_keys, true_latency_ms
 
 
@@ -58,7 +58,7 @@ def test_refinement_draws_near_the_worst_predicted_models() -> None:
     assert summary["refined_items"] == 40
     assert any(label.startswith(tuple(hard_archs)) for label, _ in summary["fits"]["worst_items"][:3])
     assert len({item.item_id for item in drawn}) == len(drawn)
-    line = RunReport(run_id="r", device="d", refinement=summary).summary_lines()[-1]
+    line = RunProgress(run_id="r", device="d", refinement=summary).summary_lines()[-1]
     assert "40 models near the worst-predicted" in line and "NchwcConv" in line
 
 
@@ -67,7 +67,7 @@ def test_refinement_explores_until_it_has_seen_enough() -> None:
     drawn = list(itertools.islice(refinement.items(), 5))
     assert [item.stage for item in drawn] == ["random"] * 5
     assert refinement.summary()["fits"] is None
-    lines = RunReport(run_id="r", device="d", refinement=refinement.summary()).summary_lines()
+    lines = RunProgress(run_id="r", device="d", refinement=refinement.summary()).summary_lines()
     assert "not started" in lines[-1]
 
 

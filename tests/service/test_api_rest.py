@@ -164,6 +164,15 @@ def test_run_conflicts_are_problems(api: TestClient, device: str) -> None:
     assert api.post(f"/api/v1/devices/{device}/runs", json={"run_id": "big"}, headers=AUTH).status_code == 201
     assert_problem(api.put(f"/api/v1/devices/{device}/runs/big", json=report, headers=AUTH), 422, "invalid_report",
                    "LATPRED_MAX_RUN_REPORT_KB")
+    # A report is a run report (predictor.records.RunReport) of a version this server reads.
+    assert api.post(f"/api/v1/devices/{device}/runs", json={"run_id": "later"}, headers=AUTH).status_code == 201
+    for bad, detail in (({"version": 2}, "unknown version 2"), ({"end_to_end": "x"}, "end_to_end must be a list")):
+        refused = api.put(f"/api/v1/devices/{device}/runs/later", json={"status": "finished", "report": bad},
+                          headers=AUTH)
+        assert_problem(refused, 422, "invalid_report", detail)
+    good = {"version": 1, "end_to_end": [{"label": "m", "measured_ms": 2.0, "kernel_hashes": ["h"]}], "extra": 1}
+    stored = api.put(f"/api/v1/devices/{device}/runs/later", json={"status": "finished", "report": good}, headers=AUTH)
+    assert stored.status_code == 200 and stored.json()["report"] == good  # stored as sent, extra keys kept
 
 
 def test_an_unreachable_database_is_a_problem(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
+from predictor.errors import InvalidRecordError
+from predictor.records import RunReport
 from predictor.store import RunClosedError, finish_run, get_device, list_runs, start_run
 from service.api.deps import ReadAccess, SessionDep, SettingsDep, WriteAccess
 from service.api.problems import HTTPProblem, ProblemCode
@@ -37,8 +39,9 @@ def create_run(name: str, body: RunCreate, session: SessionDep) -> RunPublic:
     return public
 
 
-def _check_report_size(report: dict[str, Any] | None, max_kb: float) -> None:
-    """422 when the report is not plain JSON (NaN, infinity) or larger than the limit: every device read returns it."""
+def _check_report(report: dict[str, Any] | None, max_kb: float) -> None:
+    """422 when the report is not a run report this server reads (predictor.records.RunReport, of a known version),
+    not plain JSON (NaN, infinity) or larger than the limit: every device read returns it."""
     if report is None:
         return
     try:
@@ -50,12 +53,17 @@ def _check_report_size(report: dict[str, Any] | None, max_kb: float) -> None:
         raise HTTPProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, ProblemCode.INVALID_REPORT,
                           f"report: {size_bytes / 1024:.0f} KB as JSON, over the limit of {max_kb:g} KB of "
                           "this server (LATPRED_MAX_RUN_REPORT_KB)")
+    try:
+        RunReport.from_dict(report)
+    except InvalidRecordError as exc:
+        raise HTTPProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, ProblemCode.INVALID_REPORT, str(exc)) from exc
 
 
 @router.put("/{run_id}", response_model=RunPublic, dependencies=[WriteAccess],
             responses={404: {"description": "unknown device or run"},
                        409: {"description": "the run was finished or killed already, with another report"},
-                       422: {"description": "the report is larger than LATPRED_MAX_RUN_REPORT_KB"}})
+                       422: {"description": "the report is not a run report of a known version, or larger "
+                                              "than LATPRED_MAX_RUN_REPORT_KB"}})
 def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep, settings: SettingsDep) -> RunPublic:
     """Finish or kill a run and attach its report (flat axes in it change predictions: cached predictors re-read it).
 
@@ -65,7 +73,7 @@ def update_run(name: str, run_id: str, body: RunFinish, session: SessionDep, set
     if not any(run.run_id == run_id for run in list_runs(session, device)):
         raise HTTPProblem(status.HTTP_404_NOT_FOUND, ProblemCode.UNKNOWN_RUN,
                           f"unknown run {run_id!r} on device {name!r}; start it with POST first")
-    _check_report_size(body.report, settings.max_run_report_kb)
+    _check_report(body.report, settings.max_run_report_kb)
     try:
         run = finish_run(session, run_id, body.status, body.report)
     except RunClosedError as exc:
