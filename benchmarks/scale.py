@@ -663,7 +663,9 @@ def model_kernel_keys(model: onnx.ModelProto) -> list[KernelKey]:
 def wait_for_quiet_host(poll_s: float = 60.0) -> float:
     """Wait while a timing-sensitive job of this project runs (accuracy benchmark, profiling); seconds waited."""
     waited = 0.0
-    while subprocess.run(["pgrep", "-f", "benchmarks.accuracy|latpred profile"], capture_output=True).returncode == 0:
+    # `latpred profile` also runs as `python -m service.cli profile` (the aarch64 agent test runs it so).
+    busy = "benchmarks.accuracy|latpred profile|service.cli profile"
+    while subprocess.run(["pgrep", "-f", busy], capture_output=True).returncode == 0:
         progress("  waiting: an accuracy benchmark or a profiling run is going on")
         time.sleep(poll_s)
         waited += poll_s
