@@ -174,6 +174,9 @@ def fill(url: str, target_rows: int, model_kernels: list[KernelKey]) -> dict[str
     have = stored_rows(url)
     if have >= target_rows:
         engine.dispose()
+        if have > target_rows + 2 * FILL_BATCH_ROWS:
+            # Tables only grow here: a smaller size needs a database of its own (--fresh, or --database-url).
+            progress(f"  the database holds {have:,} rows, more than {target_rows:,}: measuring at {have:,}")
         return {"rows_added": 0, "note": f"reused the {have} rows stored before"}
     # Rows per filler key: one, plus one more for every REMEASURE_EVERY-th.
     per_key = 1 + 1 / REMEASURE_EVERY
