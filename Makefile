@@ -36,4 +36,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check predictor profiler service tests benchmarks
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) .pytest_cache
