@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from predictor.store import open_store
 from service.app import create_app
 from service.settings import Settings, get_settings
 
-__all__ = ["ServerProcess", "ServerStartError", "free_port", "run_server", "server_process", "wait_until_serving"]
+__all__ = ["ServerProcess", "ServerStartError", "free_port", "run_server", "server_process", "stop_process",
+           "wait_until_serving"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +64,17 @@ def _job_worker_process(stop_timeout_s: float = 15.0) -> Iterator[subprocess.Pop
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=stop_timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, stop_timeout_s)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout_s: float, sig: int = signal.SIGTERM) -> None:
+    """Ask a child process to stop with `sig`; kill it if it has not stopped within `timeout_s`."""
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -130,9 +137,4 @@ def server_process(env: Mapping[str, str], log_path: Path | None = None, python:
                 raise ServerStartError(f"{exc}{output}") from None
             yield ServerProcess(url=url, process=process)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, stop_timeout_s)

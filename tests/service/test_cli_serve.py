@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 
 from predictor.store import create_store_engine, schema_revision
 from predictor.store.database import MIGRATIONS_DIR
-from service.server import free_port, wait_until_serving
+from service.server import free_port, stop_process, wait_until_serving
 from tests.service.cli_runs import assert_one_line_error, run_latpred
 
 pytestmark = pytest.mark.usefixtures("cli_home")
@@ -43,12 +43,7 @@ def test_serve_prints_its_url_then_serves(cli_home: Path) -> None:
         assert line == f"serving {url} (dashboard at /, API docs at /docs)\n"
         wait_until_serving(url, process, timeout_s=90)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 30, signal.SIGINT)
 
 
 def test_serve_on_a_busy_port_is_the_users_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.server import ServerProcess, free_port, server_process, wait_until_serving
+from service.server import ServerProcess, free_port, server_process, stop_process, wait_until_serving
 from tests.service.conftest import AUTH, DEVICE, TOKEN, fake_measurement, local_device_body
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -132,12 +132,7 @@ def _cli_serve(env: dict[str, str], *options: str) -> Iterator[tuple[str, subpro
         wait_until_serving(url, process, timeout_s=90)
         yield url, process
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 30, signal.SIGINT)
 
 
 def test_serve_with_several_workers_and_its_job_worker(postgres_url: str, tmp_path: Path,
