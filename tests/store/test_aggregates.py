@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import predictor.store.aggregates as aggregates
@@ -65,11 +65,6 @@ def _unreadable(index: int, ms: float = 1.0) -> MeasurementIn:
 def _new_device(session: Session, name: str = "agg-cpu") -> Device:
     return register_device(session, name=name, backend="onnxruntime", execution_provider="CPUExecutionProvider",
                            runtime_version="1.0", threads=1, host="test")
-
-
-@pytest.fixture
-def factory(store_engine: Engine) -> sessionmaker[Session]:
-    return session_factory(store_engine)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from predictor.errors import (
@@ -43,7 +43,6 @@ from predictor.store import (
     register_device,
     save_regressor,
     save_stored_model,
-    session_factory,
     session_scope,
     set_overhead,
     start_run,
@@ -84,11 +83,6 @@ def _new_device(session: Session, name: str = "xeon-ort-4t", runtime_version: st
 
 def _count(session: Session, model: type[object]) -> int:
     return session.scalar(select(func.count()).select_from(model)) or 0
-
-
-@pytest.fixture
-def factory(store_engine: Engine) -> sessionmaker[Session]:
-    return session_factory(store_engine)
 
 
 @pytest.fixture

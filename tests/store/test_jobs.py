@@ -5,7 +5,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from predictor.store import (
@@ -18,16 +18,10 @@ from predictor.store import (
     heartbeat_job,
     register_device,
     requeue_stale_jobs,
-    session_factory,
     session_scope,
     submit_job,
 )
 from predictor.store.models import utc_now
-
-
-@pytest.fixture
-def factory(store_engine: Engine) -> sessionmaker[Session]:
-    return session_factory(store_engine)
 
 
 @pytest.fixture
