@@ -143,8 +143,7 @@ class _LocalBackend:
             runtime = predictor.runtime or device.runtime
             self._predictor, self._runtime = predictor, runtime
         if predictor.measurement_count == 0:
-            raise NoMeasurementsError(f"no measurements for device {self.device}: run `latpred profile --device "
-                                      f"{self.device}` first")
+            raise NoMeasurementsError.for_device(self.device)
         return predictor, runtime
 
     def _prepared_model(self, model: ModelSource, runtime: RuntimeSpec,

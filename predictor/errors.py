@@ -29,6 +29,10 @@ class StoreError(LatpredError):
 class NoMeasurementsError(LatpredError):
     """The device has no measurements to predict from."""
 
+    @classmethod
+    def for_device(cls, device: str) -> NoMeasurementsError:
+        return cls(f"no measurements for device {device}: run `latpred profile --device {device}` first")
+
 
 class DeviceConflictError(LatpredError):
     """A device registered again with another runtime, thread count or kernel profile than it has."""

@@ -120,8 +120,7 @@ def device_kernels(device: Device) -> DeviceKernels:
 def require_measurements(session: Session, device: Device) -> None:
     """NoMeasurementsError while the device's table is empty."""
     if not count_measurements_by_op(session, device):
-        raise NoMeasurementsError(f"no measurements for device {device.name}: run `latpred profile --device "
-                                  f"{device.name}` first")
+        raise NoMeasurementsError.for_device(device.name)
 
 
 def load_predictor(session: Session, device: Device) -> DevicePredictor:

@@ -38,9 +38,7 @@ def predict(
             emit_line(f"{model.name}: {len(found)} kernels on {runtime.backend} "
                       f"{runtime.execution_provider} ({runtime.threads} threads)")
             emit_table(_KERNEL_HEADERS, _kernel_rows(found))
-        raise NoMeasurementsError(
-            f"no measurements for device {device}: run `latpred profile --device {device}` first"
-        )
+        raise NoMeasurementsError.for_device(device)
     estimate = predict_config(predictor, prepared, compression)
     document = {"model": str(model), "config": compression.model_dump(exclude_none=True), **estimate.to_dict()}
     if as_json:

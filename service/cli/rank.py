@@ -37,7 +37,7 @@ def rank(
     candidates = load_candidates(configs)
     prepared, predictor = prepare_on_device(model, device, input_shape)
     if predictor is None:
-        raise NoMeasurementsError(f"no measurements for device {device}: run `latpred profile --device {device}`")
+        raise NoMeasurementsError.for_device(device)
     result = rank_candidates(predictor, prepared, candidates, target_speedup, fast=not exact, skip_failed=True)
     if as_json:
         emit_json(result)
