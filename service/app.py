@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from predictor.allocator import tune_allocator
 from predictor.errors import StoreError
 from predictor.runtime.optimizer import OptimizerLimits, optimizer_limits
 from service.api import api_router
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tune_allocator()
         connector = StoreConnector(settings)
         app.state.settings = settings
         app.state.store_connector = connector

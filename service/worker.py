@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from predictor.allocator import release_free_memory, tune_allocator
 from predictor.errors import LatpredError
 from predictor.store import (
     Device,
@@ -103,6 +104,7 @@ class JobWorker:
         finally:
             stop_beating.set()
             beat.join()
+            release_free_memory()  # a training job's arrays, not kept while the worker waits for the next
         with session_scope(self.store.sessions) as session:
             return get_job(session, job.job_id)
 
@@ -125,6 +127,7 @@ class JobWorker:
     def run(self, stop: threading.Event, once: bool = False) -> int:
         """Run jobs until `stop` is set (or, with `once`, until none waits); how many were run."""
         done = 0
+        tune_allocator()
         logger.info("worker %s waiting for jobs", self.name)
         while not stop.is_set() and self._parent_alive():
             try:

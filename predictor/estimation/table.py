@@ -165,14 +165,20 @@ class MeasuredRows:
 
     @classmethod
     def from_arrays(cls, digests: np.ndarray, medians: np.ndarray, bytes_moved: np.ndarray, macs: np.ndarray,
-                    others: Mapping[str, tuple[float, float, float]] | None = None) -> MeasuredRows:
-        """Rows of unsorted arrays (digests unique) and of other key hashes (-> (median, bytes moved, MACs))."""
-        order = np.argsort(digests, kind="stable")
+                    others: Mapping[str, tuple[float, float, float]] | None = None,
+                    presorted: bool = False) -> MeasuredRows:
+        """Rows of arrays (digests unique) and of other key hashes (-> (median, bytes moved, MACs)).
+
+        `presorted`: the digests are in order already, so the arrays are kept, not copied (checked: rows out of
+        order are sorted all the same).
+        """
+        digests = np.asarray(digests, dtype=DIGEST_DTYPE)
+        columns = [np.asarray(values, dtype=np.float64) for values in (medians, bytes_moved, macs)]
+        if not (presorted and bool(np.all(digests[1:] > digests[:-1]))):
+            order = np.argsort(digests, kind="stable")
+            digests, columns = digests[order], [values[order] for values in columns]
         other_values = np.array(list((others or {}).values()), dtype=np.float64).reshape(-1, 3)
-        return cls(digests=np.asarray(digests, dtype=DIGEST_DTYPE)[order],
-                   medians=np.asarray(medians, dtype=np.float64)[order],
-                   bytes_moved=np.asarray(bytes_moved, dtype=np.float64)[order],
-                   macs=np.asarray(macs, dtype=np.float64)[order],
+        return cls(digests=digests, medians=columns[0], bytes_moved=columns[1], macs=columns[2],
                    other_hashes=tuple(others or ()), other_medians=other_values[:, 0].copy(),
                    other_bytes_moved=other_values[:, 1].copy(), other_macs=other_values[:, 2].copy())
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import onnx
 
+from predictor.allocator import release_free_memory, tune_allocator
 from predictor.errors import InvalidModelError
 
 __all__ = [
@@ -373,6 +374,7 @@ def _serve_optimizer(connection: Connection) -> None:
     and whether the worker is worn out (has grown by half its memory limit): the parent then replaces it."""
     import onnxruntime  # noqa: F401  (imported once, before the first job)
 
+    tune_allocator()
     # An empty folder of its own as the working directory: nothing a model names by a relative path is there.
     os.chdir(tempfile.mkdtemp(prefix="latpred-optimizer-"))
     idle_bytes = _address_space_bytes()
@@ -394,6 +396,7 @@ def _serve_optimizer(connection: Connection) -> None:
         except Exception as exc:  # reported to the parent, which raises it there
             answer = ("error", f"{type(exc).__name__}: {exc}")
         del data
+        release_free_memory()
         # What the heap kept of the job's allocations: the parent retires a worker that kept much, under the
         # next job's limit (_worn).
         now_bytes = _address_space_bytes()

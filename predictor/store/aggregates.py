@@ -54,9 +54,10 @@ logger = logging.getLogger(__name__)
 _IN_CHUNK = 500
 # Rows per fetch when reading measured kernels row by row (SQLite).
 _FETCH_ROWS = 50_000
-# Above this many kernels, PostgreSQL sends a device's table in 16 parts (by the key hash's first digit).
-_SINGLE_READ_KERNELS = 2_000_000
-_HEX_DIGITS = "0123456789abcdef"
+# PostgreSQL sends a device's table in parts of at most about this many kernels (by the key hash's first digits):
+# libpq keeps its input buffer as large as the largest message it received for as long as the connection lives
+# (pooled: the process's), and a part's packed columns are some 70 bytes a kernel as text.
+_PART_KERNELS = 100_000
 
 
 class _NewRow(Protocol):
@@ -240,10 +241,10 @@ def read_measured_rows(session: Session, device_id: int, after_seq: int | None =
 
 
 _PACKED_QUERY = """
-SELECT string_agg(decode(key_hash, 'hex'), ''::bytea),
-       string_agg(float8send(median_ms), ''::bytea),
-       string_agg(float8send(coalesce(bytes_moved, 'NaN'::float8)), ''::bytea),
-       string_agg(float8send(coalesce(macs, 'NaN'::float8)), ''::bytea)
+SELECT string_agg(decode(key_hash, 'hex'), ''::bytea ORDER BY key_hash COLLATE "C"),
+       string_agg(float8send(median_ms), ''::bytea ORDER BY key_hash COLLATE "C"),
+       string_agg(float8send(coalesce(bytes_moved, 'NaN'::float8)), ''::bytea ORDER BY key_hash COLLATE "C"),
+       string_agg(float8send(coalesce(macs, 'NaN'::float8)), ''::bytea ORDER BY key_hash COLLATE "C")
 FROM measured_kernels
 WHERE device_id = :device_id AND key_hash ~ '^[0-9a-f]{32}$' {conditions}
 """
@@ -251,6 +252,19 @@ _OTHERS_QUERY = """
 SELECT key_hash, median_ms, bytes_moved, macs FROM measured_kernels
 WHERE device_id = :device_id AND key_hash !~ '^[0-9a-f]{32}$' {conditions}
 """
+
+
+def _key_hash_ranges(kernels: int) -> list[tuple[str, str]]:
+    """Bounds (low inclusive, high exclusive) of key-hash prefixes splitting `kernels` into parts of at most
+    about _PART_KERNELS (key hashes are uniform); none for a small table, read whole."""
+    digits = 0
+    while kernels > _PART_KERNELS * 16 ** digits:
+        digits += 1
+    if digits == 0:
+        return []
+    count = 16 ** digits
+    bounds = [format(index, f"0{digits}x") for index in range(count)]
+    return list(zip(bounds, [*bounds[1:], "g"], strict=True))
 
 
 def _read_packed(session: Session, device_id: int, after_seq: int | None, upto_seq: int | None) -> MeasuredRows:
@@ -266,15 +280,17 @@ def _read_packed(session: Session, device_id: int, after_seq: int | None, upto_s
     if after_seq is None:
         total = session.scalar(select(func.coalesce(func.sum(MeasurementTally.kernels), 0))
                                .where(MeasurementTally.device_id == device_id)) or 0
-        if total > _SINGLE_READ_KERNELS:
-            # Parts by the first hex digit, so no single value PostgreSQL builds approaches its 1 GB bound.
-            ranges = [f" AND key_hash >= '{low}' AND key_hash < '{high}'"
-                      for low, high in zip(_HEX_DIGITS, [*_HEX_DIGITS[1:], "g"], strict=True)]
-    parts: list[tuple[bytes, bytes, bytes, bytes]] = []
+        ranges = [f" AND key_hash >= '{low}' AND key_hash < '{high}'" for low, high in _key_hash_ranges(total)] or [""]
+    # Each part's bytes become arrays at once (a part's packed text is several times its arrays' size). The parts
+    # come in key-hash order, each sorted by PostgreSQL, so the rows need no sort here.
+    columns: list[list[np.ndarray]] = [[], [], [], []]
     for bounds in ranges:
         row = session.execute(text(_PACKED_QUERY.replace("{conditions}", conditions + bounds)), params).one()
         if row[0] is not None:
-            parts.append((bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3])))
+            columns[0].append(np.frombuffer(row[0], dtype=DIGEST_DTYPE).copy())
+            for index in (1, 2, 3):
+                columns[index].append(np.frombuffer(row[index], dtype=">f8").astype(np.float64))
+        del row
     others: dict[str, tuple[float, float, float]] = {}
     nan = float("nan")
     for key_hash, median_ms, bytes_moved, macs in session.execute(
@@ -282,14 +298,13 @@ def _read_packed(session: Session, device_id: int, after_seq: int | None, upto_s
         others[key_hash] = (float(median_ms), nan if bytes_moved is None else float(bytes_moved),
                             nan if macs is None else float(macs))
 
-    def column(index: int, dtype: str) -> np.ndarray:
+    def joined(index: int) -> np.ndarray:
+        parts, columns[index] = columns[index], []  # the parts go as soon as they are joined
         if not parts:
-            return np.zeros(0, dtype=dtype)
-        return np.concatenate([np.frombuffer(part[index], dtype=dtype) for part in parts]).astype(
-            DIGEST_DTYPE if dtype == DIGEST_DTYPE else np.float64)
+            return np.zeros(0, dtype=DIGEST_DTYPE if index == 0 else np.float64)
+        return np.concatenate(parts)
 
-    return MeasuredRows.from_arrays(column(0, DIGEST_DTYPE), column(1, ">f8"), column(2, ">f8"), column(3, ">f8"),
-                                    others)
+    return MeasuredRows.from_arrays(joined(0), joined(1), joined(2), joined(3), others, presorted=True)
 
 
 # ------------------------------------------------------------------------------------------------ dashboard

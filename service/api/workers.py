@@ -36,6 +36,7 @@ from sqlalchemy import make_url
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
+from predictor.allocator import release_free_memory, tune_allocator
 from predictor.runtime.optimizer import optimizer_limits
 from service.api.database import StoreConnector
 from service.api.errors import describe_error
@@ -331,6 +332,7 @@ def _serve_questions(connection: Connection, settings_fields: dict[str, Any], se
     """The worker's loop: answer each question as ("ok", JSON) or a Problem, until the server closes the pipe."""
     # Its own process group, so the server kills it and the optimizer workers it starts in one call.
     os.setpgrp()
+    tune_allocator()
     # An empty folder of its own as the working directory: nothing a model names by a relative path is there.
     os.chdir(tempfile.mkdtemp(prefix="latpred-predict-"))
     if not logging.getLogger().handlers:
@@ -358,3 +360,6 @@ def _serve_questions(connection: Connection, settings_fields: dict[str, Any], se
                     known = Problem(500, ProblemCode.INTERNAL_ERROR, "internal server error; see the service log")
                 answer = known
             connection.send(answer)
+            # What the question freed (a predictor replaced by a refresh, a prepared model evicted) goes back to the
+            # system between questions, not kept for the worker's lifetime.
+            release_free_memory()

@@ -4,11 +4,12 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine
 
 from predictor.estimation.estimate import DevicePredictor, fit_bandwidth_fallback
-from predictor.estimation.table import MeasuredTable
+from predictor.estimation.table import DIGEST_DTYPE, MeasuredRows, MeasuredTable
 from predictor.kernels.keys import KernelKey
 from predictor.store import (
     Device,
@@ -123,3 +124,24 @@ def test_loaded_predictor_memory_per_row(tmp_path: object) -> None:
         engine.dispose()
     assert predictor.measurement_count == count
     assert retained / count < MAX_RETAINED_BYTES_PER_ROW
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled", "duplicate"])
+def test_rows_said_presorted_are_checked(order: str) -> None:
+    """Rows the store sends in key order are kept as they come; rows out of order are sorted all the same."""
+    rng = np.random.default_rng(3)
+    digests = np.sort(np.array([rng.bytes(16) for _ in range(50)], dtype=DIGEST_DTYPE))
+    medians = np.arange(50, dtype=np.float64)
+    if order == "shuffled":
+        permutation = rng.permutation(50)
+        digests, medians = digests[permutation], medians[permutation]
+    elif order == "duplicate":  # not strictly increasing: never taken as sorted
+        digests[1] = digests[0]
+    rows = MeasuredRows.from_arrays(digests, medians, medians * 2, medians * 3, presorted=True)
+    assert bool(np.all(rows.digests[1:] >= rows.digests[:-1]))
+    if order == "sorted":
+        assert np.shares_memory(rows.digests, digests) and np.shares_memory(rows.medians, medians), \
+            "in order: kept, not copied"
+    lookup = dict(zip(rows.digests.tolist(), rows.medians.tolist(), strict=True))
+    assert lookup == dict(zip(digests.tolist(), medians.tolist(), strict=True))
+    assert rows.macs.tolist() == (rows.medians * 3).tolist()

@@ -210,18 +210,28 @@ def test_versions_change_with_what_a_predictor_reads(factory: sessionmaker[Sessi
     assert version() == (1, len(changes)), "registering again with the same profile changes nothing"
 
 
+def test_key_hash_ranges_split_by_prefix_into_parts_of_bounded_size() -> None:
+    assert aggregates._key_hash_ranges(aggregates._PART_KERNELS) == []
+    sixteen = aggregates._key_hash_ranges(aggregates._PART_KERNELS + 1)
+    assert sixteen[0] == ("0", "1") and sixteen[9] == ("9", "a") and sixteen[-1] == ("f", "g") and len(sixteen) == 16
+    many = aggregates._key_hash_ranges(16 * aggregates._PART_KERNELS + 1)
+    assert len(many) == 256 and many[0] == ("00", "01") and many[15] == ("0f", "10") and many[-1] == ("ff", "g")
+    assert all(high == following[0] for (_, high), following in zip(many, many[1:], strict=False))
+
+
 def _as_dict(rows: Any) -> dict[str, tuple[float, float, float]]:
     hashes = [bytes(d).ljust(16, b"\0").hex() for d in rows.digests] + list(rows.other_hashes)
     values = zip(rows.all_medians.tolist(), rows.all_bytes_moved.tolist(), rows.all_macs.tolist(), strict=True)
     return dict(zip(hashes, values, strict=True))
 
 
-@pytest.mark.parametrize("parts", ["one", "sixteen"])
-def test_read_measured_rows_all_and_since_a_sequence(factory: sessionmaker[Session], device: Device, parts: str,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sorted digests with their medians and work; a delta holds only the keys changed after the sequence."""
-    if parts == "sixteen":
-        monkeypatch.setattr(aggregates, "_SINGLE_READ_KERNELS", 10)  # PostgreSQL reads in 16 parts
+@pytest.mark.parametrize("part_kernels", [100_000, 10, 1])
+def test_read_measured_rows_all_and_since_a_sequence(factory: sessionmaker[Session], device: Device,
+                                                     part_kernels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sorted digests with their medians and work; a delta holds only the keys changed after the sequence.
+
+    PostgreSQL sends 111 kernels whole, in 16 parts (at most 10 a part) or in 256 (at most 1)."""
+    monkeypatch.setattr(aggregates, "_PART_KERNELS", part_kernels)
     first = _rows(100)
     with session_scope(factory) as session:
         add_measurements(session, device, "run-1", first + [_unreadable(7)])
