@@ -6,11 +6,14 @@ by the next worker that looks (after LATPRED_JOB_STALE_S), at most LATPRED_JOB_M
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import socket
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -31,7 +34,6 @@ from predictor.store import (
     requeue_stale_jobs,
     session_scope,
 )
-from service.api.jobs import to_jsonable
 from service.settings import Settings
 
 __all__ = ["JOB_KINDS", "JobWorker"]
@@ -50,6 +52,31 @@ def _train(session: Session, device: Device) -> Any:
 
 # What each kind of job does, in one transaction with the device it is for; its return value is the job's result.
 JOB_KINDS: dict[str, Callable[[Session, Device], Any]] = {"train": _train}
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn a job result (dicts, dataclasses, numpy scalars, objects with to_dict) into plain JSON values.
+
+    Here, not beside the API's job routes: a worker waiting for jobs imports no web framework."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return to_jsonable(value.to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        return to_jsonable(value.item())
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy array
+        return to_jsonable(value.tolist())
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
 
 
 def _describe(exc: Exception) -> str:
