@@ -41,6 +41,7 @@ from predictor.store import (
     update_run_report,
     upgrade_schema,
 )
+from predictor.store.models import OTHER_KEY_HASH_POSTGRESQL, OTHER_KEY_HASH_SQLITE
 from predictor.store.summary import shape_hash_of, summarize_keys
 from tests.factories import kernel_measurement_rows
 
@@ -342,3 +343,25 @@ def test_migration_0004_fills_the_aggregates_and_goes_back(store_url: str) -> No
     finally:
         upgrade_schema(engine)
         engine.dispose()
+
+
+def test_other_key_hashes_are_what_the_partial_index_holds(factory: sessionmaker[Session], device: Device) -> None:
+    """The index of key hashes no KernelKey has holds exactly those (each database's own predicate), and a
+    PostgreSQL load finds them through it, not by testing every kernel."""
+    odd = [MeasurementIn(key=dict(UNREADABLE, index=index), key_hash=key_hash, op_type="Conv", bits=32,
+                         median_ms=1.0, p10_ms=1.0, p90_ms=1.0, repeats=1)
+           for index, key_hash in enumerate(["ABCDEF" * 5 + "01", "short", "g" * 32, "0" * 33])]
+    with session_scope(factory) as session:
+        add_measurements(session, device, "run-1", _rows(40) + odd)
+    with session_scope(factory) as session:
+        dialect = session.get_bind().dialect.name
+        where = OTHER_KEY_HASH_POSTGRESQL if dialect == "postgresql" else OTHER_KEY_HASH_SQLITE
+        found = set(session.scalars(text(f"SELECT key_hash FROM measured_kernels WHERE device_id = :device AND "
+                                         f"({where})"), {"device": device.id}))
+        assert found == {row.key_hash for row in odd}
+        assert set(read_measured_rows(session, device.id).other_hashes) == found
+        if dialect == "postgresql":
+            session.execute(text("SET LOCAL enable_seqscan = off"))  # a table this small is scanned otherwise
+            plan = "\n".join(session.scalars(text("EXPLAIN " + aggregates._OTHERS_QUERY.replace("{conditions}", "")),
+                                              {"device_id": device.id}))
+            assert "ix_measured_kernels_other_keys" in plan, plan

@@ -29,7 +29,7 @@ from predictor.store import (
 
 TABLES = {"devices", "profiling_runs", "measurements", "regressors", "validations", "models", "measured_kernels",
           "measurement_tallies", "model_blobs", "jobs"}
-HEAD = "0004"
+HEAD = "0005"
 
 
 def _add_device(engine: Engine, name: str = "cpu") -> None:
@@ -64,7 +64,7 @@ def test_upgrade_creates_all_tables(store_engine: Engine) -> None:
     assert indexed - {("device_id", "key_hash", "run_id")} == {("device_id", "id"), ("device_id", "op_type", "id")}
     assert inspector.get_pk_constraint("measured_kernels")["constrained_columns"] == ["device_id", "key_hash"]
     assert {tuple(index["column_names"]) for index in inspector.get_indexes("measured_kernels")} == {
-        ("device_id", "seq"), ("device_id", "shape_hash")}
+        ("device_id", "seq"), ("device_id", "shape_hash"), ("device_id",)}
     assert inspector.get_pk_constraint("measurement_tallies")["constrained_columns"] == ["device_id", "op_type",
                                                                                           "bits"]
     assert {tuple(index["column_names"]) for index in inspector.get_indexes("jobs")} == {
