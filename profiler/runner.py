@@ -272,7 +272,7 @@ class ProfileRunner:
         # its own at the start, which a busy start or the reference's own caches make another state (an int8
         # reference timed at 2.12 ms alone ran at 1.5-1.7 ms beside the models, and every int8 row came out 30-45%
         # slow).
-        pending: dict[str, list[tuple[list[MeasurementIn], int, float]]] = {}
+        pending: dict[str, list[tuple[str, list[MeasurementIn], int, float]]] = {}
         for kind in REFERENCE_KINDS if getattr(self.backend, "paired", False) else REFERENCE_KINDS[:1]:
             self._reference_ms(kind=kind)  # the first runs of a fresh process are slow: warm up first
             report.references[kind] = self._reference_ms(kind=kind)
@@ -319,16 +319,18 @@ class ProfileRunner:
                 if self.observer is not None:
                     self.observer.observe(item, rows)
                     report.refinement = self.observer.summary()
-                report.items_done.append(item.item_id)
                 report.elapsed_s = self.clock() - start
                 known.update(row.key_hash for row in new_rows)
                 entry = report.end_to_end[-1]
                 waiting = pending.get(entry.reference)
                 if waiting is not None and entry.reference_ms:
-                    waiting.append((new_rows, len(report.end_to_end) - 1, entry.reference_ms))
+                    # Done once its rows are written: a report saved meanwhile (another kind's baseline settling)
+                    # must not list it, or a run killed before its rows are written would never measure them.
+                    waiting.append((item.item_id, new_rows, len(report.end_to_end) - 1, entry.reference_ms))
                     if len(waiting) >= _BASELINE_ITEMS:
                         self._settle_baseline(run_id, report, entry.reference, pending)
                     continue
+                report.items_done.append(item.item_id)
                 self.sink.write(run_id, new_rows, report.to_dict())
             else:
                 report.stopped_by = "space exhausted"
@@ -345,18 +347,19 @@ class ProfileRunner:
         return report
 
     def _settle_baseline(self, run_id: str, report: RunProgress, kind: str,
-                         pending: dict[str, list[tuple[list[MeasurementIn], int, float]]]) -> None:
+                         pending: dict[str, list[tuple[str, list[MeasurementIn], int, float]]]) -> None:
         """Fix the device's baseline for `kind` from the items that waited for it, scale and write their rows."""
         waiting = pending.pop(kind)
         provisional = report.baseline_references[kind]
-        baseline = float(np.median([reference for _, _, reference in waiting]))
+        baseline = float(np.median([reference for _, _, _, reference in waiting]))
         factor = baseline / provisional
         report.baseline_references[kind] = baseline
         if kind == "fp32":
             report.baseline_reference_ms = baseline
         logger.info("baseline of the %s reference: %.3f ms as the first %d items saw it (%.3f ms timed alone)",
                     kind, baseline, len(waiting), provisional)
-        for rows, index, _ in waiting:
+        for item_id, rows, index, _ in waiting:
+            report.items_done.append(item_id)
             entry = report.end_to_end[index]
             report.end_to_end[index] = replace(
                 entry, measured_ms=None if entry.measured_ms is None else entry.measured_ms * factor,

@@ -1,6 +1,7 @@
 """Models whose work is mostly int8 are paired with an int8 reference kernel, each kind with its own baseline."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -166,3 +167,33 @@ def test_ground_truth_is_scaled_by_the_baseline_of_its_reference() -> None:
     assert (old.reference, old.scaled_ms) == ("fp32", pytest.approx(3.0 * 1.0 / 2.0))
     assert measurer.asked == [None, "fp32"]
     assert measure_against_table(measurer, factories.conv_bn_relu_model(), None, {}).scaled_ms is None
+
+
+def _kill_at(label: str) -> Callable[[int, float, float, str], None]:
+    """A progress callback that stops the run (KeyboardInterrupt, as a SIGINT would) when it reaches `label`."""
+    def progress(done: int, elapsed_s: float, budget_s: float, now: str) -> None:
+        if now == label:
+            raise KeyboardInterrupt
+    return progress
+
+
+def test_a_run_killed_while_rows_wait_for_a_baseline_lists_only_items_it_wrote(store_engine: Engine) -> None:
+    """A first run holds each kind's first items until that kind's baseline is known. The fp32 baseline settling
+    saves the report; the int8 items still waiting must not be in it, or the next run skips them and their
+    kernels are never measured."""
+    sink = _device(store_engine, "killed")
+    items = [item for index, model in enumerate([factories.conv_bn_relu_model(), factories.residual_model(),
+                                                  _big_and_small_conv(), factories.depthwise_model()])
+             for item in model_plan(model, f"m{index}", [("int8", _INT8)])]
+    # Items run fp32, int8 by model: the third fp32 item settles that baseline while two int8 items wait.
+    with pytest.raises(KeyboardInterrupt):
+        ProfileRunner("killed", _Int8DriftBackend(start_int8=1.0), sink, _FIVE_RUNS,
+                      progress=_kill_at("m2/int8")).run(items, budget_minutes=5)
+    by_label = {item.label: item.item_id for item in items}
+    assert sink.done_items() == {by_label["m0/fp32"], by_label["m1/fp32"], by_label["m2/fp32"]}
+    ProfileRunner("killed", OnnxRuntimeBackend(threads=1, paired=True), sink, _FIVE_RUNS).run(items,
+                                                                                            budget_minutes=5)
+    backend = OnnxRuntimeBackend(threads=1)
+    needed = {kernel.key.key_hash for item in items
+              for kernel in backend.extract_kernels(apply_config(item.build(), item.config))}
+    assert needed <= set(sink.known_table())
