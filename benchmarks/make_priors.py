@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PRIORS: list[str] = [
     "mobilenet_v2", "resnet18", "resnet50", "efficientnet_b0", "bert", "vit_b_16", "mobilenet_v3_large",
     "distilbert", "gpt2", "convnext_tiny", "mobilenet_v3_small", "resnet18_dynamo", "mobilenet_v2_dynamo",
-    "regnet_y_400mf", "shufflenet_v2_x1_0", "squeezenet1_1", "densenet121", "mnasnet1_0", "vit_b_16_dynamo",
-    "bert_small_dynamo", "prior_bert_s32", "prior_bert_s256", "prior_bert_b2_s64", "prior_distilbert_b4_s32",
-    "prior_gpt2_s64", "prior_gpt2_b2_s256", "prior_vit_b_16_b2", "vgg11",
+    "efficientnet_b0_dynamo", "regnet_y_400mf", "shufflenet_v2_x1_0", "squeezenet1_1", "densenet121", "mnasnet1_0",
+    "vit_b_16_dynamo", "bert_small_dynamo", "prior_bert_s32", "prior_bert_s256", "prior_bert_b2_s64",
+    "prior_distilbert_b4_s32", "prior_gpt2_s64", "prior_gpt2_b2_s256", "prior_vit_b_16_b2", "vgg11",
 ]
 
 
