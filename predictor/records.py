@@ -186,6 +186,7 @@ class RunReport:
     refinement: dict[str, Any] | None = None
     context_probes: tuple[dict[str, Any], ...] = ()
     profiler_costs_us: dict[str, float] | None = None
+    remeasured: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,6 +213,7 @@ class RunReport:
             "refinement": self.refinement,
             "context_probes": list(self.context_probes),
             "profiler_costs_us": self.profiler_costs_us,
+            "remeasured": list(self.remeasured),
         }
 
     @classmethod
@@ -226,8 +228,9 @@ class RunReport:
         evidence = _mapping(mapping, "flat_evidence", record)
         drift = _list(mapping, "drift", record)
         probes = _list(mapping, "context_probes", record)
-        if not all(isinstance(entry, Mapping) for entry in [*drift, *probes, *evidence.values()]):
-            raise InvalidRecordError(f"{record}: drift, context_probes and flat_evidence hold objects")
+        remeasured = _list(mapping, "remeasured", record)
+        if not all(isinstance(entry, Mapping) for entry in [*drift, *probes, *remeasured, *evidence.values()]):
+            raise InvalidRecordError(f"{record}: drift, context_probes, remeasured and flat_evidence hold objects")
         refinement = mapping.get("refinement")
         if refinement is not None and not isinstance(refinement, Mapping):
             raise InvalidRecordError(f"{record}: refinement must be an object")
@@ -260,6 +263,7 @@ class RunReport:
             refinement=None if refinement is None else dict(refinement),
             context_probes=tuple(dict(row) for row in probes),
             profiler_costs_us=None if costs is None else _numbers(mapping, "profiler_costs_us", record),
+            remeasured=tuple(dict(entry) for entry in remeasured),
         )
 
     def reference_of(self, kind: str, baseline: bool = True) -> float | None:

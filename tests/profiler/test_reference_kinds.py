@@ -97,10 +97,11 @@ class _Int8DriftBackend(OnnxRuntimeBackend):
 
 
 def _device(engine: Engine, name: str) -> StoreSink:
+    """A device registered for the real onnxruntime backend (1 thread) on this host, and the sink writing to it."""
     runtime = OnnxRuntimeBackend(threads=1).runtime()
     with session_scope(session_factory(engine)) as session:
         register_device(session, name=name, backend=runtime.backend, execution_provider=runtime.execution_provider,
-                      runtime_version=runtime.runtime_version, threads=1, host=describe_host())
+                        runtime_version=runtime.runtime_version, threads=1, host=describe_host())
     return StoreSink(session_factory(engine), name)
 
 
