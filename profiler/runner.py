@@ -176,7 +176,9 @@ class RunProgress:
             lines.append("  no drift: reference kernel stayed within "
                          f"{_DRIFT_THRESHOLD * 100:.0f}% of {self.reference_ms or 0:.3f} ms")
         if self.remeasured:
-            lines.append(f"  {len(self.remeasured)} models measured again after a spell of the host (reference more "
+            count = len(self.remeasured)
+            lines.append(f"  {count} model{'s' if count != 1 else ''} measured again after a spell of the host "
+                         f"(reference more "
                          f"than {_SPELL * 100:.0f}% off its typical time): " + ", ".join(
                              entry["label"] for entry in self.remeasured))
         if self.items_failed:

@@ -273,7 +273,8 @@ def validation_summary(validations: Sequence[ValidationRow]) -> dict[str, Any]:
 
 
 def run_flags(runs: Sequence[RunRow]) -> list[dict[str, Any]]:
-    """Per run: status, kernels measured, stop reason, drift checks over threshold and the worst drift ratio."""
+    """Per run: status, kernels measured, stop reason, drift checks over threshold, the worst drift ratio and the
+    models measured again after a spell of the host."""
     flagged = []
     for run, report in zip(runs, reports_of(runs), strict=True):
         drift = [entry for entry in report.drift if "ratio" in entry]
@@ -287,6 +288,7 @@ def run_flags(runs: Sequence[RunRow]) -> list[dict[str, Any]]:
             "drift_checks": len(drift),
             "worst_drift_ratio": float(worst["ratio"]) if worst else None,
             "worst_drift_at_s": float(worst.get("elapsed_s", 0.0)) if worst else None,
+            "remeasured": len(report.remeasured),
             "flat_axes": {op: list(axes) for op, axes in sorted(report.flat_axes.items())},
         })
     return flagged

@@ -67,7 +67,7 @@ def test_an_item_measured_in_a_spell_is_measured_again_once_the_host_is_calm(sto
     spell = next(entry for entry in report.end_to_end if entry.label == "block/prune4")
     # Written from the calm measurement: not scaled, and not the spell's 1.7x slower run scaled by 1/1.4.
     assert spell.compensation == pytest.approx(1.0)
-    assert "1 models measured again after a spell" in "\n".join(report.summary_lines())
+    assert "1 model measured again after a spell" in "\n".join(report.summary_lines())
     assert RunReport.from_dict(report.to_dict()).remeasured == report.record().remeasured
 
 

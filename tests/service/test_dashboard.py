@@ -83,6 +83,7 @@ def fill_store(engine: Engine, device_name: str = DEVICE) -> None:
             "flat_axes": {"NchwcConv": ["sparsity"]},
             "drift": [{"elapsed_s": 120.0, "ratio": 1.05}, {"elapsed_s": 240.0, "ratio": 1.18}],
             "reference_ms": 1.25, "stopped_by": "budget",
+            "remeasured": [{"label": "resnet/prune30", "reference": "fp32", "kept": 1, "ratios": [1.31, 1.02]}],
         })
         start_run(session, device, "run-two")
         add_measurements(session, device, "run-two", RUN_2)
@@ -144,6 +145,7 @@ def test_device_page_shows_coverage_charts_and_drift(dash: TestClient) -> None:
     assert 'data-device="dash-cpu-1t"' in page
     runs = page[page.index('id="runs"'):]
     assert "DRIFT +18.0% at 240 s" in runs and "(2 checks over threshold)" in runs
+    assert "(1 model measured again after a spell)" in runs and runs.count("measured again") == 1
     assert "stable" in runs and "space exhausted" in runs
     assert '<div class="value">67%</div><small>within ±10% of 3 end-to-end measurements' in page
 
