@@ -177,10 +177,9 @@ class RunProgress:
                          f"{_DRIFT_THRESHOLD * 100:.0f}% of {self.reference_ms or 0:.3f} ms")
         if self.remeasured:
             count = len(self.remeasured)
+            labels = ", ".join(entry["label"] for entry in self.remeasured)
             lines.append(f"  {count} model{'s' if count != 1 else ''} measured again after a spell of the host "
-                         f"(reference more "
-                         f"than {_SPELL * 100:.0f}% off its typical time): " + ", ".join(
-                             entry["label"] for entry in self.remeasured))
+                         f"(reference more than {_SPELL * 100:.0f}% off its typical time): {labels}")
         if self.items_failed:
             lines.append(f"  {len(self.items_failed)} models failed to build or run (see log)")
         if self.refinement is not None:
