@@ -34,7 +34,8 @@ from profiler.backends.base import Timing as ModelTiming  # a model's timing; Ti
 from profiler.calibration import CALIBRATION_ITEM, CHAINS, measure_context_probes
 from profiler.plan import WorkItem
 
-__all__ = ["ItemObserver", "ProfileRunner", "RunProgress", "Sink", "measure_reference_ms", "reference_model"]
+__all__ = ["SPELL", "ItemObserver", "ProfileRunner", "RunProgress", "Sink", "measure_reference_ms", "reference_model",
+           "typical_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ _WEIGHT_OP_MARKERS = ("Conv", "Gemm", "MatMul")
 # run, the median of the last _TYPICAL_READINGS items' (once there are _MIN_TYPICAL_READINGS). Its rows are not
 # written scaled: a spell can slow a model more than the reference (efficientnet_b0 QDQ ran 1.68x slower while its
 # reference ran 1.40x, and its rows kept +20% after scaling), so the item is measured again once the host is calm.
-_SPELL = 0.2
+SPELL = 0.2
 _TYPICAL_READINGS = 9
 _MIN_TYPICAL_READINGS = 3
 # Calm: the quick fp32 reference within _CALM of its time at the start of the run; waited for in steps of
@@ -179,7 +180,7 @@ class RunProgress:
             count = len(self.remeasured)
             labels = ", ".join(entry["label"] for entry in self.remeasured)
             lines.append(f"  {count} model{'s' if count != 1 else ''} measured again after a spell of the host "
-                         f"(reference more than {_SPELL * 100:.0f}% off its typical time): {labels}")
+                         f"(reference more than {SPELL * 100:.0f}% off its typical time): {labels}")
         if self.items_failed:
             lines.append(f"  {len(self.items_failed)} models failed to build or run (see log)")
         if self.refinement is not None:
@@ -217,6 +218,13 @@ def _refinement_line(refinement: dict[str, Any]) -> str:
     return (f"  adaptive refinement: {refinement.get('refined_items', 0)} models near the worst-predicted, "
             f"{refinement.get('explored_items', 0)} random; out-of-fold kernel MAPE at the last fit "
             f"({fits['items']} models): {worst}")
+
+
+def typical_time(readings: list[float]) -> float | None:
+    """A reference's typical time: the median of its last _TYPICAL_READINGS times (None before
+    _MIN_TYPICAL_READINGS), the time a spell is judged against (SPELL)."""
+    recent = readings[-_TYPICAL_READINGS:]
+    return float(np.median(recent)) if len(recent) >= _MIN_TYPICAL_READINGS else None
 
 
 def measure_reference_ms(backend: Backend) -> float:
@@ -289,7 +297,7 @@ class ProfileRunner:
                            clock=getattr(self.backend, "clock_name", "wall"))
         start = self._started = self.clock()
         deadline = self._deadline = start + budget_minutes * 60.0
-        # Each reference kind's times as the run's items saw them, for telling a spell (see _SPELL).
+        # Each reference kind's times as the run's items saw them, for telling a spell (see SPELL).
         self._readings: dict[str, list[float]] = defaultdict(list)
         table = self.sink.known_table()
         known = set(table)
@@ -427,8 +435,8 @@ class ProfileRunner:
         attempt = self._measure_item(item, report)
         if attempt is None:
             return None
-        typical = self._typical_reference(attempt.kind)
-        if typical is not None and abs(attempt.reference_ms / typical - 1.0) > _SPELL:
+        typical = typical_time(self._readings[attempt.kind])
+        if typical is not None and abs(attempt.reference_ms / typical - 1.0) > SPELL:
             logger.info("%s measured in a spell (%s reference at %.0f%% of its typical time): measuring it again",
                         item.label, attempt.kind, attempt.reference_ms / typical * 100)
             self._wait_for_calm(report)
@@ -472,11 +480,6 @@ class ProfileRunner:
             report.items_failed.append(item.label)
             return None
         return _Attempt(wall=wall, reference_ms=reference_now, kind=kind, timings=timings)
-
-    def _typical_reference(self, kind: str) -> float | None:
-        """The `kind` reference's typical time in this run so far (None until enough items have seen it)."""
-        readings = self._readings[kind][-_TYPICAL_READINGS:]
-        return float(np.median(readings)) if len(readings) >= _MIN_TYPICAL_READINGS else None
 
     def _wait_for_calm(self, report: RunProgress) -> None:
         """Wait (at most _CALM_WAIT_S, not past the budget) until the quick fp32 reference runs near its start time."""

@@ -1,0 +1,44 @@
+"""The accuracy benchmark's ground truth: a file measured in a spell of the host is measured again."""
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from benchmarks import accuracy
+from profiler.backends.base import Timing
+from tests import factories
+
+
+class _ScriptedMeasurer:
+    """Unit-test stand-in (the benchmark itself measures with the real backend): each measurement of a model reads
+    the next (model ms, reference ms) of its script."""
+
+    def __init__(self, script: list[tuple[float, float]]) -> None:
+        self.script = list(script)
+
+    def measure_model(self, model: onnx.ModelProto, protocol: object, paired: bool | None = None,
+                      reference: str | None = None) -> Timing:
+        median_ms, reference_ms = self.script.pop(0)
+        return Timing(median_ms=median_ms, p10_ms=median_ms, p90_ms=median_ms, repeats=5, reference_ms=reference_ms,
+                      reference_kind="fp32")
+
+
+def test_a_file_measured_in_a_spell_is_measured_again_and_the_calm_measurement_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(accuracy.time, "sleep", pauses.append)
+    readings = {"fp32": [1.0, 1.0, 1.02]}
+    # The model ran 1.7x slower in a spell that slowed the reference 1.4x; scaled, that would keep +21%.
+    measurer = _ScriptedMeasurer([(17.0, 1.4), (10.2, 1.01)])
+    truth, ratios = accuracy.measure_calm(measurer, factories.conv_bn_relu_model(), {"fp32": 1.0}, readings)
+    assert pauses == [10.0]
+    assert ratios == [pytest.approx(1.4), pytest.approx(1.01)]
+    assert (truth.measured_ms, truth.scaled_ms) == (10.2, pytest.approx(10.2 / 1.01))
+    assert readings["fp32"][-1] == 1.01
+
+    # Near its typical time, or before three files have set one, a file is measured once.
+    calm = _ScriptedMeasurer([(10.0, 1.1)])
+    assert accuracy.measure_calm(calm, factories.conv_bn_relu_model(), {"fp32": 1.0}, readings)[1] is None
+    first = _ScriptedMeasurer([(10.0, 1.5)])
+    assert accuracy.measure_calm(first, factories.conv_bn_relu_model(), {"fp32": 1.0}, {})[1] is None
+    assert pauses == [10.0]
