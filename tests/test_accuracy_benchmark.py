@@ -30,15 +30,21 @@ def test_a_file_measured_in_a_spell_is_measured_again_and_the_calm_measurement_k
     readings = {"fp32": [1.0, 1.0, 1.02]}
     # The model ran 1.7x slower in a spell that slowed the reference 1.4x; scaled, that would keep +21%.
     measurer = _ScriptedMeasurer([(17.0, 1.4), (10.2, 1.01)])
-    truth, ratios = accuracy.measure_calm(measurer, factories.conv_bn_relu_model(), {"fp32": 1.0}, readings)
+    truth, ratios = accuracy.measure_calm(measurer, factories.conv_bn_relu_model(), {"fp32": 1.0}, readings,
+                                          calm=lambda: False)
     assert pauses == [10.0]
     assert ratios == [pytest.approx(1.4), pytest.approx(1.01)]
     assert (truth.measured_ms, truth.scaled_ms) == (10.2, pytest.approx(10.2 / 1.01))
     assert readings["fp32"][-1] == 1.01
 
-    # Near its typical time, or before three files have set one, a file is measured once.
-    calm = _ScriptedMeasurer([(10.0, 1.1)])
-    assert accuracy.measure_calm(calm, factories.conv_bn_relu_model(), {"fp32": 1.0}, readings)[1] is None
+    # Near its typical time, off it on a calm host (the pairing's own effect), or before three files have set a
+    # typical time, a file is measured once.
+    near = _ScriptedMeasurer([(10.0, 1.1)])
+    assert accuracy.measure_calm(near, factories.conv_bn_relu_model(), {"fp32": 1.0}, readings, lambda: False)[1] \
+        is None
+    paired = _ScriptedMeasurer([(10.0, 1.5)])
+    assert accuracy.measure_calm(paired, factories.conv_bn_relu_model(), {"fp32": 1.0}, readings, lambda: True)[1] \
+        is None
     first = _ScriptedMeasurer([(10.0, 1.5)])
-    assert accuracy.measure_calm(first, factories.conv_bn_relu_model(), {"fp32": 1.0}, {})[1] is None
+    assert accuracy.measure_calm(first, factories.conv_bn_relu_model(), {"fp32": 1.0}, {}, lambda: False)[1] is None
     assert pauses == [10.0]

@@ -98,10 +98,17 @@ _MACS = FEATURE_NAMES.index("macs")
 # fused or only unfused informs both. mnasnet1_0 pruned 30% of accuracy run 10: its four 806-channel 5x5
 # depthwise FusedConvs at 7x7 were a miss predicted 0.36 ms against 0.62 ms measured, while the table held
 # the same conv unfused at 0.57 ms (docs/history/results/breakdown_mobilenet_v3_small_prune50_r8.json).
+# Dynamic int8's matmuls are one kernel in two forms: DynamicQuantizeMatMul quantizes its input itself, and
+# MatMulIntegerToFloat takes it quantized by a DynamicQuantizeLinear that several of them share (a T5's Q, K and
+# V projections); the same MACs on the same int8 weights. An op type with fewer keys than a regressor needs
+# trains on its siblings' as well (train_device_regressors): in a 30-minute real-export profile (2026-12-06),
+# MatMulIntegerToFloat trained on 2 of its 6 keys and 38 DynamicQuantizeMatMul keys predicted the other 4 at
+# MAPE 5-6% over five draws, where the bandwidth fallback it had before was off by 87-100%.
 SIBLING_OP_TYPES: dict[str, tuple[str, ...]] = {
     "Conv": ("FusedConv",), "FusedConv": ("Conv",),
     "Gemm": ("FusedGemm",), "FusedGemm": ("Gemm",),
     "MatMul": ("FusedMatMul",), "FusedMatMul": ("MatMul",),
+    "MatMulIntegerToFloat": ("DynamicQuantizeMatMul",), "DynamicQuantizeMatMul": ("MatMulIntegerToFloat",),
 }
 
 
@@ -421,10 +428,11 @@ def train_op_regressor(
     `baseline_form` forces a baseline form (for comparisons); None chooses it per op type. `siblings`:
     (keys, latencies) of its SIBLING_OP_TYPES, added to every training part, never to the hold-out, so the
     metrics are the op type's own.
-    Raises ValueError for mismatched lengths, fewer than 2 samples, non-positive latencies or mixed op types.
+    Raises ValueError for mismatched lengths, fewer than 2 samples (siblings' included; one of the op type's own at
+    least), non-positive latencies or mixed op types.
     """
     latency = _checked_latencies(keys, latencies_ms)
-    if len(keys) < 2:
+    if len(keys) < 1 or len(keys) + (len(siblings[0]) if siblings is not None else 0) < 2:
         raise ValueError(f"need at least 2 samples to train a regressor, got {len(keys)}")
     op_types = sorted({key.op_type for key in keys})
     if len(op_types) != 1:
@@ -597,7 +605,8 @@ def train_device_regressors(
     """Train and store one regressor per op type of the device; return {op_type: metrics}.
 
     A key measured in several runs counts once, with the median of its run medians. Op types with fewer
-    than `min_samples` distinct keys are not trained and map to {"skipped": "only N samples", ...}.
+    than `min_samples` distinct keys, their siblings' (SIBLING_OP_TYPES) included, are not trained and map to
+    {"skipped": "only N samples", ...}.
     `progress(op_type, done, total)` is called after each op type. Flushes, never commits.
     """
     if min_samples < 2:
@@ -608,11 +617,12 @@ def train_device_regressors(
     for done, op_type in enumerate(sorted(by_op), start=1):
         data = by_op[op_type]
         n_samples = len(data.medians)
-        if n_samples < min_samples:
+        sibling_ops = [name for name in SIBLING_OP_TYPES.get(op_type, ()) if name in by_op]
+        n_siblings = sum(len(by_op[name].medians) for name in sibling_ops)
+        if n_samples + n_siblings < min_samples:
             results[op_type] = {"skipped": f"only {n_samples} samples", "n_samples": n_samples}
             logger.info("device %r: %s skipped, only %d samples (< %d)", device.name, op_type, n_samples, min_samples)
         else:
-            sibling_ops = [name for name in SIBLING_OP_TYPES.get(op_type, ()) if name in by_op]
             sibling_set = (([key for name in sibling_ops for key in sets[name][0]],
                             [ms for name in sibling_ops for ms in sets[name][1]]) if sibling_ops else None)
             regressor, metrics = train_op_regressor(*sets[op_type], siblings=sibling_set)

@@ -234,6 +234,33 @@ def test_only_sibling_op_types_are_taken_as_siblings() -> None:
         train_op_regressor(fused, np.ones(20), siblings=(random_conv_keys(20, seed=26, op_type="Conv"), np.ones(3)))
 
 
+def test_an_op_type_with_too_few_keys_trains_on_its_siblings(store_engine: Engine) -> None:
+    """Two FusedConv keys beside 30 Conv keys: a regressor that carries the Conv law over; three Softmax keys, with
+    no sibling, stay untrained."""
+    convs = random_conv_keys(30, seed=31, op_type="Conv")
+    fused = _fused(random_conv_keys(2, seed=32, op_type="Conv"))
+    softmax = [KernelKey(op_type="Softmax", inputs=((1, n),), outputs=((1, n),)) for n in (10, 100, 1000)]
+    factory = session_factory(store_engine)
+    with session_scope(factory) as session:
+        device = register_device(session, name="few-keys", backend="onnxruntime",
+                                 execution_provider="CPUExecutionProvider", runtime_version="1.18.0", threads=1,
+                                 host="test")
+        add_measurements(session, device, "run-1", _measurements(convs, _aligned_law(convs))
+                         + _measurements(fused, _aligned_law(fused)) + _measurements(softmax, np.full(3, 0.01)))
+    with session_scope(factory) as session:
+        results = train_device_regressors(session, device)
+        regressors = RegressorSet.load(session, device)
+    assert (results["FusedConv"]["n_samples"], results["FusedConv"]["n_sibling_samples"]) == (2, 30)
+    assert results["Softmax"] == {"skipped": "only 3 samples", "n_samples": 3}
+    fresh = _fused(random_conv_keys(40, seed=33, op_type="Conv"))
+    truth = _aligned_law(fresh)
+    assert np.median(np.abs(regressors.predict(fresh)[0] / truth - 1)) < 0.25
+    # One key of its own is enough beside siblings; none is not.
+    train_op_regressor(fused[:1], _aligned_law(fused[:1]), siblings=(convs, _aligned_law(convs)))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        train_op_regressor([], [], siblings=(convs, _aligned_law(convs)))
+
+
 def test_regressor_set_batches_mixed_op_types_in_order(trained: tuple[OpRegressor, dict]) -> None:
     regressor, _ = trained
     gemms = gemm_keys(range(1, 41))

@@ -53,9 +53,9 @@ class _SpellBackend(OnnxRuntimeBackend):
 
 
 def test_an_item_measured_in_a_spell_is_measured_again_once_the_host_is_calm(store_engine: Engine) -> None:
-    # The fifth item's first measurement falls in a spell (reference 1.4 ms against a typical 1 ms); its second,
-    # after two busy looks at the quick reference, does not.
-    backend = _SpellBackend([1.0, 1.0, 1.0, 1.0, 1.4, 1.0], busy_polls=2)
+    # The fifth item's first measurement falls in a spell (reference 1.4 ms against a typical 1 ms, and the quick
+    # reference busy too); its second, after two more busy looks at the quick reference, does not.
+    backend = _SpellBackend([1.0, 1.0, 1.0, 1.0, 1.4, 1.0], busy_polls=3)
     slept: list[float] = []
     items = model_plan(factories.conv_bn_relu_model(), "block", _PRUNED)
     report = ProfileRunner("spells", backend, _device(store_engine, "spells"), _FIVE_RUNS,
@@ -69,6 +69,19 @@ def test_an_item_measured_in_a_spell_is_measured_again_once_the_host_is_calm(sto
     assert spell.compensation == pytest.approx(1.0)
     assert "1 model measured again after a spell" in "\n".join(report.summary_lines())
     assert RunReport.from_dict(report.to_dict()).remeasured == report.record().remeasured
+
+
+def test_a_reference_off_its_typical_time_on_a_calm_host_is_the_pairings_own_not_a_spell(
+        store_engine: Engine) -> None:
+    # Some models' paired reference runs off its typical time whatever the host does: the quick reference, timed
+    # alone, says the host is calm, and the item is scaled by its own reference without a second measurement.
+    backend = _SpellBackend([1.0, 1.0, 1.0, 1.0, 1.4, 1.0], slowdown=1.0)
+    items = model_plan(factories.conv_bn_relu_model(), "block", _PRUNED)
+    report = ProfileRunner("paired", backend, _device(store_engine, "paired"), _FIVE_RUNS,
+                           sleep=lambda s: None).run(items, budget_minutes=5)
+    assert backend.item_runs == 6 and report.remeasured == []
+    spell = next(entry for entry in report.end_to_end if entry.label == "block/prune4")
+    assert spell.compensation == pytest.approx(1 / 1.4, rel=1e-3)
 
 
 def test_a_host_that_stays_slower_is_compensated_not_measured_again(store_engine: Engine) -> None:
