@@ -55,7 +55,7 @@ _WEIGHT_OP_MARKERS = ("Conv", "Gemm", "MatMul")
 # reference ran 1.40x, and its rows kept +20% after scaling), so the item is measured again once the host is calm.
 # The quick look tells a spell from the pairing's own effect: a reference paired with some models runs off its
 # typical time whatever the host does (int8 references at 0.69x and 1.5x, the same again when measured again:
-# benchmarks/results/accuracy_spells_first.json).
+# docs/history/results/accuracy_real_d663330.json).
 SPELL = 0.2
 _TYPICAL_READINGS = 9
 _MIN_TYPICAL_READINGS = 3
