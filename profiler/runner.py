@@ -444,7 +444,7 @@ class ProfileRunner:
             logger.info("%s measured in a spell (%s reference at %.0f%% of its typical time): measuring it again",
                         item.label, attempt.kind, attempt.reference_ms / typical * 100)
             self._wait_for_calm(report)
-            again = self._measure_item(item, report)
+            again = self._measure_item(item, report, again=True)
             attempts = [attempt] if again is None else [attempt, again]
             kept = min(range(len(attempts)), key=lambda i: abs(np.log(attempts[i].reference_ms / typical)))
             report.remeasured.append({"label": item.label, "reference": attempt.kind, "kept": kept,
@@ -467,8 +467,9 @@ class ProfileRunner:
         ))
         return rows
 
-    def _measure_item(self, item: WorkItem, report: RunProgress) -> _Attempt | None:
-        """The item measured once; None if it failed to build or run (recorded as failed)."""
+    def _measure_item(self, item: WorkItem, report: RunProgress, again: bool = False) -> _Attempt | None:
+        """The item measured once; None if it failed to build or run (recorded as failed, unless measured `again`:
+        then its first measurement stands)."""
         try:
             model = item.model()
             wall = self.backend.measure_model(model, self.protocol)
@@ -480,8 +481,10 @@ class ProfileRunner:
             if report.profiler_costs_us is None:
                 report.profiler_costs_us = getattr(self.backend, "profiler_calibration", None)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base; one model must not end the run
-            logger.warning("skipping %s: %s", item.label, " ".join(str(exc).split())[:300])
-            report.items_failed.append(item.label)
+            logger.warning("%s %s: %s", "keeping the first measurement of" if again else "skipping", item.label,
+                           " ".join(str(exc).split())[:300])
+            if not again:
+                report.items_failed.append(item.label)
             return None
         return _Attempt(wall=wall, reference_ms=reference_now, kind=kind, timings=timings)
 

@@ -25,8 +25,10 @@ class _SpellBackend(OnnxRuntimeBackend):
     when it runs out). An item whose reference reads above 1.2 ms is timed `slowdown` times slower, as a spell slows
     a model more than the reference; the quick fp32 reference then reads `busy_polls` times 1.5 ms, then 1 ms."""
 
-    def __init__(self, references: list[float], slowdown: float = 1.7, busy_polls: int = 0) -> None:
+    def __init__(self, references: list[float], slowdown: float = 1.7, busy_polls: int = 0,
+                 fail_run: int | None = None) -> None:
         super().__init__(threads=1, paired=True)
+        self.fail_run = fail_run
         self.references = list(references)
         self.slowdown = slowdown
         self.busy_polls = busy_polls
@@ -47,6 +49,8 @@ class _SpellBackend(OnnxRuntimeBackend):
             return timing
         reference_ms = self.references[self.item_runs] if self.item_runs < len(self.references) else 1.0
         self.item_runs += 1
+        if self.item_runs == self.fail_run:
+            raise RuntimeError("the runtime failed this time")
         if reference_ms > 1.2:
             timing = replace(timing, median_ms=timing.median_ms * self.slowdown)
         return replace(timing, reference_ms=reference_ms, reference_kind=reference or self.reference_kind_of(model))
@@ -107,3 +111,14 @@ def test_a_spell_that_outlasts_the_wait_keeps_the_nearer_measurement(store_engin
     assert sum(slept) == pytest.approx(30.0)
     assert report.remeasured[0]["kept"] == 1
     assert report.end_to_end[-1].compensation == pytest.approx(1 / 1.3, rel=1e-3)
+
+
+def test_an_item_whose_second_measurement_fails_keeps_its_first(store_engine: Engine) -> None:
+    backend = _SpellBackend([1.0, 1.0, 1.0, 1.4], busy_polls=1, fail_run=5)
+    items = model_plan(factories.conv_bn_relu_model(), "block", _PRUNED[:3])
+    report = ProfileRunner("failed-again", backend, _device(store_engine, "failed-again"), _FIVE_RUNS,
+                           sleep=lambda s: None).run(items, budget_minutes=5)
+    assert report.items_failed == []
+    assert report.remeasured == [{"label": "block/prune3", "reference": "fp32", "kept": 0,
+                                  "ratios": [pytest.approx(1.4)]}]
+    assert len(report.items_done) == 4 and report.end_to_end[-1].label == "block/prune3"
