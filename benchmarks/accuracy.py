@@ -19,8 +19,7 @@ as the table is (a shared host's slow spells are not the model's cost): "error" 
 against the unscaled time. A file measured in a spell (its reference more than 20% off its typical time in this
 benchmark and the fp32 reference timed alone more than 10% off its time at the start, as the profiler judges its
 items) is measured again after a pause, and the measurement nearer the typical time is kept; the row says so
-("remeasured"). Architectures without a prior skeleton (`held_out`) were
-never profiled as such.
+("remeasured"). Architectures without a prior skeleton (`held_out`) were never profiled as such.
 """
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ from predictor.model.graph import load_model
 from predictor.store import create_store_engine, get_device, session_factory
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
-from profiler.runner import CALM, SPELL, measure_reference_ms, typical_time
+from profiler.runner import CALM, measure_reference_ms, nearer_typical, off_typical, typical_time
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "bench-cpu-1t"
@@ -119,13 +118,12 @@ def measure_calm(backend: OnnxRuntimeBackend, model: Any, baselines: dict[str, f
     own = readings.setdefault(truth.reference, [])
     typical = typical_time(own)
     ratios = None
-    if (typical is not None and truth.reference_ms and abs(truth.reference_ms / typical - 1.0) > SPELL
-            and not calm()):
+    if typical is not None and truth.reference_ms and off_typical(truth.reference_ms, typical) and not calm():
         time.sleep(_SPELL_PAUSE_S)
         again = measure()
         if again.reference == truth.reference and again.reference_ms:
             ratios = [round(truth.reference_ms / typical, 4), round(again.reference_ms / typical, 4)]
-            truth = truth if abs(np.log(ratios[0])) <= abs(np.log(ratios[1])) else again
+            truth = (truth, again)[nearer_typical(truth.reference_ms, again.reference_ms, typical)]
     if truth.reference_ms:
         own.append(truth.reference_ms)
     return truth, ratios

@@ -35,7 +35,7 @@ from profiler.calibration import CALIBRATION_ITEM, CHAINS, measure_context_probe
 from profiler.plan import WorkItem
 
 __all__ = ["CALM", "SPELL", "ItemObserver", "ProfileRunner", "RunProgress", "Sink", "measure_reference_ms",
-           "reference_model", "typical_time"]
+           "nearer_typical", "off_typical", "reference_model", "typical_time"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,16 @@ def typical_time(readings: list[float]) -> float | None:
     _MIN_TYPICAL_READINGS), the time a spell is judged against (SPELL)."""
     recent = readings[-_TYPICAL_READINGS:]
     return float(np.median(recent)) if len(recent) >= _MIN_TYPICAL_READINGS else None
+
+
+def off_typical(reference_ms: float, typical: float | None) -> bool:
+    """Whether a reference time is more than SPELL off its typical time (never before there is one)."""
+    return typical is not None and abs(reference_ms / typical - 1.0) > SPELL
+
+
+def nearer_typical(first_ms: float, second_ms: float, typical: float) -> int:
+    """0 or 1: which of two reference times is nearer the typical time (by ratio; the first on a tie)."""
+    return 0 if abs(np.log(first_ms / typical)) <= abs(np.log(second_ms / typical)) else 1
 
 
 def measure_reference_ms(backend: Backend) -> float:
@@ -440,13 +450,13 @@ class ProfileRunner:
         if attempt is None:
             return None
         typical = typical_time(self._readings[attempt.kind])
-        if typical is not None and abs(attempt.reference_ms / typical - 1.0) > SPELL and not self._host_calm(report):
+        if typical is not None and off_typical(attempt.reference_ms, typical) and not self._host_calm(report):
             logger.info("%s measured in a spell (%s reference at %.0f%% of its typical time): measuring it again",
                         item.label, attempt.kind, attempt.reference_ms / typical * 100)
             self._wait_for_calm(report)
             again = self._measure_item(item, report, again=True)
             attempts = [attempt] if again is None else [attempt, again]
-            kept = min(range(len(attempts)), key=lambda i: abs(np.log(attempts[i].reference_ms / typical)))
+            kept = nearer_typical(attempt.reference_ms, again.reference_ms, typical) if again is not None else 0
             report.remeasured.append({"label": item.label, "reference": attempt.kind, "kept": kept,
                                       "ratios": [round(a.reference_ms / typical, 4) for a in attempts]})
             attempt = attempts[kept]

@@ -47,6 +47,14 @@ def _relu_chain_beside_conv(relus: int) -> onnx.ModelProto:
     return builder.model({"input": [1, 64, 28, 28]}, y, [1, 16])
 
 
+def _profiled_events(backend: OnnxRuntimeBackend, model: onnx.ModelProto) -> dict[str, list[float]]:
+    """Each node's profiler event times (ms) over the runs of one profiled session, warm-up runs left out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        session = backend._session(model, profile_dir=Path(tmp))
+        backend._run_until_stable(session, random_feeds(session), PROTOCOL)
+        return _node_times_ms(Path(session.end_profiling()), skip_runs=PROTOCOL.warmup_runs)[0]
+
+
 def test_calibrated_event_time_is_what_a_trivial_nodes_event_holds_beyond_its_cost() -> None:
     backend = OnnxRuntimeBackend(1)
     event_ms = backend.profiler_event_ms(PROTOCOL)
@@ -56,10 +64,7 @@ def test_calibrated_event_time_is_what_a_trivial_nodes_event_holds_beyond_its_co
         [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16])],
         [helper.make_tensor_value_info("t1", TensorProto.FLOAT, [1, 16])]), opset_imports=[helper.make_opsetid("", 17)])
     chain.ir_version = 8
-    with tempfile.TemporaryDirectory() as tmp:
-        session = backend._session(chain, profile_dir=Path(tmp))
-        backend._run_until_stable(session, random_feeds(session), PROTOCOL)
-        events, _ = _node_times_ms(Path(session.end_profiling()), skip_runs=PROTOCOL.warmup_runs)
+    events = _profiled_events(backend, chain)
     relu_event_ms = float(np.median(events["relu"]))
     # The event outlasts the Relu's own cost (a fraction of a microsecond), which is no less than nothing.
     assert 0 < event_ms < relu_event_ms
@@ -79,10 +84,7 @@ def test_many_tiny_kernels_no_longer_take_the_big_ones_time() -> None:
     backend = OnnxRuntimeBackend(1)
     model = _relu_chain_beside_conv(96)
     wall = backend.measure_model(model, PROTOCOL)
-    with tempfile.TemporaryDirectory() as tmp:
-        session = backend._session(model, profile_dir=Path(tmp))
-        backend._run_until_stable(session, random_feeds(session), PROTOCOL)
-        events, _ = _node_times_ms(Path(session.end_profiling()), skip_runs=PROTOCOL.warmup_runs)
+    events = _profiled_events(backend, model)
     in_graph_ms = wall.median_ms - backend.empty_run_ms(PROTOCOL)
     corrected = split_node_times(events, in_graph_ms, backend.profiler_event_ms(PROTOCOL))
     proportional = split_node_times(events, in_graph_ms)
