@@ -69,11 +69,13 @@ def check_snippet_answers(e: Estimate, ranked: Ranking, table: dict[str, float])
     assert isinstance(ranked, Ranking) and all(isinstance(c, RankedCandidate) for c in ranked)
     assert sorted(c.name for c in ranked) == ["int8", "p30"]
     assert [c.latency_ms for c in ranked] == sorted(c.latency_ms for c in ranked)
-    assert ranked[0].name == "int8" and ranked[0].speedup > 1.5  # int8 convolutions run >2x faster on x86 VNNI/AVX2
+    # Whether int8 wins depends on the CPU (on a Zen 2 without VNNI this block runs no faster in int8): the ranking
+    # follows the table, whichever way it goes.
+    assert ranked.by_name("int8").table_hit_rate == 1.0 and ranked.by_name("int8").reliable
     for candidate in ranked:
         assert candidate.speedup == pytest.approx(ranked.baseline_ms / candidate.latency_ms)
         assert candidate.meets_target is None
-    assert ranked.by_name("int8") is ranked[0]
+    assert [ranked.by_name(c.name) for c in ranked] == list(ranked)
 
 
 def test_the_snippet_locally(in_model_folder: Path, profiled_store: ProfiledStore) -> None:

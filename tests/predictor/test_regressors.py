@@ -261,6 +261,42 @@ def test_an_op_type_with_too_few_keys_trains_on_its_siblings(store_engine: Engin
         train_op_regressor([], [], siblings=(convs, _aligned_law(convs)))
 
 
+def _linear_keys(op_type: str, shapes: list[tuple[int, int, int]]) -> list[KernelKey]:
+    """nn.Linear as torch exports it: Gemm (transB, weight [N, K]) on 2-D input, MatMul (weight [K, N]) on 3-D."""
+    if op_type == "Gemm":
+        return [KernelKey(op_type="Gemm", inputs=((m, k),), outputs=((m, n),), weight=(n, k), attrs=(("transB", 1),))
+                for m, k, n in shapes]
+    return [KernelKey(op_type="MatMul", inputs=((1, m, k),), outputs=((1, m, n),), weight=(k, n))
+            for m, k, n in shapes]
+
+
+def _linear_law(keys: list[KernelKey]) -> np.ndarray:
+    return macs_of(keys) / 2e9 + 0.005
+
+
+def test_matmul_with_a_weight_trains_on_gemm_keys(store_engine: Engine) -> None:
+    """A text model's projections are MatMuls; a table measured mostly as Gemms still predicts them."""
+    rng = np.random.default_rng(41)
+    sizes = (64, 128, 256, 512, 768, 1024, 2048)
+    shapes = list(dict.fromkeys(tuple(int(v) for v in rng.choice(sizes, 3)) for _ in range(80)))[:60]
+    gemms = _linear_keys("Gemm", shapes[:40])
+    matmuls = _linear_keys("MatMul", shapes[40:43])
+    factory = session_factory(store_engine)
+    with session_scope(factory) as session:
+        device = register_device(session, name="linear", backend="onnxruntime",
+                                 execution_provider="CPUExecutionProvider", runtime_version="1.18.0", threads=1,
+                                 host="test")
+        add_measurements(session, device, "run-1", _measurements(gemms, _linear_law(gemms))
+                         + _measurements(matmuls, _linear_law(matmuls)))
+    with session_scope(factory) as session:
+        results = train_device_regressors(session, device)
+        regressors = RegressorSet.load(session, device)
+    assert (results["MatMul"]["n_samples"], results["MatMul"]["n_sibling_samples"]) == (3, 40)
+    assert results["Gemm"]["n_sibling_samples"] == 0
+    fresh = _linear_keys("MatMul", shapes[43:])
+    assert np.median(np.abs(regressors.predict(fresh)[0] / _linear_law(fresh) - 1)) < 0.25
+
+
 def test_regressor_set_batches_mixed_op_types_in_order(trained: tuple[OpRegressor, dict]) -> None:
     regressor, _ = trained
     gemms = gemm_keys(range(1, 41))
