@@ -234,22 +234,27 @@ def test_only_sibling_op_types_are_taken_as_siblings() -> None:
         train_op_regressor(fused, np.ones(20), siblings=(random_conv_keys(20, seed=26, op_type="Conv"), np.ones(3)))
 
 
+def _trained_in_store(store_engine: Engine, measurements: list[MeasurementIn]) -> tuple[dict, RegressorSet]:
+    """A device whose one run holds `measurements`, trained: (train_device_regressors' results, the stored set)."""
+    factory = session_factory(store_engine)
+    with session_scope(factory) as session:
+        device = register_device(session, name="siblings", backend="onnxruntime",
+                                 execution_provider="CPUExecutionProvider", runtime_version="1.18.0", threads=1,
+                                 host="test")
+        add_measurements(session, device, "run-1", measurements)
+    with session_scope(factory) as session:
+        return train_device_regressors(session, device), RegressorSet.load(session, device)
+
+
 def test_an_op_type_with_too_few_keys_trains_on_its_siblings(store_engine: Engine) -> None:
     """Two FusedConv keys beside 30 Conv keys: a regressor that carries the Conv law over; three Softmax keys, with
     no sibling, stay untrained."""
     convs = random_conv_keys(30, seed=31, op_type="Conv")
     fused = _fused(random_conv_keys(2, seed=32, op_type="Conv"))
     softmax = [KernelKey(op_type="Softmax", inputs=((1, n),), outputs=((1, n),)) for n in (10, 100, 1000)]
-    factory = session_factory(store_engine)
-    with session_scope(factory) as session:
-        device = register_device(session, name="few-keys", backend="onnxruntime",
-                                 execution_provider="CPUExecutionProvider", runtime_version="1.18.0", threads=1,
-                                 host="test")
-        add_measurements(session, device, "run-1", _measurements(convs, _aligned_law(convs))
-                         + _measurements(fused, _aligned_law(fused)) + _measurements(softmax, np.full(3, 0.01)))
-    with session_scope(factory) as session:
-        results = train_device_regressors(session, device)
-        regressors = RegressorSet.load(session, device)
+    results, regressors = _trained_in_store(store_engine, _measurements(convs, _aligned_law(convs))
+                                            + _measurements(fused, _aligned_law(fused))
+                                            + _measurements(softmax, np.full(3, 0.01)))
     assert (results["FusedConv"]["n_samples"], results["FusedConv"]["n_sibling_samples"]) == (2, 30)
     assert results["Softmax"] == {"skipped": "only 3 samples", "n_samples": 3}
     fresh = _fused(random_conv_keys(40, seed=33, op_type="Conv"))
@@ -281,16 +286,8 @@ def test_matmul_with_a_weight_trains_on_gemm_keys(store_engine: Engine) -> None:
     shapes = list(dict.fromkeys(tuple(int(v) for v in rng.choice(sizes, 3)) for _ in range(80)))[:60]
     gemms = _linear_keys("Gemm", shapes[:40])
     matmuls = _linear_keys("MatMul", shapes[40:43])
-    factory = session_factory(store_engine)
-    with session_scope(factory) as session:
-        device = register_device(session, name="linear", backend="onnxruntime",
-                                 execution_provider="CPUExecutionProvider", runtime_version="1.18.0", threads=1,
-                                 host="test")
-        add_measurements(session, device, "run-1", _measurements(gemms, _linear_law(gemms))
-                         + _measurements(matmuls, _linear_law(matmuls)))
-    with session_scope(factory) as session:
-        results = train_device_regressors(session, device)
-        regressors = RegressorSet.load(session, device)
+    results, regressors = _trained_in_store(store_engine, _measurements(gemms, _linear_law(gemms))
+                                            + _measurements(matmuls, _linear_law(matmuls)))
     assert (results["MatMul"]["n_samples"], results["MatMul"]["n_sibling_samples"]) == (3, 40)
     assert results["Gemm"]["n_sibling_samples"] == 0
     fresh = _linear_keys("MatMul", shapes[43:])
