@@ -231,9 +231,9 @@ def typical_time(readings: list[float]) -> float | None:
     return float(np.median(recent)) if len(recent) >= _MIN_TYPICAL_READINGS else None
 
 
-def off_typical(reference_ms: float, typical: float | None) -> bool:
-    """Whether a reference time is more than SPELL off its typical time (never before there is one)."""
-    return typical is not None and abs(reference_ms / typical - 1.0) > SPELL
+def off_typical(reference_ms: float, typical: float) -> bool:
+    """Whether a reference time is more than SPELL off its typical time (callers first need one: typical_time)."""
+    return abs(reference_ms / typical - 1.0) > SPELL
 
 
 def nearer_typical(first_ms: float, second_ms: float, typical: float) -> int:
