@@ -4,7 +4,8 @@ A work item is a whole (compressed) model: profiling it measures every kernel it
 context it really runs in, and its end-to-end time teaches the device's per-run overhead. The priors are
 skeletons of real exports (data/priors, written by benchmarks/make_priors.py from torch.onnx.export and Hugging
 Face files); each is profiled under latpred's configs and as onnxruntime's own quantizer leaves it (`tool`),
-then at other batch sizes, input sizes and sequence lengths.
+then at other batch sizes, input sizes and sequence lengths. The CNN priors run in float at batch 2, 4 and 8 early:
+a batched conv does several times a batch-1 conv's work, past the range that batch-1 kernels teach the regressors.
 """
 from __future__ import annotations
 
@@ -50,7 +51,6 @@ _TRANSFORMERS = frozenset({"vit", "text"})
 # Stages of the default space: (name, config, tool, families). A tool is what a user's own quantizer does to the
 # file as it stands (profiler.tools); sparsity stages stop early for op types where the axis proves flat.
 _Stage = tuple[str, dict[str, Any], str, frozenset[str]]
-_FP32_STAGE: _Stage = ("fp32", {}, "", _ALL)
 # What users do most to the models they compress: taken for the first priors before the others (a 30-minute profile
 # of this 2-core host gets through the float priors and these for the first ones).
 _MAIN_STAGES: list[_Stage] = [
@@ -69,6 +69,9 @@ _LATE_STAGES: list[_Stage] = [
      frozenset({"cnn"})),
     ("fp16", {"default": {"bits": 16}}, "", _ALL),
 ]
+# The resizable CNN priors in float at other batch sizes (batch, input side; None: the prior's own), right after the
+# float pass: the batch-4 one for every prior, then the others.
+_BATCH_VARIANTS: list[tuple[int, int | None]] = [(4, None), (2, 160), (8, 128)]
 # How many priors (in priority order) take the main stages first.
 _FIRST_PRIORS = 10
 SPARSITY_CONFIGS: list[tuple[str, dict[str, Any]]] = [
@@ -207,15 +210,22 @@ def default_plan(priors_dir: Path = DEFAULT_PRIORS_DIR, seed: int = 0,
                  then: Iterable[WorkItem] | None = None) -> Iterator[WorkItem]:
     """Real architectures under each config, then sparsity, then `then` (default: random variants without end).
 
-    Every prior in float first; then the configs users compress with most, for the first priors and then for the
-    others; then the rest of the configs.
+    Every prior in float first; then the resizable CNN priors in float at other batch sizes; then the configs users
+    compress with most, for the first priors and then for the others; then the rest of the configs.
 
     `then` is where adaptive refinement (profiler.refine) goes: it sees each item's measurements before it
     chooses the next.
     """
     entries = prior_index(priors_dir)
     first, rest = entries[:_FIRST_PRIORS], entries[_FIRST_PRIORS:]
-    passes = [([_FP32_STAGE], entries), (_MAIN_STAGES, first), (_MAIN_STAGES, rest), (_LATE_STAGES, entries)]
+    for entry in entries:
+        yield variant_item(priors_dir, entry, None, {}, "priors", "fp32", seed=0)
+    resizable = resizable_priors(priors_dir)
+    for batch, size in _BATCH_VARIANTS:
+        for entry in entries:
+            if entry["file"] in resizable and entry.get("family", "cnn") == "cnn":
+                yield variant_item(priors_dir, entry, size, {}, "priors", "fp32", seed=0, batch=batch)
+    passes = [(_MAIN_STAGES, first), (_MAIN_STAGES, rest), (_LATE_STAGES, entries)]
     for stages, group in passes:
         for config_name, raw, tool, families in stages:
             for entry in group:

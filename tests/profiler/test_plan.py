@@ -54,6 +54,19 @@ def test_random_variants_vary_batch_and_size_of_resizable_priors_only() -> None:
     assert any(item.batch and item.batch > 1 for item in randoms)
 
 
+def test_cnn_priors_run_in_float_at_batch_2_4_and_8_right_after_the_float_pass() -> None:
+    entries = prior_index()
+    resizable_cnns = [e["file"] for e in entries if e["family"] == "cnn" and e["file"] in resizable_priors()]
+    items = list(itertools.islice(default_plan(), len(entries) + 3 * len(resizable_cnns)))[len(entries):]
+    assert all(item.config.is_identity and not item.tool and item.stage == "priors" for item in items)
+    assert [item.prior_file for item in items] == resizable_cnns * 3
+    assert [item.batch for item in items[:len(resizable_cnns)]] == [4] * len(resizable_cnns)
+    assert {item.batch for item in items} == {2, 4, 8}
+    batched = items[1]
+    dims = [d.dim_value for d in batched.model().graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [batched.batch, 3, batched.size, batched.size]
+
+
 @pytest.mark.parametrize("name", ["resnet18.json", "bert_small_dynamo.json"])
 def test_a_skeleton_materializes_the_export_the_runtime_runs(name: str) -> None:
     skeleton = load_skeleton(DEFAULT_PRIORS_DIR / name)
