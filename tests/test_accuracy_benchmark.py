@@ -1,11 +1,14 @@
-"""The accuracy benchmark's ground truth: a file measured in a spell of the host is measured again."""
+"""The accuracy benchmark's ground truth (a file measured in a spell of the host is measured again) and its sets."""
 from __future__ import annotations
+
+import json
 
 import onnx
 import pytest
 
 from benchmarks import accuracy
 from profiler.backends.base import Timing
+from profiler.plan import DEFAULT_PRIORS_DIR
 from tests import factories
 
 
@@ -48,3 +51,17 @@ def test_a_file_measured_in_a_spell_is_measured_again_and_the_calm_measurement_k
     first = _ScriptedMeasurer([(10.0, 1.5)])
     assert accuracy.measure_calm(first, factories.conv_bn_relu_model(), {"fp32": 1.0}, {}, lambda: False)[1] is None
     assert pauses == [10.0]
+
+
+def test_the_unseen_set_holds_files_the_bench_set_and_the_priors_lack() -> None:
+    from benchmarks import real_exports
+
+    def spec(entry: real_exports.Entry) -> tuple[object, ...]:
+        return entry.build, entry.exporter, entry.batch, entry.size, entry.compression
+
+    bench, unseen = real_exports.default_zoo(), real_exports.unseen_zoo()
+    assert len({e.name for e in unseen}) == len(unseen)
+    assert all(e.build in real_exports.BUILDERS for e in unseen)
+    assert not {spec(e) for e in unseen} & {spec(e) for e in bench}
+    priors = {entry["architecture"] for entry in json.loads((DEFAULT_PRIORS_DIR / "index.json").read_text())["priors"]}
+    assert {e.build for e in unseen if e.family == "text" and e.compression == "fp32"}.isdisjoint(priors)
