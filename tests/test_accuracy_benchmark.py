@@ -53,7 +53,7 @@ def test_a_file_measured_in_a_spell_is_measured_again_and_the_calm_measurement_k
     assert pauses == [10.0]
 
 
-def test_the_unseen_set_holds_files_the_bench_set_and_the_priors_lack() -> None:
+def test_the_unseen_set_shares_no_file_with_the_bench_set_nor_a_text_architecture_with_the_priors() -> None:
     from benchmarks import real_exports
 
     def spec(entry: real_exports.Entry) -> tuple[object, ...]:
