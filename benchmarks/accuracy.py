@@ -44,6 +44,7 @@ from predictor.model.graph import load_model
 from predictor.store import create_store_engine, get_device, session_factory
 from profiler.backends.base import GROUND_TRUTH_PROTOCOL
 from profiler.backends.onnxruntime import OnnxRuntimeBackend
+from profiler.plan import prior_index
 from profiler.runner import CALM, measure_reference_ms, nearer_typical, off_typical, typical_time
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,8 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     with session_factory(engine)() as session:
         predictor = DevicePredictor.load(session, get_device(session, DEVICE))
     backend = OnnxRuntimeBackend(threads=1)
-    priors = json.loads((ROOT / "data" / "priors" / "index.json").read_text())
-    prior_archs = {entry["architecture"] for entry in priors["priors"]}
+    prior_archs = {entry["architecture"] for entry in prior_index()}
     manifest = json.loads((args.zoo / "manifest.json").read_text())
     records = [r for r in manifest["models"] if not r["name"].startswith("prior_")
                and (not args.only or r["name"] in args.only)]

@@ -16,7 +16,8 @@ Every model is built from its library's own config with random weights (nothing 
   (MatMulInteger) and `MatMulNBitsQuantizer` (int4 weight-only);
 - torch-pruning (magnitude importance, structured), then exported, and for "pruned then int8" quantized.
 
-The unseen set holds files of architectures and shapes that neither the profiler's priors nor the bench set have.
+The unseen set (`--set unseen`) holds files the bench set does not have, most of them of architectures or shapes
+the profiler's priors lack too.
 `manifest.json` lists each file with its family, what made it, its input shapes and the group its variants rank
 in. This module imports nothing of latpred: the files are what a user would bring.
 """

@@ -1,14 +1,12 @@
 """The accuracy benchmark's ground truth (a file measured in a spell of the host is measured again) and its sets."""
 from __future__ import annotations
 
-import json
-
 import onnx
 import pytest
 
 from benchmarks import accuracy
 from profiler.backends.base import Timing
-from profiler.plan import DEFAULT_PRIORS_DIR
+from profiler.plan import prior_index
 from tests import factories
 
 
@@ -63,5 +61,5 @@ def test_the_unseen_set_shares_no_file_with_the_bench_set_nor_a_text_architectur
     assert len({e.name for e in unseen}) == len(unseen)
     assert all(e.build in real_exports.BUILDERS for e in unseen)
     assert not {spec(e) for e in unseen} & {spec(e) for e in bench}
-    priors = {entry["architecture"] for entry in json.loads((DEFAULT_PRIORS_DIR / "index.json").read_text())["priors"]}
+    priors = {entry["architecture"] for entry in prior_index()}
     assert {e.build for e in unseen if e.family == "text" and e.compression == "fp32"}.isdisjoint(priors)

@@ -56,7 +56,8 @@ def test_random_variants_vary_batch_and_size_of_resizable_priors_only() -> None:
 
 def test_cnn_priors_run_in_float_at_batch_2_4_and_8_right_after_the_float_pass() -> None:
     entries = prior_index()
-    resizable_cnns = [e["file"] for e in entries if e["family"] == "cnn" and e["file"] in resizable_priors()]
+    resizable = resizable_priors()
+    resizable_cnns = [e["file"] for e in entries if e["family"] == "cnn" and e["file"] in resizable]
     items = list(itertools.islice(default_plan(), len(entries) + 3 * len(resizable_cnns)))[len(entries):]
     assert all(item.config.is_identity and not item.tool and item.stage == "priors" for item in items)
     assert [item.prior_file for item in items] == resizable_cnns * 3
