@@ -203,7 +203,7 @@ def _runs_table(runs: Sequence[dict[str, Any]], run_times: dict[str, tuple[datet
         if run["remeasured"]:
             count = run["remeasured"]
             drift = Safe(f"{drift} <small>({esc(count)} model{'s' if count != 1 else ''} measured again after a "
-                         "spell)</small>")
+                         "spell or a slow phase of the host)</small>")
         flat = "; ".join(f"{op}: {', '.join(axes)}" for op, axes in run["flat_axes"].items())
         rows.append([Safe(f"<code>{esc(run['run_id'][:12])}</code>"), run["status"], fmt_time(started),
                      fmt_time(finished), run["measured"], run["stopped_by"] or None, drift, flat or None])
