@@ -51,6 +51,10 @@ _UNRELIABLE_FALLBACK_SHARE = 0.1
 _MEMO_ENTRIES = 50_000
 # Measured kernels the bandwidth fallback is fitted on at most (an even sample of larger tables).
 _FALLBACK_FIT_ROWS = 200_000
+# A kernel of at most this many MACs per byte it moves is memory-bound: its fallback is fitted on the measured
+# kernels of that kind alone. One fit over every kernel takes its cost per byte from the convs and matmuls that
+# dominate a table, and put a T5 encoder's ReLU over 1 MB at 0.62 ms where it ran at 0.03 ms.
+_MEMORY_BOUND_MACS_PER_BYTE = 1.0
 # A kernel's latency, interval (low, high) and source, as its KernelEstimate states them.
 _Value = tuple[float, float, float, str]
 
@@ -120,6 +124,7 @@ class DevicePredictor:
         flat_axes: Mapping[str, Sequence[str]] | None = None,
         fallback: Sequence[float] | None = None,
         context: ContextModel | None = None,
+        memory_fallback: Sequence[float] | None = None,
     ) -> None:
         self.device = device
         # A MeasuredTable (compact arrays) is kept as it is; any other mapping of key hash -> ms is copied
@@ -128,7 +133,10 @@ class DevicePredictor:
         self.regressors = regressors
         self.overhead = dict(overhead or {})
         self.flat_axes = {op: set(axes) for op, axes in (flat_axes or {}).items()}
+        # The bandwidth fallback (intercept, ms per byte, ms per MAC) of kernels no table or regressor covers:
+        # `memory_fallback` for memory-bound ones (_MEMORY_BOUND_MACS_PER_BYTE) where fitted, `fallback` otherwise.
         self.fallback = tuple(fallback) if fallback is not None else None
+        self.memory_fallback = tuple(memory_fallback) if memory_fallback is not None else None
         # The device's context effect; then table, regressor and fallback values are context-free.
         self.context = context if context is not None and context.active else None
         # The reference kernels' times in the device's baseline state, which the table is scaled to, by kind
@@ -205,6 +213,8 @@ class DevicePredictor:
             # are fitted as well from this many rows as from millions, and a refresh of a big table stays cheap.
             fitted = fitted[np.linspace(0, len(fitted) - 1, _FALLBACK_FIT_ROWS).astype(np.int64)]
         fallback = _fit_bandwidth(np.column_stack([bytes_moved[fitted], macs[fitted]]), target[fitted])
+        memory = fitted[_memory_bound(bytes_moved[fitted], macs[fitted])]
+        memory_fallback = _fit_bandwidth(np.column_stack([bytes_moved[memory], macs[memory]]), target[memory])
         predictor = cls(
             device=name,
             table=MeasuredTable.from_rows(rows, target),
@@ -213,6 +223,7 @@ class DevicePredictor:
             flat_axes=state.flat_axes,
             fallback=fallback,
             context=state.context,
+            memory_fallback=memory_fallback,
         )
         predictor.reference_baselines = dict(state.baselines)
         predictor.reference_ms = predictor.reference_baselines.get("fp32")
@@ -377,8 +388,8 @@ class DevicePredictor:
 
     def _memo(self) -> BoundedMemo[KernelKey, _Value]:
         """The memo, emptied if what it was computed from was replaced."""
-        basis = (id(self.table), len(self.table), id(self.regressors), self.fallback, id(self.flat_axes),
-                 self.context)
+        basis = (id(self.table), len(self.table), id(self.regressors), self.fallback, self.memory_fallback,
+                 id(self.flat_axes), self.context)
         if basis != self._memo_basis:
             self._by_key_memo = BoundedMemo(_MEMO_ENTRIES)
             self._memo_basis = basis
@@ -413,7 +424,10 @@ class DevicePredictor:
                 # No data at all on this device: a memory-bound guess at 5 GB/s plus 5 us of dispatch.
                 values.append(0.005 + bytes_moved / 5e6)
                 continue
-            intercept, per_byte, per_mac = self.fallback
+            fit = self.fallback
+            if self.memory_fallback is not None and _memory_bound(bytes_moved, macs):
+                fit = self.memory_fallback
+            intercept, per_byte, per_mac = fit
             values.append(max(1e-4, intercept + per_byte * bytes_moved + per_mac * macs))
         return values
 
@@ -482,6 +496,11 @@ def _fallback_features_many(keys: Sequence[KernelKey], cached: bool = True) -> l
 def _fallback_features_array(keys: Sequence[KernelKey]) -> np.ndarray:
     """(bytes moved, MACs) of each key as an n x 2 array; no key enters the feature cache."""
     return features_matrix(keys, cached=False)[:, [_BYTES_COLUMN, _MACS_COLUMN]]
+
+
+def _memory_bound(bytes_moved: Any, macs: Any) -> Any:
+    """Whether kernels (numbers or arrays of them) do at most _MEMORY_BOUND_MACS_PER_BYTE MACs per byte they move."""
+    return macs <= _MEMORY_BOUND_MACS_PER_BYTE * bytes_moved
 
 
 def fit_bandwidth_fallback(rows: Sequence[tuple[KernelKey, float]]) -> tuple[float, float, float] | None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine
 
-from predictor.estimation.estimate import DevicePredictor, fit_bandwidth_fallback
+from predictor.estimation.estimate import DevicePredictor, _fallback_features_many, fit_bandwidth_fallback
 from predictor.estimation.table import DIGEST_DTYPE, MeasuredRows, MeasuredTable
 from predictor.kernels.keys import KernelKey
 from predictor.store import (
@@ -145,3 +145,41 @@ def test_rows_said_presorted_are_checked(order: str) -> None:
     lookup = dict(zip(rows.digests.tolist(), rows.medians.tolist(), strict=True))
     assert lookup == dict(zip(digests.tolist(), medians.tolist(), strict=True))
     assert rows.macs.tolist() == (rows.medians * 3).tolist()
+
+
+def test_a_memory_bound_kernel_no_table_or_regressor_covers_gets_the_fallback_fitted_on_memory_bound_kernels(
+        store_engine: Engine) -> None:
+    """Convs cost more per byte than elementwise kernels; an unknown elementwise op is priced like the latter."""
+    convs = [KernelKey(op_type="FusedConv", inputs=((1, c, s, s),), outputs=((1, c, s, s),), weight=(c, c, 3, 3),
+                       activation="Relu", attrs=(("group", 1), ("kernel_shape", (3, 3))))
+             for c in (16, 32, 64, 128) for s in (7, 14, 28, 56)]
+    adds = [KernelKey(op_type="Add", inputs=((1, c, s, s), (1, c, s, s)), outputs=((1, c, s, s),))
+            for c in (16, 32, 64, 128, 256) for s in (7, 14, 28, 56)]
+    features = {key: _fallback_features_many([key], cached=False)[0] for key in [*convs, *adds]}
+    rows = [(key, 1e-8 * features[key][1] + 3e-7 * features[key][0]) for key in convs]
+    rows += [(key, 0.002 + 5e-9 * features[key][0]) for key in adds]
+    _store(store_engine, {"run": rows})
+    with session_scope(session_factory(store_engine)) as session:
+        predictor = DevicePredictor.load(session, _device(session))
+    assert predictor.memory_fallback == pytest.approx(fit_bandwidth_fallback(rows[len(convs):]), rel=1e-9)
+    assert predictor.fallback == pytest.approx(fit_bandwidth_fallback(rows), rel=1e-9)
+
+    relu = KernelKey(op_type="Relu", inputs=((1, 512, 32, 32),), outputs=((1, 512, 32, 32),))
+    moved, macs = _fallback_features_many([relu], cached=False)[0]
+    assert macs <= moved  # memory-bound
+    estimate = predictor.summarize_many([[relu]])[0]
+    assert estimate.sources == {"fallback": 1}
+    intercept, per_byte, per_mac = predictor.memory_fallback
+    assert estimate.latency_ms == pytest.approx(intercept + per_byte * moved + per_mac * macs, rel=1e-6)
+    truth = 0.002 + 5e-9 * moved
+    assert estimate.latency_ms == pytest.approx(truth, rel=0.25)
+    intercept, per_byte, per_mac = predictor.fallback
+    assert abs(intercept + per_byte * moved + per_mac * macs - truth) > 0.5 * truth  # what one fit of all gives
+
+    # A compute-bound kernel of an unknown op type keeps the fit over every kernel.
+    deconv = KernelKey(op_type="ConvTranspose", inputs=((1, 64, 28, 28),), outputs=((1, 64, 28, 28),),
+                       weight=(64, 64, 3, 3), attrs=(("kernel_shape", (3, 3)),))
+    moved, macs = _fallback_features_many([deconv], cached=False)[0]
+    assert macs > moved
+    assert predictor.summarize_many([[deconv]])[0].latency_ms == pytest.approx(
+        max(1e-4, intercept + per_byte * moved + per_mac * macs), rel=1e-6)

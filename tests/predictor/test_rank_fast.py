@@ -274,7 +274,8 @@ def test_a_candidate_figures_do_not_depend_on_its_batch(prepared: PreparedModel,
     configs = [parse_config(raw) for raw in random_configs(12, seed=23)]
     flat_axes = {op: sorted(axes) for op, axes in predictor.flat_axes.items()}
     fresh = DevicePredictor(device=predictor.device, table=predictor.table, regressors=predictor.regressors,
-                            overhead=predictor.overhead, flat_axes=flat_axes, fallback=predictor.fallback)
+                            overhead=predictor.overhead, flat_axes=flat_axes, fallback=predictor.fallback,
+                            memory_fallback=predictor.memory_fallback)
     together = fresh.summarize_many([prepared.fast_keys(c) for c in configs])
     alone = [predictor.summarize_many([prepared.fast_keys(c)])[0] for c in reversed(configs)][::-1]
     full = predictor.estimate_many([prepared.fast_kernels(c) for c in configs])
