@@ -375,8 +375,7 @@ class ProfileRunner:
             if self.calibrate_context and CALIBRATION_ITEM not in done_before:
                 self._calibrate(report, run_id, budget_minutes)
             for item in items:
-                if self.clock() < deadline:
-                    self._retry_held(run_id, report, held, known, due_by=self.clock())
+                self._retry_held(run_id, report, held, known, due_by=self.clock())
                 now = self.clock()
                 report.elapsed_s = now - start
                 if now >= deadline:
