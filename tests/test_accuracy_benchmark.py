@@ -63,3 +63,29 @@ def test_the_unseen_set_shares_no_file_with_the_bench_set_nor_a_text_architectur
     assert not {spec(e) for e in unseen} & {spec(e) for e in bench}
     priors = {entry["architecture"] for entry in prior_index()}
     assert {e.build for e in unseen if e.family == "text" and e.compression == "fp32"}.isdisjoint(priors)
+
+
+def test_a_file_is_held_against_its_median_pass_and_the_first_pass_alone_is_kept_apart() -> None:
+    readings: dict[str, list[float]] = {}
+    # Three passes: a slow phase the reference did not see (+18%), a calm pass, one a little fast; scaled, the
+    # calm pass is the median.
+    measurer = _ScriptedMeasurer([(11.8, 1.0), (10.0, 1.0), (9.7, 1.0)])
+    row = {"model": "m", "compression": "fp32", "predicted_ms": 10.0, "table_hit_rate": 1.0, "interval_ms": [9, 11],
+           "passes": []}
+    for _ in range(3):
+        row["passes"].append(accuracy.measure_pass(measurer, factories.conv_bn_relu_model(), {"fp32": 1.0}, readings,
+                                                   calm=lambda: True))
+        row = accuracy.settle(row)
+    assert [p["measured_ms"] for p in row["passes"]] == [11.8, 10.0, 9.7]
+    assert (row["pass"], row["measured_ms"], row["error"]) == (2, 10.0, pytest.approx(0.0))
+    first = accuracy.settle(row, first_only=True)
+    assert (first["pass"], first["measured_ms"], first["error"]) == (1, 11.8, pytest.approx(10.0 / 11.8 - 1))
+
+    # The median is of scaled times: a pass whose reference ran 1.2x slow counts at its scaled time.
+    paired = {**row, "passes": []}
+    measurer = _ScriptedMeasurer([(12.0, 1.2), (10.5, 1.0), (9.0, 1.0)])
+    for _ in range(3):
+        paired["passes"].append(accuracy.measure_pass(measurer, factories.conv_bn_relu_model(), {"fp32": 1.0},
+                                                      readings, calm=lambda: True))
+    settled = accuracy.settle(paired)
+    assert (settled["pass"], settled["compensated_measured_ms"]) == (1, pytest.approx(10.0))
