@@ -116,7 +116,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure_calm(backend: OnnxRuntimeBackend, model: Any, baselines: dict[str, float],
                  readings: dict[str, list[float]], calm: Callable[[], bool]) -> tuple[GroundTruth, list[float] | None]:
-    """The file's ground truth, measured again once after a pause if its reference ran in a spell; `readings`: the
+    """A file measured in one pass, again once after a pause if its reference ran in a spell; `readings`: the
     reference times of the files measured so far, by kind (this one's is added); `calm`: whether the host is calm
     now. Also the reference ratios to the typical time of each measurement, where there were two."""
     def measure() -> GroundTruth:
