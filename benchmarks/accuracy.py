@@ -22,8 +22,8 @@ phase moved small memory-bound models by 15% either way. The row keeps every pas
 also gives the first pass alone ("first_pass"). A file measured in a spell (its reference more than 20% off its
 typical time in this benchmark and the fp32 reference timed alone more than 10% off its time at the start, as the
 profiler judges its items) is measured again after a pause within its pass, and the measurement nearer the typical
-time is kept; the pass says so ("remeasured"). Architectures without a prior skeleton (`held_out`) were never
-profiled as such.
+time is kept; the pass says so ("remeasured"). A later pass that fails is listed ("failed_passes") and the passes
+before stand. Architectures without a prior skeleton (`held_out`) were never profiled as such.
 """
 from __future__ import annotations
 
@@ -188,9 +188,15 @@ def evaluate(record: dict[str, Any], zoo: Path, predictor: DevicePredictor, back
 def measure_again(row: dict[str, Any], record: dict[str, Any], zoo: Path, predictor: DevicePredictor,
                   backend: OnnxRuntimeBackend, readings: dict[str, list[float]],
                   calm: Callable[[], bool]) -> dict[str, Any]:
-    """A later pass over a file evaluated before: the same model, measured again (its prediction does not change)."""
-    model = name_unnamed_nodes(set_input_shapes(load_model(zoo / record["file"]), _shapes(record)))
-    row["passes"].append(measure_pass(backend, model, predictor.reference_baselines, readings, calm))
+    """A later pass over a file evaluated before: the same model, measured again (its prediction does not change).
+    A pass that fails is listed in the row ("failed_passes") and the passes before stand."""
+    try:
+        model = name_unnamed_nodes(set_input_shapes(load_model(zoo / record["file"]), _shapes(record)))
+        row["passes"].append(measure_pass(backend, model, predictor.reference_baselines, readings, calm))
+    except Exception as exc:  # noqa: BLE001 - one failed pass must not end the benchmark or lose the others
+        failure = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+        row.setdefault("failed_passes", []).append(failure)
+        print(f"{row['model']:30s} pass FAILED {failure}", flush=True)
     return settle(row)
 
 

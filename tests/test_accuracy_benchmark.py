@@ -1,5 +1,9 @@
-"""The accuracy benchmark's ground truth (a file measured in a spell of the host is measured again) and its sets."""
+"""The accuracy benchmark's ground truth (passes over the zoo; a file measured in a spell of the host is measured
+again) and its sets."""
 from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -89,3 +93,26 @@ def test_a_file_is_held_against_its_median_pass_and_the_first_pass_alone_is_kept
                                                       readings, calm=lambda: True))
     settled = accuracy.settle(paired)
     assert (settled["pass"], settled["compensated_measured_ms"]) == (1, pytest.approx(10.0))
+
+
+class _FailingMeasurer:
+    def measure_model(self, model: onnx.ModelProto, protocol: object, paired: bool | None = None,
+                      reference: str | None = None) -> Timing:
+        raise RuntimeError("onnxruntime gave up")
+
+
+def test_a_later_pass_that_fails_is_listed_and_the_passes_before_stand(tmp_path: Path) -> None:
+    onnx.save(factories.conv_bn_relu_model(), tmp_path / "m.onnx")
+    record = {"file": "m.onnx", "input_shapes": {}}
+    predictor = SimpleNamespace(reference_baselines={"fp32": 1.0})
+    row = {"model": "m", "compression": "fp32", "predicted_ms": 10.0, "table_hit_rate": 1.0, "interval_ms": [9, 11],
+           "passes": [{"measured_ms": 10.0, "scaled_ms": 10.0, "reference_ms": 1.0, "reference": "fp32"}]}
+    again = accuracy.measure_again(row, record, tmp_path, predictor, _FailingMeasurer(), {}, calm=lambda: True)
+    assert again["failed_passes"] == ["RuntimeError: onnxruntime gave up"]
+    assert (len(again["passes"]), again["measured_ms"], again["error"]) == (1, 10.0, 0.0)
+
+    # A pass that works is added, and the row held against the lower middle of its two passes.
+    scripted = _ScriptedMeasurer([(12.0, 1.0)])
+    again = accuracy.measure_again(again, record, tmp_path, predictor, scripted, {}, calm=lambda: True)
+    assert [p["measured_ms"] for p in again["passes"]] == [10.0, 12.0]
+    assert (again["pass"], again["measured_ms"]) == (1, 10.0)
