@@ -14,6 +14,8 @@ from profiler.backends.onnxruntime import OnnxRuntimeBackend, _node_times_ms, ra
 from tests import factories
 
 PROTOCOL = MeasureProtocol(warmup_runs=3, min_repeats=20, max_repeats=200, max_seconds=1.0, sessions=1)
+# onnxruntime's profiler reports each event's duration in whole microseconds.
+_PROFILER_TICK_MS = 0.001
 
 
 def test_split_takes_the_event_time_off_each_node_then_scales_to_the_model() -> None:
@@ -56,18 +58,25 @@ def _profiled_events(backend: OnnxRuntimeBackend, model: onnx.ModelProto) -> dic
 
 
 def test_calibrated_event_time_is_what_a_trivial_nodes_event_holds_beyond_its_cost() -> None:
-    backend = OnnxRuntimeBackend(1)
-    event_ms = backend.profiler_event_ms(PROTOCOL)
-    assert backend.profiler_calibration is not None
+    """The calibrated event time is no more than a lone Relu's event, which adds the Relu's own cost to it.
+
+    The two come from different sessions on a shared host, so each is taken five times, from a fresh calibration
+    and a fresh profiled session in turn, and their medians are compared. The profiler's clock ticks in whole
+    microseconds, so a Relu's median event is a whole number of them while the calibration averages 64 nodes: the
+    bound allows one tick. On a 2-core AMD EPYC, 40 single tries gave calibrations of 2.3-2.8 us (two of 4.8 us) and
+    Relu events of 4-5 us (three of 8-10 us); CI once failed a single try at 3.05 against 3 us."""
     chain = helper.make_model(helper.make_graph(
         [helper.make_node("Relu", ["t0"], ["t1"], name="relu")], "one",
         [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16])],
         [helper.make_tensor_value_info("t1", TensorProto.FLOAT, [1, 16])]), opset_imports=[helper.make_opsetid("", 17)])
     chain.ir_version = 8
-    events = _profiled_events(backend, chain)
-    relu_event_ms = float(np.median(events["relu"]))
-    # The event outlasts the Relu's own cost (a fraction of a microsecond), which is no less than nothing.
-    assert 0 < event_ms < relu_event_ms
+    calibrated_ms, relu_event_ms = [], []
+    for _ in range(5):
+        backend = OnnxRuntimeBackend(1)
+        calibrated_ms.append(backend.profiler_event_ms(PROTOCOL))
+        assert backend.profiler_calibration is not None
+        relu_event_ms.append(float(np.median(_profiled_events(backend, chain)["relu"])))
+    assert 0 < float(np.median(calibrated_ms)) < float(np.median(relu_event_ms)) + _PROFILER_TICK_MS
 
 
 def _relu_share(split: dict[str, list[float]]) -> float:
