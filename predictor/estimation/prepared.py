@@ -20,7 +20,7 @@ from predictor.estimation.estimate import DevicePredictor, Estimate
 from predictor.kernels.keys import Kernel, KernelKey, extract_kernels, name_unnamed_nodes
 from predictor.memo import BoundedMemo
 from predictor.model.graph import model_inputs, set_input_shapes
-from predictor.runtime.devices import categories_of
+from predictor.runtime.devices import config_categories, model_categories
 from predictor.runtime.optimizer import RuntimeSpec
 
 __all__ = ["PreparedModel", "model_id_of", "predict_config", "rank_candidates", "weight_layers"]
@@ -48,6 +48,8 @@ class PreparedModel:
     _fast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _names: frozenset[str] | None = field(default=None, repr=False)
     _prunable: frozenset[str] | None = field(default=None, repr=False)
+    _layers: dict[str, str] | None = field(default=None, repr=False)
+    _categories: frozenset[str] | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, model: onnx.ModelProto, runtime: RuntimeSpec,
@@ -70,6 +72,18 @@ class PreparedModel:
         if self._names is None:
             self._names = frozenset(self.node_names)
         return self._names
+
+    def weight_layers(self) -> dict[str, str]:
+        """`weight_layers(self.model)`, read once: every config's warnings are checked against them."""
+        if self._layers is None:
+            self._layers = weight_layers(self.model)
+        return self._layers
+
+    def categories(self, config: CompressionConfig | None = None) -> set[str]:
+        """`categories_of(self.model, config)`, with the model's own part read once."""
+        if self._categories is None:
+            self._categories = model_categories(self.model)
+        return {*self._categories, *config_categories(self._node_name_set(), config)}
 
     def compressed(self, config: CompressionConfig) -> onnx.ModelProto:
         """The really compressed model (what `latpred measure` runs)."""
@@ -94,7 +108,7 @@ class PreparedModel:
             return []
         warnings: list[str] = []
         resolve = config.resolver()
-        layers = weight_layers(self.model)
+        layers = self.weight_layers()
         pruned = [name for name in layers if resolve(name).prune_ratio > 0]
         if pruned:
             if self._prunable is None:
@@ -159,11 +173,12 @@ def predict_config(predictor: DevicePredictor, prepared: PreparedModel,
     """The model compressed by `config` predicted on the device, with what the config could not do among its
     warnings (the answer of `latpred predict` and `POST /api/predict`)."""
     config = config or CompressionConfig()
+    categories = prepared.categories(config) if predictor.device_kernels is not None else set()
     if predictor.device_kernels is not None:
-        predictor.device_kernels.check(categories_of(prepared.model, config))
+        predictor.device_kernels.check(categories)
     kernels = prepared.kernels(config)
     if predictor.device_kernels is not None:
-        predictor.device_kernels.check(categories_of(prepared.model, config), {k.op_type for k in kernels})
+        predictor.device_kernels.check(categories, {k.op_type for k in kernels})
     estimate = predictor.estimate(kernels)
     warnings = prepared.config_warnings(config, kernels)
     return replace(estimate, warnings=[*warnings, *estimate.warnings]) if warnings else estimate
@@ -191,12 +206,13 @@ def rank_candidates(
     for name, raw in candidates:
         try:
             config = raw if isinstance(raw, CompressionConfig) else parse_config(raw)
+            categories = prepared.categories(config) if predictor.device_kernels is not None else set()
             if predictor.device_kernels is not None:
-                predictor.device_kernels.check(categories_of(prepared.model, config))
+                predictor.device_kernels.check(categories)
             # Ranking needs each candidate's totals only: keys go in, no per-kernel breakdown comes out.
             keys = prepared.fast_keys(config) if fast else [k.key for k in prepared.kernels(config)]
             if predictor.device_kernels is not None:
-                predictor.device_kernels.check(categories_of(prepared.model, config), {key.op_type for key in keys})
+                predictor.device_kernels.check(categories, {key.op_type for key in keys})
             warnings = prepared.config_warnings(config)
         except LatpredError as exc:
             if not skip_failed:

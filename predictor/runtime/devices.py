@@ -35,6 +35,8 @@ __all__ = [
     "KernelProfile",
     "UnreproducibleKernelsError",
     "categories_of",
+    "config_categories",
+    "model_categories",
     "cpu_features",
     "kernels_for_device",
     "observe_kernel_profile",
@@ -299,6 +301,12 @@ _ATTENTION_OPS = {"Softmax", "LayerNormalization", "Attention", "MultiHeadAttent
 def categories_of(model: onnx.ModelProto, config: CompressionConfig | None = None) -> set[str]:
     """The kinds of kernel a model (compressed by `config`) needs: float layers (and attention blocks), its own
     quantized layers and the config's."""
+    return {*model_categories(model), *config_categories([node.name for node in model.graph.node], config)}
+
+
+def model_categories(model: onnx.ModelProto) -> frozenset[str]:
+    """The kinds of kernel the model needs as it is: float layers (and attention blocks) and its own quantized
+    layers."""
     found = {"fp32"}
     initializers = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:
@@ -315,17 +323,24 @@ def categories_of(model: onnx.ModelProto, config: CompressionConfig | None = Non
             found.add("int4")
         elif node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in node.attribute):
             found.add("fp16")
-    if config is not None and not config.is_identity:
-        resolve = config.resolver()
-        for node in model.graph.node:
-            resolved = resolve(node.name)
-            if resolved.bits == 8:
-                found.add("int8_dynamic" if resolved.quantization == "dynamic"
-                          else "int8_static_s8" if resolved.activation_type == "int8" else "int8_static_u8")
-            elif resolved.bits == 4:
-                found.add("int4")
-            elif resolved.bits == 16:
-                found.add("fp16")
+    return frozenset(found)
+
+
+def config_categories(node_names: Iterable[str], config: CompressionConfig | None) -> set[str]:
+    """The kinds of kernel `config` adds to a model of these nodes: its int8, int4 and fp16 layers."""
+    found: set[str] = set()
+    if config is None or config.is_identity:
+        return found
+    resolve = config.resolver()
+    for name in node_names:
+        resolved = resolve(name)
+        if resolved.bits == 8:
+            found.add("int8_dynamic" if resolved.quantization == "dynamic"
+                      else "int8_static_s8" if resolved.activation_type == "int8" else "int8_static_u8")
+        elif resolved.bits == 4:
+            found.add("int4")
+        elif resolved.bits == 16:
+            found.add("fp16")
     return found
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from predictor.compression.config import parse_config
+from predictor.estimation.prepared import PreparedModel
 from predictor.kernels.keys import extract_kernels
 from predictor.model.graph import load_model
 from predictor.runtime.devices import (
@@ -104,6 +105,17 @@ def test_configs_name_the_kinds_they_need() -> None:
     assert "int8_static_s8" in categories_of(model, parse_config({"default": {"bits": 8, "activation_type": "int8"}}))
     assert "int4" in categories_of(load_model(DATA / "real" / "tiny_bert_int4.onnx"))
     assert "int8_dynamic" in categories_of(load_model(DATA / "real" / "tiny_bert_dynamic_int8.onnx"))
+
+
+def test_a_prepared_model_names_the_kinds_each_config_needs_as_categories_of_does() -> None:
+    """A prepared model reads its own kinds once; each config adds its own, as categories_of finds them."""
+    for name in ("tiny_bert.onnx", "tiny_bert_int4.onnx", "tiny_resnet18_prune88.onnx"):
+        prepared = PreparedModel.create(load_model(DATA / "real" / name), RUNTIME)
+        for raw in ({}, {"default": {"bits": 8, "quantization": "dynamic"}}, {"default": {"bits": 16}},
+                    {"default": {"prune_ratio": 0.3}, "layers": {prepared.node_names[0]: {"bits": 8}}}):
+            config = parse_config(raw)
+            assert prepared.categories(config) == categories_of(prepared.model, config), (name, raw)
+    assert prepared.categories(parse_config({"default": {"bits": 16}})) == {"fp32", "fp16"}
 
 
 def test_tensorrt_devices_and_devices_without_a_profile_of_another_runtime_are_refused() -> None:
