@@ -14,7 +14,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
@@ -145,8 +145,11 @@ class KernelKey:
         )
 
     def to_json(self) -> str:
-        """Canonical JSON text: sorted keys, no spaces; the basis of the hash."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Canonical JSON text: sorted keys, no spaces; the basis of the hash. `to_dict` as JSON: the encoder
+        writes a tuple as the array `to_dict` turns it into, so the fields go in as they are."""
+        fields_ = {name: getattr(self, name) for name in _FIELD_NAMES}
+        fields_["attrs"] = dict(self.attrs)
+        return json.dumps(fields_, sort_keys=True, separators=(",", ":"))
 
     @cached_property
     def key_hash(self) -> str:
@@ -158,6 +161,9 @@ class KernelKey:
             if key == name:
                 return value
         return default
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(KernelKey))
 
 
 @dataclass(frozen=True)

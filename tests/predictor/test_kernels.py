@@ -4,18 +4,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
+from predictor.compression.apply import apply_config
+from predictor.compression.config import parse_config
 from predictor.errors import InvalidModelError
 from predictor.kernels.keys import Kernel, KernelKey, extract_kernels, weight_sparsity
+from predictor.model.graph import load_model
 from predictor.runtime.optimizer import local_runtime
 from tests import factories
 
 RUNTIME = local_runtime(threads=1)
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def compute_kernels(kernels: list[Kernel]) -> list[Kernel]:
@@ -145,6 +150,22 @@ def test_key_round_trips_through_json_and_hashes_stably() -> None:
         assert restored.key_hash == kernel.key.key_hash
         assert Kernel.from_dict(json.loads(json.dumps(kernel.to_dict()))) == kernel
     assert len({k.key.key_hash for k in kernels}) == len({k.key for k in kernels})
+
+
+def test_key_json_is_its_dict_as_canonical_json_for_the_keys_of_real_exports() -> None:
+    """`to_json`, the basis of every key hash in every table, writes `to_dict` as sorted, spaceless JSON: checked
+    on the kernels of real exports (attention, int8, int4, depthwise, layout reorders) as they are and pruned."""
+    checked = 0
+    for name in ("tiny_bert.onnx", "tiny_bert_dynamic_int8.onnx", "tiny_bert_int4.onnx",
+                 "tiny_mobilenet_v2_qdq.onnx", "tiny_mobilenet_v2_prune50.onnx"):
+        model = load_model(DATA / "real" / name)
+        pruned = {"default": {"prune_ratio": 0.3, "sparsity": 0.5, "sparsity_pattern": "2:4"}}
+        for config in ({}, *(() if "int" in name or "qdq" in name else (pruned,))):
+            for kernel in extract_kernels(apply_config(model, parse_config(config)), RUNTIME):
+                key = kernel.key
+                assert key.to_json() == json.dumps(key.to_dict(), sort_keys=True, separators=(",", ":"))
+                checked += 1
+    assert checked > 100
 
 
 def test_key_hash_is_the_same_in_another_process(tmp_path) -> None:
