@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -122,6 +122,17 @@ class CompressionConfig(BaseModel):
             return result
 
         return resolve
+
+    def resolutions(self, node_names: Collection[str]) -> set[ResolvedCompression]:
+        """The distinct compressions the nodes get. Where every layer entry is a plain node name, a node no entry
+        names gets the default, so one such node stands for them all."""
+        _, layer_fields = self._set_fields()
+        names: Iterable[str] = node_names
+        if all(literal for _, literal, _ in layer_fields):
+            named = [pattern for pattern in self.layers if pattern in node_names]
+            other = next((name for name in node_names if name not in self.layers), None)
+            names = named if other is None else [*named, other]
+        return set(map(self.resolver(), names))
 
     def _set_fields(self) -> tuple[dict[str, Any], list[tuple[str, bool, dict[str, Any]]]]:
         if not self._parts:

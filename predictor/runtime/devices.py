@@ -15,7 +15,7 @@ import logging
 import platform
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -326,11 +326,20 @@ def model_categories(model: onnx.ModelProto) -> frozenset[str]:
     return frozenset(found)
 
 
-def config_categories(node_names: Iterable[str], config: CompressionConfig | None) -> set[str]:
+def config_categories(node_names: Collection[str], config: CompressionConfig | None) -> set[str]:
     """The kinds of kernel `config` adds to a model of these nodes: its int8, int4 and fp16 layers."""
     found: set[str] = set()
     if config is None or config.is_identity:
         return found
+    for resolved in config.resolutions(node_names if isinstance(node_names, (set, frozenset)) else set(node_names)):
+        if resolved.bits == 8:
+            found.add("int8_dynamic" if resolved.quantization == "dynamic"
+                      else "int8_static_s8" if resolved.activation_type == "int8" else "int8_static_u8")
+        elif resolved.bits == 4:
+            found.add("int4")
+        elif resolved.bits == 16:
+            found.add("fp16")
+    return found
     resolve = config.resolver()
     for name in node_names:
         resolved = resolve(name)

@@ -39,6 +39,19 @@ def test_config_resolution_defaults_globs_and_overrides() -> None:
     assert config.resolve("layer1.0.conv2").prune_ratio == 0.5
 
 
+@pytest.mark.parametrize("layers", [
+    {},
+    {"layer1.0.conv2": {"bits": 16}, "fc": {"bits": 32}, "absent": {"bits": 4}},
+    {"layer1.*": {"bits": 32}, "layer1.0.conv2": {"prune_ratio": 0.5}},
+])
+def test_the_distinct_resolutions_are_those_of_every_node(layers: dict[str, dict[str, object]]) -> None:
+    names = {"stem", "layer1.0.conv1", "layer1.0.conv2", "fc"}
+    config = parse_config({"default": {"bits": 8}, "layers": layers})
+    assert config.resolutions(names) == {config.resolve(name) for name in names}
+    everything_named = parse_config({"layers": {name: {"bits": 16} for name in names}})
+    assert {r.bits for r in everything_named.resolutions(names)} == {16}
+
+
 @pytest.mark.parametrize(("document", "fragment"), [
     ({"default": {"bits": 7}}, "default.bits"),
     ({"default": {"sparsity": 1.5}}, "default.sparsity"),
