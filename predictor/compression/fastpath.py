@@ -12,6 +12,7 @@ pruned channel counts call for), with the pruned channel counts written into the
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -23,6 +24,7 @@ import onnx
 from predictor.compression.apply import apply_config
 from predictor.compression.config import CompressionConfig, ResolvedCompression, parse_config
 from predictor.compression.pruning import ChannelGroups, analyze_channel_groups, kept_channels
+from predictor.errors import ConfigError, LatpredError
 from predictor.kernels.keys import Kernel, KernelKey, kernels_from_optimized
 from predictor.memo import BoundedMemo
 from predictor.model.graph import infer_tensor_infos
@@ -104,8 +106,10 @@ class FastConfigPath:
     """A model's learned transformations; `kernels(config)` needs no quantizer and no runtime session."""
 
     def __init__(self, runtime: RuntimeSpec, group_sizes: dict[int, int], group_of_node: dict[str, int],
-                 variants: dict[str, _Variant], block: int, layouts: list[_Variant]) -> None:
+                 variants: dict[str, _Variant], block: int, layouts: list[_Variant],
+                 refused: dict[str, str] | None = None) -> None:
         self.runtime = runtime
+        self.refused = refused or {}
         self.group_sizes = group_sizes
         self.group_of_node = group_of_node
         self.variants = variants
@@ -145,12 +149,22 @@ class FastConfigPath:
         if has_matmul:
             configs["4"] = {"default": {"bits": 4}}
         variants: dict[str, _Variant] = {}
+        # The precisions this model cannot be compressed to (a file quantized already), with why: a config that
+        # asks for one fails as compressing it for real does, and the others are still answered.
+        refused: dict[str, str] = {}
         units: set[str] = set()
         for label, raw in configs.items():
             config = parse_config(raw)
-            compressed = apply_config(model, config)
-            variants[label] = _learn_variant(compressed, runtime, group_of_node, units or base_names,
-                                             _kept_for(config, group_of_node, group_sizes))
+            try:
+                compressed = apply_config(model, config)
+                variants[label] = _learn_variant(compressed, runtime, group_of_node, units or base_names,
+                                                 _kept_for(config, group_of_node, group_sizes))
+            except LatpredError as exc:
+                if label in ("32", "32u"):
+                    raise
+                logger.info("the model cannot be compressed by %s: %s", json.dumps(raw), exc)
+                refused[label] = f"this model cannot be compressed with {json.dumps(raw['default'])}: {exc}"
+                continue
             units = units or set(variants[label].order)
         block = nchwc_block_size(runtime)
         layouts = [variants["32"], variants["32u"]]
@@ -161,7 +175,7 @@ class FastConfigPath:
                 config = parse_config({"default": {"prune_ratio": ratio}})
                 layouts.append(_learn_variant(apply_config(model, config), runtime, group_of_node, units,
                                               _kept_for(config, group_of_node, group_sizes)))
-        return cls(runtime, group_sizes, group_of_node, variants, block, layouts)
+        return cls(runtime, group_sizes, group_of_node, variants, block, layouts, refused)
 
     def kernels(self, config: CompressionConfig) -> list[Kernel]:
         """The kernels the runtime would execute for the model compressed by `config`."""
@@ -182,6 +196,8 @@ class FastConfigPath:
         for unit in self.variants["32"].order:
             resolved = resolve(unit)
             label = "8d" if resolved.dynamic_int8 else str(resolved.bits)
+            if label in self.refused:
+                raise ConfigError(self.refused[label])
             form, previous_layout = self._form_for(unit, label, kept, previous_blocked, previous_layout)
             plans, previous_blocked = self._plans_of(form)
             if plans_out is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,12 +65,15 @@ class ChannelGroups:
     sources: dict[int, list[str]]
     locked: set[int]
     union: _UnionFind
+    # Producers whose weight is computed (dequantized), not stored: their spaces cannot be pruned.
+    dequantized: set[str] = field(default_factory=set)
 
     def space(self, space_id: int) -> int:
         return self.union.find(space_id)
 
     def prunable_spaces(self) -> dict[int, list[str]]:
-        """Root space -> producing node names, for every space that may be pruned."""
+        """Root space -> producing node names, for every space that may be pruned (its producers' weights all
+        stored as they are)."""
         result: dict[int, list[str]] = {}
         locked = {self.space(s) for s in self.locked}
         for space_id, nodes in self.sources.items():
@@ -78,7 +81,7 @@ class ChannelGroups:
             if root in locked:
                 continue
             result.setdefault(root, []).extend(nodes)
-        return result
+        return {root: nodes for root, nodes in result.items() if self.dequantized.isdisjoint(nodes)}
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
@@ -88,16 +91,22 @@ def _attrs(node: onnx.NodeProto) -> dict[str, object]:
 def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
     """Find the channel dependency groups of a model with fixed input shapes."""
     infos = infer_tensor_infos(model)
-    # Constants: initializers and what is computed from them alone (the dequantized weights of QDQ models).
-    initializers = {init.name for init in model.graph.initializer}
+    # Constants: initializers and what is computed from them alone (the dequantized weights of QDQ models). Only a
+    # layer whose weight is stored as it is can be pruned (quantized models are pruned before quantization); the
+    # others still produce their channels, which is how a quantized variant's kernels are matched to the groups.
+    stored = {init.name for init in model.graph.initializer}
+    initializers = set(stored)
     for node in model.graph.node:
         if node.input and all(not i or i in initializers for i in node.input):
             initializers.update(o for o in node.output if o)
+            if node.op_type == "Identity" and node.input[0] in stored:  # shared weights: prune_model copies them
+                stored.update(o for o in node.output if o)
     union = _UnionFind()
     segments: dict[str, list[tuple[int, int]]] = {}
     channel_axis: dict[str, int] = {}
     sources: dict[int, list[str]] = {}
     locked: set[int] = set()
+    dequantized: set[str] = set()
     counter = iter(range(1, 10**9))
 
     def shape(name: str) -> tuple[int, ...] | None:
@@ -140,6 +149,8 @@ def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
                 segments[out] = new_space(out_shape[1], None)
             else:
                 segments[out] = new_space(out_shape[1], node.name if node.input[1] in initializers else None)
+                if node.input[1] in initializers and node.input[1] not in stored:
+                    dequantized.add(node.name)
             channel_axis[out] = 1
         elif op in _MATMUL_OPS and out_shape is not None and len(node.input) > 1:
             weight_name = node.input[1]
@@ -148,6 +159,8 @@ def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
                 if op == "Gemm" and attrs.get("transA"):
                     lock_tensor(node.input[0])
                 segments[out] = new_space(out_shape[axis], node.name)
+                if weight_name not in stored:
+                    dequantized.add(node.name)
             else:
                 for name in data_inputs:
                     lock_tensor(name)
@@ -218,7 +231,8 @@ def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
                     channel_axis[output] = axis
     for value in model.graph.output:
         lock_tensor(value.name)
-    return ChannelGroups(segments=segments, channel_axis=channel_axis, sources=sources, locked=locked, union=union)
+    return ChannelGroups(segments=segments, channel_axis=channel_axis, sources=sources, locked=locked, union=union,
+                         dequantized=dequantized)
 
 
 def _carries_channels(in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...], axis: int) -> bool:
@@ -354,16 +368,18 @@ def _apply_pruning(model: onnx.ModelProto, groups: ChannelGroups, keep: dict[int
         attrs = _attrs(node)
         out_kept = kept_of(node.output[0]) if node.output else None
         in_kept = kept_of(node.input[0]) if node.input else None
-        if op in {"Conv", "ConvTranspose"}:
+        if op in _CONV_OPS:
             group = int(attrs.get("group", 1))  # type: ignore[call-overload]
             weight_name = node.input[1]
             if weight_name not in weights:
                 continue
-            out_axis, in_axis = (0, 1) if op == "Conv" else (1, 0)
+            out_axis, in_axis = (1, 0) if op == "ConvTranspose" else (0, 1)
             if out_kept is not None:
                 sliced(weight_name, out_axis, out_kept)
                 if len(node.input) > 2 and node.input[2] in weights:
                     sliced(node.input[2], 0, out_kept)
+                # A ConvInteger's weight zero points, one per output channel.
+                _slice_per_channel(sliced, weights, node.input[3:], weights[weight_name].shape[out_axis], out_kept)
             if group > 1 and out_kept is not None and weights[weight_name].shape[in_axis] == 1:
                 # Depthwise: the group count follows the kept channels.
                 for attribute in node.attribute:
@@ -383,11 +399,13 @@ def _apply_pruning(model: onnx.ModelProto, groups: ChannelGroups, keep: dict[int
                     sliced(node.input[2], weights[node.input[2]].ndim - 1, out_kept)
             if in_kept is not None:
                 sliced(weight_name, in_axis, in_kept)
-        elif op == "MatMul":
+        elif op in _MATMUL_OPS:  # MatMul and its integer forms (weight [K, N])
             weight_name = node.input[1]
             if weight_name not in weights:
                 continue
             if out_kept is not None:
+                # Per-column parameters of the integer forms: zero points, scales, a bias.
+                _slice_per_channel(sliced, weights, node.input[2:], weights[weight_name].shape[-1], out_kept)
                 sliced(weight_name, weights[weight_name].ndim - 1, out_kept)
             if in_kept is not None:
                 sliced(weight_name, weights[weight_name].ndim - 2, in_kept)
@@ -413,6 +431,14 @@ def _apply_pruning(model: onnx.ModelProto, groups: ChannelGroups, keep: dict[int
     # Intermediate shapes changed: let the runtime re-infer them.
     del model.graph.value_info[:]
     logger.debug("pruned %d channel groups", len(keep))
+
+
+def _slice_per_channel(sliced: Callable[[str, int, np.ndarray], None], weights: dict[str, np.ndarray],
+                       names: Iterable[str], channels: int, kept: np.ndarray) -> None:
+    """Slice the layer's one-dimensional parameters of one entry per output channel (`channels` of them)."""
+    for name in names:
+        if name in weights and weights[name].ndim == 1 and weights[name].shape[0] == channels > 1:
+            sliced(name, 0, kept)
 
 
 def _write_sliced(model: onnx.ModelProto, new_inputs: dict[tuple[int, int], np.ndarray]) -> None:

@@ -117,7 +117,8 @@ class PreparedModel:
             whole = [name for name in pruned if name not in self._prunable]
             if whole:
                 reason = ("their output channels feed a reshape or transpose (attention projections), the model's "
-                          "output (a classifier) or a grouped conv, so they keep them")
+                          "output (a classifier) or a grouped conv, or their weights are quantized already (QDQ, int4: "
+                          "prune the float model, then quantize), so they keep them")
                 examples = ", ".join(whole[:3]) + (", ..." if len(whole) > 3 else "")
                 if len(whole) == len(pruned):
                     warnings.append(f"prune_ratio changes nothing in this model: none of the {len(pruned)} layers it "
@@ -156,7 +157,8 @@ class PreparedModel:
 
 
 def weight_layers(model: onnx.ModelProto) -> dict[str, str]:
-    """The model's layers with weights (Conv, Gemm, MatMul with a constant weight), by node name -> op type."""
+    """The model's layers with weights (Conv, Gemm, MatMul and their quantized forms with a constant weight), by node
+    name -> op type."""
     constants = {init.name for init in model.graph.initializer}
     for node in model.graph.node:
         if node.input and all(not name or name in constants for name in node.input):
@@ -165,7 +167,9 @@ def weight_layers(model: onnx.ModelProto) -> dict[str, str]:
             if node.op_type in _LAYER_OPS and len(node.input) > 1 and node.input[1] in constants}
 
 
-_LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+# Layers with their weight as input 1: float, and as onnxruntime's quantizers leave them (dynamic int8, int4).
+_LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+              "DynamicQuantizeMatMul", "MatMulNBits"}
 
 
 def predict_config(predictor: DevicePredictor, prepared: PreparedModel,

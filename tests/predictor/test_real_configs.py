@@ -15,7 +15,7 @@ from predictor.compression.apply import apply_config
 from predictor.compression.config import parse_config
 from predictor.compression.pruning import fold_constant_identities
 from predictor.estimation.estimate import DevicePredictor
-from predictor.estimation.prepared import PreparedModel, predict_config, weight_layers
+from predictor.estimation.prepared import PreparedModel, predict_config, rank_candidates, weight_layers
 from predictor.kernels.keys import KernelKey, extract_kernels, name_unnamed_nodes
 from predictor.model.graph import load_model, set_input_shapes
 from predictor.runtime.optimizer import local_runtime
@@ -138,3 +138,45 @@ def test_a_prediction_states_its_warnings_and_whether_it_rests_on_guesses() -> N
     guessed = predictor.summarize_many([[*keys, unknown]])[0]
     assert not guessed.reliable
     assert any("could not be inferred" in w for w in guessed.warnings)
+
+
+def _layer_weights(model: onnx.ModelProto, op_type: str) -> list[tuple[int, ...]]:
+    dims = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    return [dims[node.input[1]] for node in model.graph.node if node.op_type == op_type and node.input[1] in dims]
+
+
+def test_a_dynamic_int8_file_is_pruned_as_its_float_model_is() -> None:
+    """quantize_dynamic's file: its MLP's int8 weights are narrowed (with their zero points), the runtime runs it,
+    what pruning left whole is said, and ranking's keys are those of the file compressed for real."""
+    prepared = PreparedModel.create(real_model("tiny_bert_dynamic_int8"), RUNTIME)
+    config = parse_config({"default": {"prune_ratio": 0.5}})
+    before, compressed = _layer_weights(prepared.model, "MatMulInteger"), prepared.compressed(config)
+    runs(compressed)
+    after = _layer_weights(compressed, "MatMulInteger")
+    # Each of the two blocks' MLP went from 128 hidden channels to 64, in both its layers; the attention's 64 stayed.
+    assert sum(128 in w for w in before) == 4 and not any(128 in w for w in after) and len(after) == len(before)
+    kernels = prepared.kernels(config)
+    assert any("leaves" in w and "attention" in w for w in prepared.config_warnings(config, kernels))
+    assert prepared.fast_keys(config) == [k.key for k in kernels]
+
+
+def test_pruning_a_qdq_file_is_said_to_change_nothing_and_ranking_agrees() -> None:
+    """A QDQ file's weights are quantized already: pruning leaves them (prune the float model, then quantize), the
+    answer says so, and ranking predicts the file as it is rather than pruned channels that never come."""
+    prepared = PreparedModel.create(real_model("tiny_mobilenet_v2_qdq"), RUNTIME)
+    config = parse_config({"default": {"prune_ratio": 0.5}})
+    kernels = prepared.kernels(config)
+    warnings = prepared.config_warnings(config, kernels)
+    assert any("changes nothing" in w and "quantized already" in w for w in warnings), warnings
+    assert prepared.fast_keys(config) == [k.key for k in kernels] == [k.key for k in prepared.kernels()]
+
+
+def test_ranking_a_quantized_file_answers_what_it_can_and_refuses_what_it_cannot() -> None:
+    """Quantizing a QDQ file again fails; ranking names that candidate's error and ranks the others."""
+    prepared = PreparedModel.create(real_model("tiny_mobilenet_v2_qdq"), RUNTIME)
+    predictor = DevicePredictor(device="d", table={k.key.key_hash: 0.01 for k in prepared.kernels()})
+    ranking = rank_candidates(predictor, prepared, [("fp16", {"default": {"bits": 16}}),
+                                                    ("int8", {"default": {"bits": 8}})], fast=True, skip_failed=True)
+    assert [row["name"] for row in ranking["ranked"]] == ["fp16"]
+    assert [row["name"] for row in ranking["failed"]] == ["int8"]
+    assert "cannot be compressed with" in ranking["failed"][0]["error"]
