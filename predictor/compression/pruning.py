@@ -213,6 +213,11 @@ def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
             for name in data_inputs:
                 if name not in carriers and name in segments and op in _ELEMENTWISE_BINARY:
                     lock_tensor(name)
+                    if _per_channel(shape(name), out_shape, channel_axis[carriers[0]]):
+                        # Computed per channel (a per-channel dynamic quantizer's weight scales times the input's
+                        # scale): the pruner slices stored parameters only, so these channels stay.
+                        for space_id, _ in base:
+                            locked.add(space_id)
             segments[out] = list(base)
             channel_axis[out] = channel_axis[carriers[0]]
             for extra in node.output[1:]:
@@ -233,6 +238,14 @@ def analyze_channel_groups(model: onnx.ModelProto) -> ChannelGroups:
         lock_tensor(value.name)
     return ChannelGroups(segments=segments, channel_axis=channel_axis, sources=sources, locked=locked, union=union,
                          dequantized=dequantized)
+
+
+def _per_channel(in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...], axis: int) -> bool:
+    """True if a tensor broadcast against the output (aligned to the right) has one entry per channel of `axis`."""
+    if not in_shape:
+        return False
+    param_axis = len(in_shape) - (len(out_shape) - axis)
+    return 0 <= param_axis < len(in_shape) and in_shape[param_axis] == out_shape[axis] > 1
 
 
 def _carries_channels(in_shape: tuple[int, ...] | None, out_shape: tuple[int, ...], axis: int) -> bool:

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from predictor.compression.apply import apply_config
 from predictor.compression.config import parse_config
@@ -180,3 +181,17 @@ def test_ranking_a_quantized_file_answers_what_it_can_and_refuses_what_it_cannot
     assert [row["name"] for row in ranking["ranked"]] == ["fp16"]
     assert [row["name"] for row in ranking["failed"]] == ["int8"]
     assert "cannot be compressed with" in ranking["failed"][0]["error"]
+
+
+def test_a_per_channel_dynamic_int8_file_keeps_its_channels_and_says_so(tmp_path: Path) -> None:
+    """quantize_dynamic per channel scales each layer's output by a tensor it computes at run time from the weight
+    scales: the pruner cannot narrow that, so the layers stay whole, the answer says so, and ranking agrees."""
+    onnx.save(real_model("tiny_bert"), tmp_path / "float.onnx")
+    quantize_dynamic(tmp_path / "float.onnx", tmp_path / "int8.onnx", per_channel=True, weight_type=QuantType.QInt8)
+    prepared = PreparedModel.create(load_model(tmp_path / "int8.onnx"), RUNTIME)
+    assert any(len(dims) == 1 and dims[0] == 128 for dims in (tuple(i.dims) for i in prepared.model.graph.initializer))
+    config = parse_config({"default": {"prune_ratio": 0.5}})
+    runs(prepared.compressed(config))
+    kernels = prepared.kernels(config)
+    assert any("changes nothing" in w for w in prepared.config_warnings(config, kernels))
+    assert prepared.fast_keys(config) == [k.key for k in kernels] == [k.key for k in prepared.kernels()]
