@@ -147,7 +147,7 @@ def _layer_weights(model: onnx.ModelProto, op_type: str) -> list[tuple[int, ...]
 
 
 def test_a_dynamic_int8_file_is_pruned_as_its_float_model_is() -> None:
-    """quantize_dynamic's file: its MLP's int8 weights are narrowed (with their zero points), the runtime runs it,
+    """quantize_dynamic's file (per tensor, its default): its MLP's int8 weights are narrowed, the runtime runs it,
     what pruning left whole is said, and ranking's keys are those of the file compressed for real."""
     prepared = PreparedModel.create(real_model("tiny_bert_dynamic_int8"), RUNTIME)
     config = parse_config({"default": {"prune_ratio": 0.5}})
@@ -195,3 +195,22 @@ def test_a_per_channel_dynamic_int8_file_keeps_its_channels_and_says_so(tmp_path
     kernels = prepared.kernels(config)
     assert any("changes nothing" in w for w in prepared.config_warnings(config, kernels))
     assert prepared.fast_keys(config) == [k.key for k in kernels] == [k.key for k in prepared.kernels()]
+
+
+def test_a_file_onnxruntime_optimized_prunes_its_fused_int8_layers_with_their_scales(tmp_path: Path) -> None:
+    """Saved after onnxruntime's own optimizer, a per-channel dynamic int8 file has DynamicQuantizeMatMul layers that
+    hold their weight scales, zero points and bias: pruning narrows them all, and the runtime runs the result."""
+    onnx.save(real_model("tiny_bert"), tmp_path / "float.onnx")
+    quantize_dynamic(tmp_path / "float.onnx", tmp_path / "int8.onnx", per_channel=True, weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "int8.onnx"), options, providers=["CPUExecutionProvider"])
+    prepared = PreparedModel.create(load_model(tmp_path / "optimized.onnx"), RUNTIME)
+    compressed = prepared.compressed(parse_config({"default": {"prune_ratio": 0.5}}))
+    runs(compressed)
+    dims = {init.name: tuple(init.dims) for init in compressed.graph.initializer}
+    fused = [[dims.get(name) for name in node.input[1:]] for node in compressed.graph.node
+             if node.op_type == "DynamicQuantizeMatMul"]
+    # The MLP's first layer ([64, 128] and three parameters of 128) went to 64 columns, its parameters with it.
+    assert fused and [(64, 64), (64,), (64,), (64,)] in fused and not any((128,) in shapes for shapes in fused)
