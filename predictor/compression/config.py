@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -123,7 +124,7 @@ class CompressionConfig(BaseModel):
 
         return resolve
 
-    def resolutions(self, node_names: Collection[str]) -> set[ResolvedCompression]:
+    def resolutions(self, node_names: AbstractSet[str]) -> set[ResolvedCompression]:
         """The distinct compressions the nodes get. Where every layer entry is a plain node name, a node no entry
         names gets the default, so one such node stands for them all."""
         _, layer_fields = self._set_fields()

@@ -15,7 +15,8 @@ import logging
 import platform
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -301,7 +302,7 @@ _ATTENTION_OPS = {"Softmax", "LayerNormalization", "Attention", "MultiHeadAttent
 def categories_of(model: onnx.ModelProto, config: CompressionConfig | None = None) -> set[str]:
     """The kinds of kernel a model (compressed by `config`) needs: float layers (and attention blocks), its own
     quantized layers and the config's."""
-    return {*model_categories(model), *config_categories([node.name for node in model.graph.node], config)}
+    return {*model_categories(model), *config_categories({node.name for node in model.graph.node}, config)}
 
 
 def model_categories(model: onnx.ModelProto) -> frozenset[str]:
@@ -326,23 +327,12 @@ def model_categories(model: onnx.ModelProto) -> frozenset[str]:
     return frozenset(found)
 
 
-def config_categories(node_names: Collection[str], config: CompressionConfig | None) -> set[str]:
+def config_categories(node_names: AbstractSet[str], config: CompressionConfig | None) -> set[str]:
     """The kinds of kernel `config` adds to a model of these nodes: its int8, int4 and fp16 layers."""
     found: set[str] = set()
     if config is None or config.is_identity:
         return found
-    for resolved in config.resolutions(node_names if isinstance(node_names, (set, frozenset)) else set(node_names)):
-        if resolved.bits == 8:
-            found.add("int8_dynamic" if resolved.quantization == "dynamic"
-                      else "int8_static_s8" if resolved.activation_type == "int8" else "int8_static_u8")
-        elif resolved.bits == 4:
-            found.add("int4")
-        elif resolved.bits == 16:
-            found.add("fp16")
-    return found
-    resolve = config.resolver()
-    for name in node_names:
-        resolved = resolve(name)
+    for resolved in config.resolutions(node_names):
         if resolved.bits == 8:
             found.add("int8_dynamic" if resolved.quantization == "dynamic"
                       else "int8_static_s8" if resolved.activation_type == "int8" else "int8_static_u8")
