@@ -62,6 +62,7 @@ def apply_config(model: onnx.ModelProto, config: CompressionConfig) -> onnx.Mode
         compressed = quantize_int4(compressed, int4_nodes)
     dynamic = {node.name for node in compressed.graph.node if config.resolve(node.name).dynamic_int8}
     int8_nodes = [name for name, b in bits.items() if b == 8 and name not in dynamic]
+    _refuse_int8_again(compressed, static=bool(int8_nodes), dynamic=bool(dynamic))
     if int8_nodes:
         everything = len(int8_nodes) == len(bits)
         options = config.resolve("")
@@ -71,8 +72,48 @@ def apply_config(model: onnx.ModelProto, config: CompressionConfig) -> onnx.Mode
         compressed = quantize_dynamic_int8(compressed, None if len(dynamic) == len(bits) else sorted(dynamic))
     fp16_nodes = {name for name, b in bits.items() if b == 16}
     if fp16_nodes:
-        compressed = convert_fp16(compressed, fp16_nodes)
+        try:
+            compressed = convert_fp16(compressed, fp16_nodes)
+        except ConfigError as exc:
+            already = _int8_layer(model)  # the file as it came: int8 that this config made is no reason
+            if already is None:
+                raise
+            raise ConfigError(f"{exc} (this model is int8 already: {already[0]} layer '{already[1]}'; convert the "
+                              "float model to fp16 instead)") from exc
     return compressed
+
+
+# Layers another tool quantized to int8: dynamic int8 (quantize_dynamic, and what onnxruntime's optimizer fuses it
+# into) and the QOperator format. QDQ layers are float ops whose weight a DequantizeLinear computes.
+_INT8_LAYER_OPS = {"ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearConv",
+                   "QLinearMatMul"}
+
+
+def _int8_layer(model: onnx.ModelProto) -> tuple[str, str] | None:
+    """Where the model is int8 already, the form and name of one layer that shows it (("QDQ", "conv1"),
+    ("MatMulInteger", "fc")), QDQ first; None for a model without int8 layers."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    integer = None
+    for node in model.graph.node:
+        if node.op_type in _WEIGHT_OPS and len(node.input) > 1 and node.input[1] in dequantized:
+            return "QDQ", node.name
+        if integer is None and node.op_type in _INT8_LAYER_OPS:
+            integer = node.op_type, node.name
+    return integer
+
+
+def _refuse_int8_again(model: onnx.ModelProto, static: bool, dynamic: bool) -> None:
+    """Quantizing an int8 model to int8 again is refused, saying why: static int8 over QDQ layers adds a second
+    QDQ pair to every activation, and over dynamic int8 layers the quantizer fails; dynamic int8 over QDQ layers
+    fails too. Dynamic int8 over dynamic int8 leaves those layers as they are (the answer says what changed nothing)."""
+    if not (static or dynamic):
+        return
+    already = _int8_layer(model)
+    if already is None or (not static and already[0] != "QDQ"):
+        return
+    asked = "bits 8" if static else "bits 8 with dynamic quantization"
+    raise ConfigError(f"{asked} cannot quantize this model again: it is int8 already ({already[0]} layer "
+                      f"'{already[1]}'); send the float model, or a config without bits 8")
 
 
 def sparsify_weights(model: onnx.ModelProto, config: CompressionConfig) -> None:

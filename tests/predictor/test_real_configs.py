@@ -15,6 +15,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from predictor.compression.apply import apply_config
 from predictor.compression.config import parse_config
 from predictor.compression.pruning import fold_constant_identities
+from predictor.errors import ConfigError
 from predictor.estimation.estimate import DevicePredictor
 from predictor.estimation.prepared import PreparedModel, predict_config, rank_candidates, weight_layers
 from predictor.kernels.keys import KernelKey, extract_kernels, name_unnamed_nodes
@@ -181,6 +182,34 @@ def test_ranking_a_quantized_file_answers_what_it_can_and_refuses_what_it_cannot
     assert [row["name"] for row in ranking["ranked"]] == ["fp16"]
     assert [row["name"] for row in ranking["failed"]] == ["int8"]
     assert "cannot be compressed with" in ranking["failed"][0]["error"]
+    assert "it is int8 already (QDQ layer" in ranking["failed"][0]["error"]
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("tiny_mobilenet_v2_qdq", {"bits": 8}),
+    ("tiny_mobilenet_v2_prune50_qdq", {"prune_ratio": 0.3, "bits": 8}),
+    ("tiny_mobilenet_v2_qdq_u8pc", {"bits": 8, "quantization": "dynamic"}),
+    ("tiny_bert_dynamic_int8", {"bits": 8}),
+], ids=["qdq-static", "pruned-qdq-static", "qdq-dynamic", "dynamic-static"])
+def test_quantizing_an_int8_file_again_is_refused_saying_why(name: str, raw: dict) -> None:
+    """Static int8 over a QDQ file put a second QDQ pair on every activation; the other three failed inside the
+    quantizer ("'..._output_0_scale'", "Expected ... to be an initializer")."""
+    with pytest.raises(ConfigError, match=r"cannot quantize this model again: it is int8 already \((QDQ|MatMulInteger) "
+                                          r"layer '.+'\); send the float model"):
+        apply_config(real_model(name), parse_config({"default": raw}))
+
+
+def test_dynamic_int8_over_a_dynamic_int8_file_is_answered_and_said_to_change_nothing() -> None:
+    prepared = PreparedModel.create(real_model("tiny_bert_dynamic_int8"), RUNTIME)
+    config = parse_config({"default": {"bits": 8, "quantization": "dynamic"}})
+    kernels = prepared.kernels(config)
+    assert [k.key for k in kernels] == [k.key for k in prepared.kernels()]
+    assert any("changes no kernel" in w for w in prepared.config_warnings(config, kernels))
+
+
+def test_fp16_that_fails_on_an_int8_file_says_the_file_is_int8() -> None:
+    with pytest.raises(ConfigError, match=r"fp16 conversion failed: .* \(this model is int8 already: QDQ layer"):
+        apply_config(real_model("tiny_mobilenet_v2_qdq_u8pc"), parse_config({"default": {"bits": 16}}))
 
 
 def test_a_per_channel_dynamic_int8_file_keeps_its_channels_and_says_so(tmp_path: Path) -> None:
