@@ -28,7 +28,7 @@ from predictor.errors import ConfigError, LatpredError
 from predictor.kernels.keys import Kernel, KernelKey, kernels_from_optimized
 from predictor.memo import BoundedMemo
 from predictor.model.graph import infer_tensor_infos
-from predictor.runtime.optimizer import RuntimeSpec, nchwc_block_size, optimize_model
+from predictor.runtime.optimizer import RuntimeSpec, nchwc_block_size, nchwc_channel_alignment, optimize_model
 
 __all__ = ["FastConfigPath", "nchwc_block_size"]
 
@@ -107,13 +107,17 @@ class FastConfigPath:
 
     def __init__(self, runtime: RuntimeSpec, group_sizes: dict[int, int], group_of_node: dict[str, int],
                  variants: dict[str, _Variant], block: int, layouts: list[_Variant],
-                 refused: dict[str, str] | None = None) -> None:
+                 refused: dict[str, str] | None = None, alignment: int = 0) -> None:
         self.runtime = runtime
         self.refused = refused or {}
         self.group_sizes = group_sizes
         self.group_of_node = group_of_node
         self.variants = variants
         self.block = block
+        # The multiple of channels the blocked layout takes for a conv (padding them to the block): which layers
+        # run blocked hangs on it and on the block, so probes are alike where their channel counts are multiples
+        # of both alike.
+        self.alignment = alignment or block
         self.layouts = layouts
         self._unit_tags: dict[str, list[Segments]] = {}
         # Everything below is derived once and reused by every config: a fresh config costs a few dict
@@ -175,7 +179,8 @@ class FastConfigPath:
                 config = parse_config({"default": {"prune_ratio": ratio}})
                 layouts.append(_learn_variant(apply_config(model, config), runtime, group_of_node, units,
                                               _kept_for(config, group_of_node, group_sizes)))
-        return cls(runtime, group_sizes, group_of_node, variants, block, layouts, refused)
+        return cls(runtime, group_sizes, group_of_node, variants, block, layouts, refused,
+                   nchwc_channel_alignment(runtime))
 
     def kernels(self, config: CompressionConfig) -> list[Kernel]:
         """The kernels the runtime would execute for the model compressed by `config`."""
@@ -249,8 +254,7 @@ class FastConfigPath:
         # arrives in; the probe whose situation was most alike for this layer shows the choice (ties go
         # to the probe the previous layer followed, whose neighbourhood is most like this one's).
         wanted = self._signature(unit, kept)
-        block = self.block
-        wanted_aligned = [a % block == 0 for a in wanted]
+        wanted_aligned = self._alignments(wanted)
         probes = self._probes_of(unit)
         flags = [2 * sum(a != b for a, b in zip(wanted_aligned, have_aligned, strict=True))
                  + (probe_previous_blocked != previous_blocked)
@@ -262,9 +266,16 @@ class FastConfigPath:
                   for (index, have, _, _), flag in zip(probes, flags, strict=True) if flag == fewest]
         return int(min(ranked)[-1])
 
-    def _probes_of(self, unit: str) -> list[tuple[int, tuple[int, ...], tuple[bool, ...], bool]]:
-        """Per probe that has the layer: its index, the layer's channel counts there, their alignment to the
-        block, and whether the layer before it ran blocked."""
+    def _alignments(self, channels: tuple[int, ...]) -> tuple[int, ...]:
+        """Per channel count, 3 for fewer than a block (a conv reads such an input in NCHW), 2 for a multiple of the
+        block, 1 for a multiple of the alignment only (onnxruntime blocks convs with such counts, padding them, but
+        not pools), 0 for neither."""
+        block, alignment = self.block, self.alignment
+        return tuple([3 if c < block else 2 if c % block == 0 else 1 if c % alignment == 0 else 0 for c in channels])
+
+    def _probes_of(self, unit: str) -> list[tuple[int, tuple[int, ...], tuple[int, ...], bool]]:
+        """Per probe that has the layer: its index, the layer's channel counts there, their alignments, and
+        whether the layer before it ran blocked."""
         probes = self._unit_probes.get(unit)
         if probes is None:
             probes = []
@@ -272,7 +283,7 @@ class FastConfigPath:
                 if unit not in layout.units:
                     continue
                 have = self._signature(unit, layout.kept)
-                probes.append((index, have, tuple(b % self.block == 0 for b in have),
+                probes.append((index, have, self._alignments(have),
                                layout.previous_blocked.get(unit, False)))
             self._unit_probes[unit] = probes
         return probes
@@ -304,9 +315,10 @@ def _group_size(groups: ChannelGroups, root: int) -> int:
 def _learn_variant(model: onnx.ModelProto, runtime: RuntimeSpec, group_of_node: dict[str, int],
                    unit_names: set[str], kept: dict[int, int]) -> _Variant:
     optimized = optimize_model(model, runtime)
-    real = kernels_from_optimized(model, optimized)
+    block = nchwc_block_size(runtime)  # blocked channels are padded to the device's block, as extraction pads them
+    real = kernels_from_optimized(model, optimized, nchwc_block=block)
     overrides, registry = _sentinel_shapes(model, group_of_node)
-    probed = kernels_from_optimized(model, optimized, shape_overrides=overrides)
+    probed = kernels_from_optimized(model, optimized, shape_overrides=overrides, nchwc_block=block)
     if len(real) != len(probed):
         raise RuntimeError("sentinel extraction changed the kernel list")
     tagged = [

@@ -690,12 +690,11 @@ def _runtime_weight(node: onnx.NodeProto, optimized_arrays: Mapping[str, np.ndar
 
 
 def _padded_dims(node: onnx.NodeProto, data_inputs: list[str], runtime: RuntimeShapes) -> tuple[str, ...]:
-    """The key's channel dimensions that hold NCHWc-blocked tensors, which the runtime pads to its block."""
-    if node.domain != "com.microsoft.nchwc":
-        return ()
+    """The key's channel dimensions that hold NCHWc-blocked tensors, which the runtime pads to its block: those of
+    NCHWc ops, and of the ops that run on blocked tensors as they are (an activation after a blocked conv)."""
     padded = [f"inputs.{i}.1" for i, name in enumerate(data_inputs) if name in runtime.blocked]
     padded += [f"outputs.{i}.1" for i, name in enumerate(o for o in node.output if o) if name in runtime.blocked]
-    if node.op_type == "Conv":
+    if node.domain == "com.microsoft.nchwc" and node.op_type == "Conv":
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         padded.append("weight.0")
         if group == 1 and data_inputs and data_inputs[0] in runtime.blocked:

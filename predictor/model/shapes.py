@@ -186,7 +186,8 @@ class _NodeView:
 
 @dataclass
 class RuntimeShapes:
-    """The optimized graph's tensors: shape and type of each, and which ones are in the NCHWc blocked layout."""
+    """The optimized graph's tensors: shape and type of each, and which ones are in the NCHWc blocked layout
+    (written by an NCHWc op other than ReorderOutput, or by an op that reads such a tensor)."""
 
     infos: dict[str, TensorInfo]
     blocked: set[str]
@@ -214,7 +215,12 @@ def infer_runtime_shapes(optimized: onnx.ModelProto, seed: Mapping[str, TensorIn
             continue
         view = _NodeView(node, [infos.get(name) if name else None for name in node.input], arrays, nchwc_block)
         outputs = _infer_node(view, opsets, optimized.ir_version)
-        if node.domain == _NCHWC and node.op_type != "ReorderOutput":
+        if node.domain == _NCHWC:
+            if node.op_type != "ReorderOutput":
+                blocked.update(o for o in node.output if o)
+        elif any(name in blocked for name in node.input):
+            # The runtime leaves a blocked tensor only to ops that run on the blocked layout as they are
+            # (activations, binary ops, the activations it fuses later): what they write is blocked too.
             blocked.update(o for o in node.output if o)
         for position, output in enumerate(node.output):
             if not output:

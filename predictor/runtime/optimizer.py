@@ -27,6 +27,7 @@ __all__ = [
     "describe_host",
     "local_runtime",
     "nchwc_block_size",
+    "nchwc_channel_alignment",
     "optimize_model",
     "optimizer_limits",
 ]
@@ -102,17 +103,12 @@ def nchwc_block_size(runtime: RuntimeSpec) -> int:
     """Channel block of onnxruntime's NCHWc layout for this runtime on this CPU (8 with AVX2, 16 with AVX-512); 0
     if it runs none. A small conv is optimized once per runtime and its layout read off: the blocked conv's weight
     has its output channels padded to the block (an 8-channel conv is blocked with AVX-512 too, padded to 16)."""
-    cache_key = (runtime.backend, runtime.execution_provider, runtime.runtime_version, runtime.disabled_optimizers)
+    cache_key = _runtime_key(runtime)
     if cache_key not in _block_sizes:
         block = 0
         if runtime.backend == "onnxruntime":
             for channels in (8, 16):
-                optimized = onnx.load_model_from_string(_optimize_bytes(
-                    _probe_conv(channels).SerializeToString(), runtime, "all"))
-                weights = {init.name: list(init.dims) for init in optimized.graph.initializer}
-                blocked = [weights[node.input[1]][0] for node in optimized.graph.node
-                           if node.domain == "com.microsoft.nchwc" and node.op_type == "Conv"
-                           and len(node.input) > 1 and node.input[1] in weights]
+                blocked = _blocked_weights(_probe_conv(channels), runtime)
                 if blocked:
                     block = max(channels, blocked[0])
                     break
@@ -120,13 +116,49 @@ def nchwc_block_size(runtime: RuntimeSpec) -> int:
     return _block_sizes[cache_key]
 
 
-def _probe_conv(channels: int) -> onnx.ModelProto:
+def nchwc_channel_alignment(runtime: RuntimeSpec) -> int:
+    """The multiple of channels that onnxruntime's NCHWc layout takes as they are, padding them to its block: the
+    channels of a depthwise conv, and the input channels of a conv (one with fewer than a block reads its NCHW input
+    directly). onnxruntime 1.32 on x86 takes multiples of 4, padding 28 channels to 32 on AVX-512; a runtime that
+    takes whole blocks only gives its block. Read off depthwise convs optimized once per runtime; 0 without NCHWc."""
+    cache_key = _runtime_key(runtime)
+    if cache_key not in _alignments:
+        block = nchwc_block_size(runtime)
+        alignment = block
+        channels = 2
+        while channels < block:
+            if _blocked_weights(_probe_conv(channels, depthwise=True), runtime):
+                alignment = channels
+                break
+            channels *= 2
+        _alignments[cache_key] = alignment
+    return _alignments[cache_key]
+
+
+_alignments: dict[tuple[str, str, str, tuple[str, ...]], int] = {}
+
+
+def _runtime_key(runtime: RuntimeSpec) -> tuple[str, str, str, tuple[str, ...]]:
+    return runtime.backend, runtime.execution_provider, runtime.runtime_version, runtime.disabled_optimizers
+
+
+def _blocked_weights(model: onnx.ModelProto, runtime: RuntimeSpec) -> list[int]:
+    """The output channels of each conv the runtime runs in its NCHWc layout (padded to its block)."""
+    optimized = onnx.load_model_from_string(_optimize_bytes(model.SerializeToString(), runtime, "all"))
+    weights = {init.name: list(init.dims) for init in optimized.graph.initializer}
+    return [weights[node.input[1]][0] for node in optimized.graph.node
+            if node.domain == "com.microsoft.nchwc" and node.op_type == "Conv"
+            and len(node.input) > 1 and node.input[1] in weights]
+
+
+def _probe_conv(channels: int, depthwise: bool = False) -> onnx.ModelProto:
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = numpy_helper.from_array(np.ones((channels, channels, 3, 3), np.float32), "w")
+    weight = numpy_helper.from_array(np.ones((channels, 1 if depthwise else channels, 3, 3), np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="probe", pads=[1, 1, 1, 1])], "probe",
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="probe", pads=[1, 1, 1, 1],
+                          group=channels if depthwise else 1)], "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 8, 8])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

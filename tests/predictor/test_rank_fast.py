@@ -134,6 +134,14 @@ def signature(fast: FastConfigPath, unit: str, kept: dict[int, int]) -> tuple[in
     return tuple(new_dim(0, tag, kept) for tag in tags)
 
 
+def alignment_class(fast: FastConfigPath, channels: int) -> str:
+    if channels < fast.block:
+        return "below the block"
+    if channels % fast.block == 0:
+        return "whole blocks"
+    return "padded" if channels % fast.alignment == 0 else "unaligned"
+
+
 def reference_form(fast: FastConfigPath, unit: str, label: str, kept: dict[int, int], previous_blocked: bool,
                    previous_layout: int) -> tuple[list[Any], int]:
     variant = fast.variants.get(label)
@@ -147,7 +155,7 @@ def reference_form(fast: FastConfigPath, unit: str, label: str, kept: dict[int, 
         if unit not in layout.units:
             continue
         have = signature(fast, unit, layout.kept)
-        flags = 2 * sum((a % fast.block == 0) != (b % fast.block == 0) for a, b in zip(wanted, have, strict=True))
+        flags = 2 * sum(alignment_class(fast, a) != alignment_class(fast, b) for a, b in zip(wanted, have, strict=True))
         flags += layout.previous_blocked.get(unit, False) != previous_blocked
         nearest = sum(abs(a - b) / max(a, b, 1) for a, b in zip(wanted, have, strict=True))
         ranked.append((flags, nearest, index != previous_layout, index))
