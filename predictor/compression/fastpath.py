@@ -542,9 +542,11 @@ class _RewritePlan:
                              for i, (s, t) in enumerate(zip(key.outputs, tagged.outputs, strict=True)))
         self.weight = _shape_plan(key.weight, tagged.weight, _padded_positions(kernel, "weight"), block)
         attrs = dict(key.attrs)
-        # Layout reorders name the channel count they copy.
-        self.channels_attr = "channels" in attrs and bool(key.outputs) and key.outputs[0] is not None \
-            and len(key.outputs[0]) == 4
+        # Layout reorders name the channel count they copy: the output's axis 1, or its last axis where the reorder
+        # writes channels last (0: no such attribute).
+        self.channels_attr = 0
+        if "channels" in attrs and key.outputs and key.outputs[0] is not None and len(key.outputs[0]) == 4:
+            self.channels_attr = 3 if attrs.get("channels_last") else 1
         # Depthwise: one group per kept channel (as the weight has them: padded where the runtime pads them).
         self.group_block: int | None = None
         if key.weight is not None and len(key.weight) == 4 and key.weight[1] == 1 \
@@ -569,7 +571,7 @@ class _RewritePlan:
         if self.channels_attr or self.group_block is not None:
             changed = dict(key.attrs)
             if self.channels_attr:
-                changed["channels"] = outputs[0][1]  # type: ignore[index]
+                changed["channels"] = outputs[0][self.channels_attr]  # type: ignore[index]
             if self.group_block is not None and weight is not None:
                 changed["group"] = weight[0] if self.group_block == 0 else _round_up(weight[0], self.group_block)
             if changed != dict(key.attrs):

@@ -402,6 +402,18 @@ def _resolve_reshape(shape: Shape | None, target: np.ndarray | None) -> Shape | 
     if resolved.count(-1) == 1:
         known = math.prod(d for d in resolved if d != -1) or 1
         resolved[resolved.index(-1)] = math.prod(shape) // known
+    elif all(isinstance(d, int) and d > 0 for d in (*shape, *resolved)) and math.prod(resolved) != math.prod(shape):
+        # The runtime writes the shape it reshapes a MatMul's input to for its Gemm as a constant; under other
+        # input shapes (the fast path's sentinel channel counts) the dimension that makes the element counts
+        # agree carries the input's width: the one that can, or the one that then equals an input dimension.
+        count = math.prod(shape)
+        fits = {j: count // math.prod(resolved[:j] + resolved[j + 1:]) for j in range(len(resolved))
+                if count % math.prod(resolved[:j] + resolved[j + 1:]) == 0}
+        if len(fits) > 1:
+            fits = {j: width for j, width in fits.items() if width in shape}
+        if len(fits) == 1:
+            (j, width), = fits.items()
+            resolved[j] = width
     return tuple(resolved)
 
 

@@ -155,3 +155,37 @@ def test_an_activation_on_a_blocked_tensor_is_padded_as_the_runtime_pads_it() ->
     gelu = [key for key in exact if key.op_type == "QuickGelu"]
     if block:
         assert gelu and all(key.inputs[0][1] == -(-28 // block) * block for key in gelu)
+
+
+@pytest.mark.parametrize("ratio", [0.37, 0.5])
+def test_a_text_models_mlp_reshaped_by_a_constant_shape_gets_its_pruned_width(ratio: float) -> None:
+    """onnxruntime reshapes a MatMul's 3-D input to 2-D for its Gemm by a constant shape; the fast path read the
+    width there from the probe it took, not from the kept channels (4 of the tiny BERT's 69 kernels differed)."""
+    prepared = real_export("tiny_bert")
+    config = parse_config({"default": {"prune_ratio": ratio}})
+    assert prepared.fast_keys(config) == [k.key for k in extract_kernels(prepared.compressed(config), RUNTIME)]
+
+
+def channels_last_net():  # type: ignore[no-untyped-def]
+    """A depthwise conv, channels last, LayerNorm and a Linear, as a ConvNeXt block has them: onnxruntime reorders
+    the blocked conv's output straight to NHWC (a ReorderOutput with channels_last)."""
+    g = factories.GraphBuilder()
+    y = g.conv("input", "stem", 3, 40)
+    y = g.conv(y, "dw", 40, 40, k=7, group=40)
+    y = g.node("Transpose", [y], "to_nhwc", perm=[0, 2, 3, 1])
+    y = g.node("LayerNormalization", [y, g.weight("ln.scale", (40,), positive=True), g.weight("ln.bias", (40,))],
+               "ln", axis=-1)
+    y = g.node("MatMul", [y, g.weight("fc.weight", (40, 16))], "fc")
+    return g.model({"input": [1, 3, 32, 32]}, y)
+
+
+def test_a_reorder_to_channels_last_names_its_kept_channels() -> None:
+    """The reorder's `channels` is its output's last axis there, not axis 1 (the fast path wrote the height). The
+    LayerNorm over channels keeps them whole; the stem's channels are pruned and reach the reorder's input."""
+    prepared = PreparedModel.create(channels_last_net(), RUNTIME)
+    config = parse_config({"default": {"prune_ratio": 0.3}})
+    exact = [k.key for k in prepared.kernels(config)]
+    assert prepared.fast_keys(config) == exact
+    if nchwc_block_size(RUNTIME):
+        reorders = [key for key in exact if key.op_type == "ReorderOutput" and key.attr("channels_last")]
+        assert reorders and all(key.attr("channels") == key.outputs[0][3] == 40 for key in reorders)

@@ -171,7 +171,7 @@ def reference_rewrite(tagged: Any, kept: dict[int, int], sparsity: float, patter
     outputs = tuple(new_shape(s, t, kept, padded_of(kernel, f"outputs.{i}."), block)
                     for i, (s, t) in enumerate(zip(key.outputs, tagged.outputs, strict=True)))
     if "channels" in attrs and outputs and outputs[0] is not None and len(outputs[0]) == 4:
-        attrs["channels"] = outputs[0][1]
+        attrs["channels"] = outputs[0][3 if attrs.get("channels_last") else 1]
     if key.weight is not None and weight is not None and len(weight) == 4 and key.weight[1] == 1 \
             and attrs.get("group", 1) not in (1, None) and attrs.get("group") == key.weight[0]:
         attrs["group"] = weight[0]
