@@ -4,7 +4,8 @@ candidate for real, on the real-export zoo.
     .venv/bin/python -m benchmarks.rank_agreement --zoo benchmarks/out/real --home HOME --device DEVICE \\
         --out benchmarks/results/rank_agreement.json
 
-For each fp32 CNN export of the zoo (batch 1) and each prune ratio, `latpred rank` answers from the model's
+For each fp32 export of the zoo at batch 1 (CNNs, ViTs and text models, through the TorchScript exporter; not the
+priors-only entries) and each prune ratio, `latpred rank` answers from the model's
 learned transformations (the fast path, as REST ranks) and `latpred rank --exact` compresses, optimizes and
 extracts each candidate for real. Reported per model and ratio: kernels whose keys differ (as multisets), and the
 two predicted latencies on DEVICE's table (profiled in HOME, e.g. by benchmarks.accuracy). The ratio 0.3 is among
@@ -43,8 +44,8 @@ def main() -> None:
 
     runtime = local_runtime(1)
     records = json.loads((args.zoo / "manifest.json").read_text())["models"]
-    names = [r["name"] for r in records if r["family"] == "cnn" and r["compression"] == "fp32" and r["batch"] == 1
-             and r["exporter"] == "torchscript"]
+    names = [r["name"] for r in records if r["compression"] == "fp32" and r["batch"] == 1
+             and r["exporter"] == "torchscript" and not r["name"].startswith("prior_")]
     rows: list[dict[str, Any]] = []
     with Predictor(args.device) as predictor:
         for index, name in enumerate(names, 1):
