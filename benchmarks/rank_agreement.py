@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True, help="LATPRED_HOME holding the device's table")
     parser.add_argument("--device", default="bench-cpu-1t")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "rank_agreement.json")
+    parser.add_argument("--only", nargs="*", help="zoo entries to compare (default: every fp32 batch-1 export)")
     args = parser.parse_args()
     os.environ["LATPRED_HOME"] = str(args.home)
 
@@ -45,7 +46,8 @@ def main() -> None:
     runtime = local_runtime(1)
     records = json.loads((args.zoo / "manifest.json").read_text())["models"]
     names = [r["name"] for r in records if r["compression"] == "fp32" and r["batch"] == 1
-             and r["exporter"] == "torchscript" and not r["name"].startswith("prior_")]
+             and r["exporter"] == "torchscript" and not r["name"].startswith("prior_")
+             and (not args.only or r["name"] in args.only)]
     rows: list[dict[str, Any]] = []
     with Predictor(args.device) as predictor:
         for index, name in enumerate(names, 1):
