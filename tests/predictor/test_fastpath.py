@@ -180,8 +180,8 @@ def channels_last_net():  # type: ignore[no-untyped-def]
 
 
 def test_a_reorder_to_channels_last_names_its_kept_channels() -> None:
-    """The reorder's `channels` is its output's last axis there, not axis 1 (the fast path wrote the height). The
-    LayerNorm over channels keeps them whole; the stem's channels are pruned and reach the reorder's input."""
+    """The reorder's `channels` is its output's last axis there, not axis 1: the fast path wrote the height (32).
+    The LayerNorm over channels keeps the 40 channels whole at any ratio; the reorder's shapes still follow them."""
     prepared = PreparedModel.create(channels_last_net(), RUNTIME)
     config = parse_config({"default": {"prune_ratio": 0.3}})
     exact = [k.key for k in prepared.kernels(config)]
