@@ -83,12 +83,6 @@ def apply_config(model: onnx.ModelProto, config: CompressionConfig) -> onnx.Mode
     return compressed
 
 
-# Layers another tool quantized to int8: dynamic int8 (quantize_dynamic, and what onnxruntime's optimizer fuses it
-# into) and the QOperator format. QDQ layers are float ops whose weight a DequantizeLinear computes.
-_INT8_LAYER_OPS = {"ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearConv",
-                   "QLinearMatMul"}
-
-
 def _int8_layer(model: onnx.ModelProto) -> tuple[str, str] | None:
     """Where the model is int8 already, the form and name of one layer that shows it (("QDQ", "conv1"),
     ("MatMulInteger", "fc")), QDQ first; None for a model without int8 layers."""
@@ -242,6 +236,9 @@ def quantize_dynamic_int8(model: onnx.ModelProto, nodes: list[str] | None = None
 # The ops a quantizer turns a layer into; it renames them ("conv1_quant", "fc_MatMul_quant", "fc_Q4").
 _QUANTIZED_LAYER_OPS = {"ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
                         "QLinearConv", "QLinearMatMul", "MatMulNBits"}
+# The int8 ones among them: dynamic int8 (quantize_dynamic, and what onnxruntime's optimizer fuses it into) and the
+# QOperator format. QDQ layers are float ops whose weight a DequantizeLinear computes.
+_INT8_LAYER_OPS = _QUANTIZED_LAYER_OPS - {"MatMulNBits"}
 
 
 def restore_layer_names(model: onnx.ModelProto, layer_names: set[str]) -> onnx.ModelProto:
